@@ -1,0 +1,52 @@
+"""hubmerge: merge LoRA adapters exactly, without the base model, and measure their interference.
+
+    >>> import hubmerge
+    >>> result = hubmerge.merge(["examples/adapters/math", "examples/adapters/medicine"])
+    >>> result.save_pretrained("merged")
+"""
+
+__version__ = "0.1.0"
+
+from .adapter import AdapterConfig, LoraAdapter, load_adapter
+from .api import MergeResult, load_adapters, merge, similarity
+from .compat import Compatibility, check_compatibility
+from .errors import (
+    AdapterError,
+    AdapterFormatError,
+    AdapterNotFoundError,
+    HubmergeError,
+    IncompatibleAdaptersError,
+    InvalidArgumentError,
+    OutputExistsError,
+    SourceError,
+    UnsafeAdapterError,
+)
+from .report import Notice
+from .similarity import Thresholds
+from .sources import Source, parse_source
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterError",
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "Compatibility",
+    "HubmergeError",
+    "IncompatibleAdaptersError",
+    "InvalidArgumentError",
+    "LoraAdapter",
+    "MergeResult",
+    "Notice",
+    "OutputExistsError",
+    "Source",
+    "SourceError",
+    "Thresholds",
+    "UnsafeAdapterError",
+    "__version__",
+    "check_compatibility",
+    "load_adapter",
+    "load_adapters",
+    "merge",
+    "parse_source",
+    "similarity",
+]

@@ -1,0 +1,550 @@
+"""One LoRA adapter as hubmerge sees it: its parsed config and its factors.
+
+Reads local files only, and only ``adapter_config.json`` plus
+``adapter_model.safetensors`` (or, when explicitly allowed,
+``adapter_model.bin``). Tensors are read lazily, one module at a time, so a
+merge never holds every input in memory at once.
+
+For a module ``m`` PEFT computes ``W + s·B·A`` with ``A`` of shape (r, in),
+``B`` of shape (out, r) and the scale ``s = α/r`` (``α/√r`` with rsLoRA),
+where r and α may be overridden per module by ``rank_pattern`` and
+``alpha_pattern``. Embedding LoRA stores the same two factors under
+``lora_embedding_A/B``; its delta is ``(s·B·A)ᵀ``, which sums and compares the
+same way, so it is handled. Problems that concern the math (variants whose
+delta is not B·A, a missing partner, a shape that contradicts the config) are
+collected in :attr:`LoraAdapter.problems` for the compatibility check to
+report together; files that cannot be parsed at all raise at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+
+__all__ = ["AdapterConfig", "LoraAdapter", "ModuleFactors", "load_adapter"]
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+# PEFT prefixes every saved key with the PeftModel's path to the base model.
+KEY_PREFIX = "base_model.model."
+MAX_RANK = 1 << 16
+
+# Config fields whose presence makes the delta something other than s·B·A (or
+# ties it to a modified base), with the reason the sum would not be exact.
+_VARIANTS: dict[str, str] = {
+    "use_dora": "DoRA rescales W+BA by a learned magnitude, so its delta depends on the base weights",
+    "lora_bias": "lora_bias adds a trained bias to lora_B, which is not part of B·A",
+    "use_qalora": "QALoRA pools the input before A, so its delta is not B·A",
+    "use_bdlora": "BD-LoRA stores block-diagonal factors that are not plain B and A",
+    "kasa_config": "KaSA parametrises the update through the base weight's singular vectors",
+    "monteclora_config": "MonteCLoRA samples its factors, so there is no single B·A",
+    "alora_invocation_tokens": "Activated LoRA only applies after invocation tokens, so it is not a weight delta",
+    "arrow_config": "Arrow routes between several LoRAs per token",
+    "target_parameters": "LoRA on raw parameters (target_parameters) is not supported yet",
+    "trainable_token_indices": "trainable tokens store full embedding rows, not a low-rank delta",
+    "layer_replication": "layer_replication changes the base model's layer structure",
+}
+# init_lora_weights values that change the base model itself (PiSSA, OLoRA, …):
+# the adapter's delta is relative to that modified base until PEFT converts it.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The fields of ``adapter_config.json`` that change the math, parsed and typed.
+
+    Unknown keys are tolerated (newer PEFT versions add fields); those that
+    make the sum inexact end up in :attr:`unsupported`.
+    """
+
+    peft_type: str | None
+    r: int
+    lora_alpha: float
+    use_rslora: bool = False
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    fan_in_fan_out: bool = False
+    target_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    modules_to_save: list[str] = field(default_factory=list)
+    use_dora: bool = False
+    lora_bias: bool = False
+    bias: str = "none"
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+    def rank_for(self, module: str) -> int:
+        """The rank PEFT gives ``module`` (``rank_pattern`` first, else ``r``)."""
+        key = _pattern_key(self.rank_pattern, module)
+        return self.rank_pattern[key] if key is not None else self.r
+
+    def alpha_for(self, module: str) -> float:
+        """The alpha PEFT gives ``module`` (``alpha_pattern`` first, else ``lora_alpha``)."""
+        key = _pattern_key(self.alpha_pattern, module)
+        return self.alpha_pattern[key] if key is not None else self.lora_alpha
+
+    def scale_for(self, module: str) -> float:
+        """PEFT's scaling for ``module``: α/r, or α/√r with rsLoRA."""
+        r = self.rank_for(module)
+        alpha = self.alpha_for(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _pattern_key(pattern: dict[str, Any], module: str) -> str | None:
+    # Same rule as PEFT's get_pattern_key: the first key (in insertion order)
+    # that matches the end of the module name at a dot boundary, as a regex.
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class ModuleFactors:
+    """Where one adapted module's factors live, and their shapes (no data)."""
+
+    key: str
+    a_name: str
+    b_name: str
+    rank: int
+    in_features: int
+    out_features: int
+    kind: str  # "linear" or "embedding"
+
+
+class LoraAdapter:
+    """A LoRA adapter on disk: config plus lazily read factors.
+
+    Attributes:
+        name: short display name (unique within one merge).
+        source: the reference the user gave (path or ``user/repo[/sub][@rev]``).
+        path: the local directory holding the files.
+        config: the parsed :class:`AdapterConfig`.
+        modules: module key → :class:`ModuleFactors`, sorted by key.
+        saved_modules: module key → tensor names of full modules stored
+            alongside because of ``modules_to_save``.
+        base_layers: module key → tensor names of base embedding weights PEFT
+            saved next to an embedding LoRA (copies of the base, not deltas).
+        problems: structural problems found while reading, for the compatibility check.
+        dtype: the dtype of the factors (the most common one if mixed).
+        weights_file: the tensor file that was read.
+        commit_sha: the resolved Hub commit, or ``None`` for a local source.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        path: Path,
+        config: AdapterConfig,
+        weights_file: Path,
+        tensor_names: list[str],
+        shapes: dict[str, tuple[int, ...]],
+        dtypes: dict[str, torch.dtype],
+        reader: _TensorReader,
+    ):
+        self.name = name
+        self.source = source
+        self.path = path
+        self.config = config
+        self.weights_file = weights_file
+        self.commit_sha: str | None = None
+        self._reader = reader
+        self._dtypes = dtypes
+        self._shapes = shapes
+        self.problems: list[str] = []
+        self.modules, self.saved_modules, self.base_layers = self._index(tensor_names)
+        counts: dict[torch.dtype, int] = {}
+        for spec in self.modules.values():
+            counts[dtypes[spec.a_name]] = counts.get(dtypes[spec.a_name], 0) + 1
+        self.dtype = max(counts, key=counts.get) if counts else torch.float32
+
+    def __repr__(self) -> str:
+        return f"LoraAdapter(name={self.name!r}, source={self.source!r}, modules={len(self.modules)})"
+
+    # -- reading -----------------------------------------------------------------
+    def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor by its name in the weights file."""
+        return self._reader.get(name)
+
+    def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read ``(A, B)`` of ``module`` as stored (A: r×in, B: out×r)."""
+        spec = self.modules[module]
+        return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
+
+    def scale(self, module: str) -> float:
+        """PEFT's scaling s for ``module``."""
+        return self.config.scale_for(module)
+
+    def iter_tensor_names(self) -> Iterator[str]:
+        """Every tensor name this adapter's merge would read."""
+        for spec in self.modules.values():
+            yield spec.a_name
+            yield spec.b_name
+        for group in (self.saved_modules, self.base_layers):
+            for names in group.values():
+                yield from names
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights_file.stat().st_size
+
+    # -- indexing ----------------------------------------------------------------
+    def _where(self, tensor: str) -> str:
+        return f"{self.source}: {self.weights_file.name} key {tensor!r}"
+
+    def _index(self, names: list[str]) -> tuple[dict[str, ModuleFactors], dict[str, list[str]], dict[str, list[str]]]:
+        halves: dict[str, dict[str, str]] = {}
+        saved: dict[str, list[str]] = {}
+        base_layers: dict[str, list[str]] = {}
+        for name in names:
+            if not name.startswith(KEY_PREFIX):
+                self.problems.append(f"{self._where(name)} does not follow PEFT's naming ('{KEY_PREFIX}…')")
+                continue
+            rel = name[len(KEY_PREFIX) :]
+            part = _lora_part(rel)
+            if part is not None:
+                module, which = part
+                halves.setdefault(module, {})[which] = name
+                continue
+            module = rel.rsplit(".", 1)[0]
+            if rel.endswith(".base_layer.weight"):
+                # PEFT saves the whole embedding next to an embedding LoRA (save_embedding_layers).
+                base_layers.setdefault(module[: -len(".base_layer")], []).append(name)
+            elif any(module == m or module.endswith("." + m) for m in self.config.modules_to_save):
+                saved.setdefault(module, []).append(name)
+            elif rel.endswith("lora_magnitude_vector") or ".lora_magnitude_vector." in rel:
+                self.problems.append(f"{self._where(name)} is a DoRA magnitude vector; DoRA cannot be summed exactly")
+            elif rel.endswith(".lora_B.bias"):
+                self.problems.append(f"{self._where(name)} is a lora_B bias; lora_bias cannot be summed exactly")
+            else:
+                self.problems.append(
+                    f"{self._where(name)} matches no PEFT LoRA name (lora_A/lora_B/lora_embedding_A/B) "
+                    "and no entry of modules_to_save"
+                )
+        modules: dict[str, ModuleFactors] = {}
+        for module in sorted(halves):
+            spec = self._module_spec(module, halves[module])
+            if spec is not None:
+                modules[module] = spec
+        return modules, dict(sorted(saved.items())), dict(sorted(base_layers.items()))
+
+    def _module_spec(self, module: str, half: dict[str, str]) -> ModuleFactors | None:
+        kinds = {which[0] for which in half}
+        if len(kinds) > 1:
+            self.problems.append(f"{self.source}: module {module!r} mixes linear and embedding LoRA tensors")
+            return None
+        kind = "embedding" if "e" in kinds else "linear"
+        a_name, b_name = half.get(("e" if kind == "embedding" else "l") + "A"), half.get(
+            ("e" if kind == "embedding" else "l") + "B"
+        )
+        if a_name is None or b_name is None:
+            present, missing = ("lora_A", "lora_B") if b_name is None else ("lora_B", "lora_A")
+            self.problems.append(
+                f"{self._where(a_name or b_name)}: module {module!r} has {present} but no {missing} "
+                "(the file is incomplete)"
+            )
+            return None
+        a_shape, b_shape = self._shapes[a_name], self._shapes[b_name]
+        bad = False
+        for tensor, shape in ((a_name, a_shape), (b_name, b_shape)):
+            if not self._dtypes[tensor].is_floating_point:
+                self.problems.append(f"{self._where(tensor)} has dtype {self._dtypes[tensor]}; LoRA factors are floats")
+                bad = True
+            if len(shape) != 2:
+                self.problems.append(
+                    f"{self._where(tensor)} has shape {list(shape)}; only 2-D factors (Linear, Conv1D, "
+                    "Embedding) are supported, not convolution LoRA"
+                )
+                bad = True
+        if bad:
+            return None
+        rank = a_shape[0]
+        if b_shape[1] != rank:
+            self.problems.append(
+                f"{self._where(b_name)} has shape {list(b_shape)} but lora_A has rank {rank}: "
+                "B's second dimension must equal A's first"
+            )
+            return None
+        expected = self.config.rank_for(module)
+        if rank != expected:
+            self.problems.append(
+                f"{self._where(a_name)} has rank {rank} but adapter_config.json gives module {module!r} "
+                f"rank {expected} (r / rank_pattern): the config contradicts the tensors"
+            )
+            return None
+        return ModuleFactors(
+            key=module,
+            a_name=a_name,
+            b_name=b_name,
+            rank=rank,
+            in_features=a_shape[1],
+            out_features=b_shape[0],
+            kind=kind,
+        )
+
+
+def _lora_part(rel: str) -> tuple[str, str] | None:
+    """Split ``<module>.lora_A.weight`` style names into (module, "lA"/"lB"/"eA"/"eB")."""
+    for suffix, which in (
+        (".lora_A.weight", "lA"),
+        (".lora_B.weight", "lB"),
+        (".lora_embedding_A", "eA"),
+        (".lora_embedding_B", "eB"),
+    ):
+        if rel.endswith(suffix):
+            return rel[: -len(suffix)], which
+    return None
+
+
+class _TensorReader:
+    """Reads tensors by name from a safetensors file (lazily) or an unpickled dict."""
+
+    def __init__(self, path: Path, tensors: dict[str, torch.Tensor] | None = None):
+        self._path = path
+        self._tensors = tensors
+        self._handle = None  # opened on first read: parsing the header once, not per tensor
+
+    def get(self, name: str) -> torch.Tensor:
+        if self._tensors is not None:
+            return self._tensors[name]
+        try:
+            if self._handle is None:
+                self._handle = safe_open(str(self._path), framework="pt")
+            return self._handle.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise AdapterFormatError(f"{self._path}: cannot read tensor {name!r}: {err}") from None
+
+
+def load_adapter(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    allow_pickle: bool = False,
+) -> LoraAdapter:
+    """Read a PEFT LoRA adapter from a local directory.
+
+    Only ``adapter_config.json`` and ``adapter_model.safetensors`` are read;
+    tensors are read lazily when a merge asks for them.
+
+    Args:
+        path: the directory holding the adapter.
+        name: display name (defaults to the directory name).
+        source: the reference to quote in messages (defaults to ``path``).
+        allow_pickle: accept ``adapter_model.bin`` when there is no safetensors
+            file. It is loaded with ``torch.load(weights_only=True)``.
+
+    Returns:
+        The :class:`LoraAdapter`. Structural problems are in ``.problems``;
+        :func:`hubmerge.check_compatibility` reports them.
+
+    Raises:
+        AdapterNotFoundError: no config or no weights in ``path``.
+        UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
+        AdapterFormatError: the config or the tensor file cannot be parsed.
+
+    Example:
+        >>> adapter = load_adapter("examples/adapters/math")
+        >>> adapter.config.r
+        8
+    """
+    directory = Path(path).expanduser()
+    where = source or str(path)
+    if not directory.is_dir():
+        raise AdapterNotFoundError(f"{where}: no such directory")
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)")
+    config = parse_config(_read_json(config_file, where), where=where)
+
+    weights = directory / SAFETENSORS_NAME
+    if weights.is_file():
+        names, shapes, dtypes = _read_safetensors_header(weights, where)
+        reader = _TensorReader(weights)
+    elif (directory / PICKLE_NAME).is_file():
+        weights = directory / PICKLE_NAME
+        if not allow_pickle:
+            raise UnsafeAdapterError(
+                f"{where}: only {PICKLE_NAME} (a pickle) is present; unpickling a file can run arbitrary code. "
+                f"Convert it to {SAFETENSORS_NAME}, or pass --allow-pickle (allow_pickle=True) if you trust it"
+            )
+        tensors = _read_pickle(weights, where)
+        names = list(tensors)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        dtypes = {k: v.dtype for k, v in tensors.items()}
+        reader = _TensorReader(weights, tensors)
+    else:
+        raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_NAME} next to {CONFIG_NAME}")
+
+    return LoraAdapter(
+        name=name or directory.resolve().name,
+        source=where,
+        path=directory,
+        config=config,
+        weights_file=weights,
+        tensor_names=names,
+        shapes=shapes,
+        dtypes=dtypes,
+        reader=reader,
+    )
+
+
+def _read_json(path: Path, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFormatError(f"{where}: {path.name} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"{where}: {path.name} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, dict]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = list(handle.keys())
+            shapes, dtypes = {}, {}
+            for key in names:
+                piece = handle.get_slice(key)
+                shapes[key] = tuple(piece.get_shape())
+                dtypes[key] = _DTYPES.get(piece.get_dtype(), torch.uint8)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise AdapterFormatError(f"{where}: {path.name} is not a readable safetensors file ({err})") from None
+    return names, shapes, dtypes
+
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad pickle; all mean "unreadable"
+        raise AdapterFormatError(f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of tensors")
+    return data
+
+
+# -- config parsing -------------------------------------------------------------
+
+
+def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConfig:
+    """Parse the math-relevant fields of an ``adapter_config.json`` dict.
+
+    Raises:
+        AdapterFormatError: a field has the wrong type or an impossible value.
+    """
+
+    def fail(field_name: str, value: Any, expected: str) -> AdapterFormatError:
+        return AdapterFormatError(f"{where}: {CONFIG_NAME} field {field_name!r} = {value!r} should be {expected}")
+
+    def rank(field_name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_RANK:
+            raise fail(field_name, value, f"an integer between 1 and {MAX_RANK}")
+        return value
+
+    def number(field_name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise fail(field_name, value, "a finite number")
+        return value
+
+    def flag(field_name: str) -> bool:
+        value = data.get(field_name, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise fail(field_name, value, "true or false")
+        return value
+
+    def mapping(field_name: str) -> dict:
+        value = data.get(field_name) or {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise fail(field_name, value, "an object of module-name patterns")
+        return value
+
+    def optional_str(field_name: str) -> str | None:
+        value = data.get(field_name)
+        if value is not None and not isinstance(value, str):
+            raise fail(field_name, value, "a string or null")
+        return value or None
+
+    if "r" not in data:
+        raise AdapterFormatError(f"{where}: {CONFIG_NAME} has no 'r' (rank); is this a LoRA adapter?")
+    r = rank("r", data["r"])
+    lora_alpha = number("lora_alpha", data.get("lora_alpha", 8))
+    rank_pattern = {k: rank(f"rank_pattern[{k!r}]", v) for k, v in mapping("rank_pattern").items()}
+    alpha_pattern = {k: number(f"alpha_pattern[{k!r}]", v) for k, v in mapping("alpha_pattern").items()}
+    for key in (*rank_pattern, *alpha_pattern):
+        try:
+            re.compile(key)
+        except re.error:
+            raise fail("rank_pattern/alpha_pattern key", key, "a valid regular expression") from None
+
+    modules_to_save = data.get("modules_to_save") or []
+    if isinstance(modules_to_save, str):
+        modules_to_save = [modules_to_save]
+    if not isinstance(modules_to_save, list) or not all(isinstance(m, str) for m in modules_to_save):
+        raise fail("modules_to_save", modules_to_save, "a list of module names")
+    target_modules = data.get("target_modules")
+    if target_modules is not None and not isinstance(target_modules, (str, list)):
+        raise fail("target_modules", target_modules, "a list of names or a regex string")
+    bias = data.get("bias", "none") or "none"
+    if bias not in ("none", "all", "lora_only"):
+        raise fail("bias", bias, "'none', 'all' or 'lora_only'")
+
+    unsupported = {key: reason for key, reason in _VARIANTS.items() if data.get(key) not in (None, False, [], {}, "")}
+    if bias != "none":
+        unsupported["bias"] = f"bias={bias!r} stores trained bias values, not deltas, which cannot be summed"
+    init = str(data.get("init_lora_weights", True)).lower()
+    if init.startswith(_BASE_CHANGING_INITS):
+        unsupported["init_lora_weights"] = (
+            f"init_lora_weights={data['init_lora_weights']!r} modifies the base model, so the delta is relative to "
+            "that modified base; convert it with PEFT's path_initial_model_for_weight_conversion first"
+        )
+
+    return AdapterConfig(
+        peft_type=optional_str("peft_type"),
+        r=r,
+        lora_alpha=lora_alpha,
+        use_rslora=flag("use_rslora"),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        fan_in_fan_out=flag("fan_in_fan_out"),
+        target_modules=target_modules,
+        layers_to_transform=data.get("layers_to_transform"),
+        modules_to_save=modules_to_save,
+        use_dora=flag("use_dora"),
+        lora_bias=flag("lora_bias"),
+        bias=bias,
+        task_type=optional_str("task_type"),
+        base_model_name_or_path=optional_str("base_model_name_or_path"),
+        revision=optional_str("revision"),
+        unsupported=unsupported,
+    )

@@ -1,0 +1,254 @@
+"""Can these adapters be summed exactly? Collect every reason why not, raise once.
+
+:func:`check_compatibility` looks at configs, tensor shapes and tensor values
+before anything is merged or written. Each problem names the source, the
+file or module key, and what differs, so one run tells the user everything
+to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter import LoraAdapter
+from .errors import IncompatibleAdaptersError
+from .report import Notice
+
+__all__ = ["Compatibility", "check_compatibility", "normalize_base_model"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+@dataclass
+class Compatibility:
+    """What the check learned about a set of adapters that can be merged.
+
+    Attributes:
+        base_model: the base model's name as the first adapter spells it (or ``None``).
+        revision: the base model revision the adapters agree on (or ``None``).
+        coverage: module key → indices of the adapters that adapt it (sorted by key).
+        saved_modules: module key → index of the adapter whose full copy is carried over.
+        base_layers: module key → index of the adapter whose saved base embedding is carried over.
+        warnings: things the user should know that do not stop the merge.
+    """
+
+    base_model: str | None
+    revision: str | None
+    coverage: dict[str, list[int]]
+    saved_modules: dict[str, int] = field(default_factory=dict)
+    base_layers: dict[str, int] = field(default_factory=dict)
+    warnings: list[Notice] = field(default_factory=list)
+
+
+def normalize_base_model(name: str) -> str:
+    """Normalise a ``base_model_name_or_path`` for comparison.
+
+    Hub ids are case-insensitive and a trailing slash means nothing; local
+    paths keep their case but are normalised (``a/./b/`` is ``a/b``).
+    """
+    name = name.strip().rstrip("/")
+    if _HUB_ID.match(name) and not name.startswith("."):
+        return name.lower()
+    return os.path.normpath(os.path.expanduser(name))
+
+
+def check_compatibility(
+    adapters: Sequence[LoraAdapter],
+    *,
+    allow_base_mismatch: bool = False,
+    check_values: bool = True,
+) -> Compatibility:
+    """Check that ``adapters`` can be summed exactly.
+
+    Args:
+        adapters: the loaded adapters, in merge order.
+        allow_base_mismatch: turn a base-model mismatch into a warning.
+        check_values: also scan every tensor for NaN/Inf and compare saved
+            base embeddings (reads all tensor data once).
+
+    Returns:
+        A :class:`Compatibility` with the module coverage and the warnings.
+
+    Raises:
+        IncompatibleAdaptersError: with every problem found.
+
+    Example:
+        >>> compat = check_compatibility([load_adapter("a"), load_adapter("b")])
+        >>> compat.warnings
+        []
+    """
+    problems: list[str] = []
+    warnings: list[Notice] = []
+    if not adapters:
+        raise IncompatibleAdaptersError(["no adapters given"])
+
+    for adapter in adapters:
+        problems.extend(adapter.problems)
+        config = adapter.config
+        if (config.peft_type or "").upper() != "LORA":
+            problems.append(
+                f"{adapter.source}: peft_type is {config.peft_type!r}, not 'LORA'; only LoRA adapters can be merged"
+            )
+        for key, reason in config.unsupported.items():
+            problems.append(f"{adapter.source}: {key} is set: {reason}")
+        if not adapter.modules:
+            problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
+
+    base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch)
+    _check_fields(adapters, problems, warnings)
+    coverage = _check_modules(adapters, problems)
+    saved_modules = _check_saved_modules(adapters, problems)
+    base_layers = {key: owners[0] for key, owners in _owners(adapters, "base_layers").items()}
+    if check_values:
+        _check_values(adapters, problems)
+        _check_base_layers_agree(adapters, problems)
+
+    if problems:
+        raise IncompatibleAdaptersError(problems)
+    for key, owner in saved_modules.items():
+        warnings.append(
+            Notice(
+                "modules_to_save",
+                f"{adapters[owner].source} saves a full copy of {key!r} (modules_to_save); "
+                "it is carried over unchanged, not merged",
+            )
+        )
+    return Compatibility(
+        base_model=base_model,
+        revision=revision,
+        coverage=coverage,
+        saved_modules=saved_modules,
+        base_layers=base_layers,
+        warnings=warnings,
+    )
+
+
+def _check_base(adapters, problems, warnings, allow_mismatch) -> tuple[str | None, str | None]:
+    named = [a for a in adapters if a.config.base_model_name_or_path]
+    for adapter in adapters:
+        if not adapter.config.base_model_name_or_path:
+            warnings.append(
+                Notice(
+                    "unknown_base_model",
+                    f"{adapter.source}: adapter_config.json does not name its base model "
+                    "(base_model_name_or_path is empty), so hubmerge cannot check it matches the others",
+                )
+            )
+    base = named[0].config.base_model_name_or_path if named else None
+    for adapter in named[1:]:
+        theirs = adapter.config.base_model_name_or_path
+        if normalize_base_model(theirs) != normalize_base_model(base):
+            message = (
+                f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
+                "LoRA deltas only add up on the same base model"
+            )
+            if allow_mismatch:
+                warnings.append(Notice("base_model_mismatch", message + " (allowed by --allow-base-mismatch)"))
+            else:
+                problems.append(message + "; pass --allow-base-mismatch if they really are the same weights")
+    revisions = {a.config.revision for a in adapters if a.config.revision}
+    if len(revisions) > 1:
+        listing = ", ".join(f"{a.source}: {a.config.revision!r}" for a in adapters if a.config.revision)
+        message = f"base model revisions differ ({listing})"
+        if allow_mismatch:
+            warnings.append(Notice("base_model_mismatch", message + " (allowed by --allow-base-mismatch)"))
+        else:
+            problems.append(message + "; pass --allow-base-mismatch if they really are the same weights")
+    return base, (revisions.pop() if len(revisions) == 1 else None)
+
+
+def _check_fields(adapters, problems, warnings) -> None:
+    fan = {a.config.fan_in_fan_out for a in adapters}
+    if len(fan) > 1:
+        listing = ", ".join(f"{a.source}: {a.config.fan_in_fan_out}" for a in adapters)
+        problems.append(f"fan_in_fan_out differs ({listing}); the adapters were made for different layer types")
+    tasks = {a.config.task_type for a in adapters}
+    if len(tasks) > 1:
+        listing = ", ".join(f"{a.source}: {a.config.task_type}" for a in adapters)
+        warnings.append(
+            Notice("task_type_mismatch", f"task_type differs ({listing}); the merged adapter's task_type is left empty")
+        )
+
+
+def _check_modules(adapters, problems) -> dict[str, list[int]]:
+    coverage: dict[str, list[int]] = {}
+    for index, adapter in enumerate(adapters):
+        for key in adapter.modules:
+            coverage.setdefault(key, []).append(index)
+    for key, owners in coverage.items():
+        first = adapters[owners[0]].modules[key]
+        for index in owners[1:]:
+            spec = adapters[index].modules[key]
+            if spec.kind != first.kind:
+                problems.append(
+                    f"{adapters[index].source}: module {key!r} is {spec.kind} LoRA but "
+                    f"{first.kind} LoRA in {adapters[owners[0]].source}"
+                )
+            elif (spec.in_features, spec.out_features) != (first.in_features, first.out_features):
+                problems.append(
+                    f"{adapters[index].source}: module {key!r} maps {spec.in_features}→{spec.out_features} features "
+                    f"but {first.in_features}→{first.out_features} in {adapters[owners[0]].source}; "
+                    "the adapters were trained on different model shapes"
+                )
+    return dict(sorted(coverage.items()))
+
+
+def _owners(adapters, attribute: str) -> dict[str, list[int]]:
+    owners: dict[str, list[int]] = {}
+    for index, adapter in enumerate(adapters):
+        for key in getattr(adapter, attribute):
+            owners.setdefault(key, []).append(index)
+    return owners
+
+
+def _check_saved_modules(adapters, problems) -> dict[str, int]:
+    carried = {}
+    for key, owners in _owners(adapters, "saved_modules").items():
+        if len(owners) > 1:
+            listing = ", ".join(adapters[i].source for i in owners)
+            problems.append(
+                f"module {key!r} is saved in full (modules_to_save) by several adapters ({listing}); "
+                "two full copies cannot be summed; drop it from all but one adapter"
+            )
+        else:
+            carried[key] = owners[0]
+        lora = [adapters[i].source for i, a in enumerate(adapters) if key in a.modules]
+        if lora:
+            problems.append(
+                f"module {key!r} is saved in full by {adapters[owners[0]].source} and LoRA-adapted by "
+                f"{', '.join(lora)}; the full copy would overwrite the LoRA delta"
+            )
+    return carried
+
+
+def _check_values(adapters, problems) -> None:
+    for adapter in adapters:
+        for name in adapter.iter_tensor_names():
+            tensor = adapter.tensor(name)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                problems.append(
+                    f"{adapter.source}: {adapter.weights_file.name} key {name!r} holds {bad} NaN/Inf value(s)"
+                )
+
+
+def _check_base_layers_agree(adapters, problems) -> None:
+    for key, owners in _owners(adapters, "base_layers").items():
+        reference = adapters[owners[0]]
+        first = [reference.tensor(n) for n in reference.base_layers[key]]
+        for index in owners[1:]:
+            other = [adapters[index].tensor(n) for n in adapters[index].base_layers[key]]
+            same = len(first) == len(other) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)
+            )
+            if not same:
+                problems.append(
+                    f"{adapters[index].source}: the saved base weights of {key!r} differ from "
+                    f"{reference.source}'s; the adapters were trained on different base embeddings "
+                    "(e.g. a resized vocabulary)"
+                )

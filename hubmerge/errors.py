@@ -1,0 +1,84 @@
+"""Every exception hubmerge raises on purpose.
+
+Callers catch :class:`HubmergeError` for "hubmerge refused, and the message
+says why"; anything else escaping hubmerge is a bug. Each class also subclasses
+the builtin it resembles, so ``except ValueError`` keeps working::
+
+    HubmergeError
+    ├── SourceError (ValueError)              a source reference that cannot be parsed
+    ├── AdapterError                          a source whose adapter files cannot be used
+    │   ├── AdapterNotFoundError (FileNotFoundError)
+    │   ├── UnsafeAdapterError                pickle weights refused without allow_pickle
+    │   └── AdapterFormatError (ValueError)   broken config.json or tensor file
+    ├── IncompatibleAdaptersError (ValueError) the adapters cannot be summed exactly
+    ├── InvalidArgumentError (ValueError)     a merge option with a bad value
+    └── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
+
+Messages name the source (and file, and module key where there is one) and
+say what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AdapterError",
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "HubmergeError",
+    "IncompatibleAdaptersError",
+    "InvalidArgumentError",
+    "OutputExistsError",
+    "SourceError",
+    "UnsafeAdapterError",
+]
+
+
+class HubmergeError(Exception):
+    """Base class of every error hubmerge raises deliberately."""
+
+
+class SourceError(HubmergeError, ValueError):
+    """Raised when a source reference (``user/repo/sub@rev`` or a path) is malformed."""
+
+
+class AdapterError(HubmergeError):
+    """Raised when the files of one source cannot be used as a LoRA adapter."""
+
+
+class AdapterNotFoundError(AdapterError, FileNotFoundError):
+    """Raised when a source has no ``adapter_config.json`` or no adapter weights."""
+
+
+class UnsafeAdapterError(AdapterError):
+    """Raised when a source only has pickle weights (``adapter_model.bin``) and
+    ``allow_pickle`` was not given: unpickling a stranger's file can run code."""
+
+
+class AdapterFormatError(AdapterError, ValueError):
+    """Raised when ``adapter_config.json`` or the tensor file cannot be parsed."""
+
+
+class IncompatibleAdaptersError(HubmergeError, ValueError):
+    """Raised by the compatibility check with *every* problem it found.
+
+    Attributes:
+        problems: one line per problem, each naming the source and, where it
+            applies, the module key and what differs.
+    """
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"the adapters cannot be merged exactly ({count} problem{'s' if count != 1 else ''}):"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class InvalidArgumentError(HubmergeError, ValueError):
+    """Raised when a merge option has a bad value (weights count, dtype, …)."""
+
+
+class OutputExistsError(HubmergeError, FileExistsError):
+    """Raised when the output directory exists and is not empty, and
+    ``overwrite`` was not given."""

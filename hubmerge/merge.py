@@ -1,0 +1,95 @@
+"""The exact sum, by rank concatenation, and the merged adapter's config.
+
+For one module with factors (Aᵢ, Bᵢ) and coefficients cᵢ = wᵢ·sᵢ::
+
+    Σ cᵢ·Bᵢ·Aᵢ = [B₁ B₂ … Bₙ] · [c₁A₁; c₂A₂; …; cₙAₙ]
+
+so the merged module has rank R = Σ rᵢ and scale 1 (lora_alpha = r = R,
+no rsLoRA). Nothing here touches files or the network.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["build_config", "concat_factors"]
+
+
+def concat_factors(
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    coefficients: Sequence[float],
+    *,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the A's (with cᵢ folded in) and concatenate the B's.
+
+    Args:
+        factors: ``(A, B)`` per contributing adapter, A: rᵢ×in, B: out×rᵢ.
+        coefficients: cᵢ = wᵢ·sᵢ per adapter.
+        dtype: dtype of the result. The scaling is done in float32 (float64
+            if the inputs are float64) before the single rounding to ``dtype``.
+
+    Returns:
+        ``(A, B)`` with ``B @ A == Σ cᵢ Bᵢ Aᵢ`` (up to that rounding).
+
+    Example:
+        >>> a, b = concat_factors([(A1, B1), (A2, B2)], [2.0, -0.5], dtype=torch.float32)
+        >>> torch.allclose(b @ a, 2 * B1 @ A1 - 0.5 * B2 @ A2)
+        True
+    """
+    work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
+    a = torch.cat([a.to(work) * c for (a, _), c in zip(factors, coefficients)], dim=0).to(dtype)
+    b = torch.cat([b for _, b in factors], dim=1).to(dtype)
+    return a.contiguous(), b.contiguous()
+
+
+def build_config(
+    ranks: dict[str, int],
+    *,
+    base_model_name_or_path: str | None,
+    revision: str | None,
+    task_type: str | None,
+    fan_in_fan_out: bool,
+    modules_to_save: Sequence[str] = (),
+) -> dict:
+    """The merged adapter's ``adapter_config.json``, built from an allow-list.
+
+    Nothing is copied from the inputs' configs: every field is decided here,
+    so input-only settings (rsLoRA, patterns, dropout, init schemes) cannot
+    leak into the result and change its scale.
+
+    Args:
+        ranks: module key → merged rank. Each module gets ``lora_alpha`` equal
+            to its rank, so PEFT's scale α/r is exactly 1.
+        base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by all inputs.
+        modules_to_save: full modules carried over from one input.
+    """
+    common = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
+    # Every other module is listed by its full key: PEFT matches pattern keys as
+    # suffixes at a dot boundary, and a full key only matches its own module.
+    pattern = {key: rank for key, rank in ranks.items() if rank != common}
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": revision,
+        "r": common,
+        "lora_alpha": common,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "use_rslora": False,
+        "target_modules": sorted(ranks),
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "fan_in_fan_out": fan_in_fan_out,
+        "modules_to_save": list(modules_to_save) or None,
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "lora_bias": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }

@@ -1,0 +1,273 @@
+"""How much do the adapters' weight deltas overlap? Computed in rank space.
+
+For adapter i with merge weight wᵢ and PEFT scale sᵢ, the delta of module m
+is ΔWᵢ = wᵢ·sᵢ·Bᵢ·Aᵢ. Frobenius inner products never need the
+d_out × d_in matrix::
+
+    ⟨BᵢAᵢ, BⱼAⱼ⟩_F = Σ (BᵢᵀBⱼ) ∘ (AᵢAⱼᵀ)        an rᵢ × rⱼ sum, O((d_in + d_out)·rᵢ·rⱼ)
+
+Per module we build the N×N Gram matrix G of the deltas (the adapters that
+do not adapt m contribute zero rows). From it:
+
+- cosine(i, j) = Gᵢⱼ / √(Gᵢᵢ Gⱼⱼ)
+- interference ratio = ‖Σ ΔWᵢ‖² / Σ ‖ΔWᵢ‖² = ΣᵢⱼGᵢⱼ / ΣᵢGᵢᵢ
+  (1: orthogonal, > 1: reinforcing, < 1: cancelling)
+
+and per pair, over the modules both adapt with non-zero deltas:
+
+- RMS cosine = √(mean cos²)          the paper's interference predictor
+- mean cosine = mean cos               signed: negative means opposing updates
+- norm-weighted cosine = Σ⟨ΔWᵢ,ΔWⱼ⟩ / √(Σ‖ΔWᵢ‖² Σ‖ΔWⱼ‖²)
+                                       the cosine of the two deltas seen as one long vector
+- A overlap = mean of ‖AᵢAⱼᵀ‖_F / √(‖AᵢAᵢᵀ‖_F ‖AⱼAⱼᵀ‖_F) ∈ [0, 1]; near 1 when the
+  A matrices share an initialisation (same seed), about √(r/d_in) for independent ones.
+
+The thresholds behind the warnings live in :class:`Thresholds`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .report import Notice
+
+__all__ = ["ModuleGram", "SimilarityAccumulator", "Thresholds", "module_gram"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When hubmerge warns. Change them by passing your own instance.
+
+    Attributes:
+        rms_cosine: warn for a pair whose RMS cosine is at least this. Independently
+            trained adapters on different data sit near 0 (about 1/√(d·r) by chance);
+            arXiv 2508.11985 found merges degrade as the RMS cosine grows. 0.1 is a
+            provisional value until hubmerge's own calibration on a real model replaces it.
+        cancel_ratio: warn for modules whose interference ratio is below this, i.e.
+            the sum keeps less than this share of the energy the parts have.
+        a_overlap: warn for a pair whose mean A overlap is at least this: such
+            adapters almost surely started from the same random A (same seed).
+        max_listed: how many module keys a warning names before summarising.
+    """
+
+    rms_cosine: float = 0.1
+    cancel_ratio: float = 0.5
+    a_overlap: float = 0.8
+    max_listed: int = 5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModuleGram:
+    """Rank-space statistics of one module.
+
+    Attributes:
+        gram: N×N float64 Gram matrix of the weighted deltas (zeros for absent adapters).
+        a_overlap: N×N A-overlap matrix (NaN where undefined).
+        present: indices of the adapters that adapt this module.
+    """
+
+    gram: torch.Tensor
+    a_overlap: torch.Tensor
+    present: list[int]
+
+    @property
+    def norms(self) -> torch.Tensor:
+        return self.gram.diagonal().clamp_min(0).sqrt()
+
+    @property
+    def interference(self) -> float | None:
+        energy = float(self.gram.diagonal().sum())
+        return float(self.gram.sum()) / energy if energy > 0 else None
+
+    def cosine(self) -> torch.Tensor:
+        norms = self.norms
+        denom = torch.outer(norms, norms)
+        cos = torch.where(denom > 0, self.gram / denom.where(denom > 0, torch.ones_like(denom)), torch.nan)
+        return cos.clamp(-1.0, 1.0)
+
+
+def module_gram(
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+    coefficients: Sequence[float],
+) -> ModuleGram:
+    """Gram matrix of the deltas cᵢ·Bᵢ·Aᵢ of one module, in rank space.
+
+    Args:
+        factors: per adapter ``(A, B)`` (A: r×in, B: out×r), or ``None`` where absent.
+        coefficients: per adapter cᵢ = wᵢ·sᵢ.
+
+    Returns:
+        The :class:`ModuleGram`; ``gram[i, j] = ⟨cᵢBᵢAᵢ, cⱼBⱼAⱼ⟩_F``.
+    """
+    n = len(factors)
+    present = [i for i, f in enumerate(factors) if f is not None]
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    overlap = torch.full((n, n), math.nan, dtype=torch.float64)
+    if not present:
+        return ModuleGram(gram, overlap, present)
+    a_all = torch.cat([factors[i][0].to(torch.float64) * coefficients[i] for i in present], dim=0)
+    b_all = torch.cat([factors[i][1].to(torch.float64) for i in present], dim=1)
+    a_gram = a_all @ a_all.T  # R×R
+    full = (b_all.T @ b_all) * a_gram  # entry (p, q): contribution of rank p of one adapter and q of another
+    edges = [0]
+    for i in present:
+        edges.append(edges[-1] + factors[i][0].shape[0])
+    a_norms = [torch.linalg.matrix_norm(a_gram[edges[k] : edges[k + 1], edges[k] : edges[k + 1]]) for k in range(len(present))]
+    for k, i in enumerate(present):
+        for l, j in enumerate(present):
+            block = slice(edges[k], edges[k + 1]), slice(edges[l], edges[l + 1])
+            gram[i, j] = full[block].sum()
+            denom = math.sqrt(float(a_norms[k]) * float(a_norms[l]))
+            if denom > 0:
+                overlap[i, j] = float(torch.linalg.matrix_norm(a_gram[block])) / denom
+    return ModuleGram(gram, overlap, present)
+
+
+@dataclass
+class SimilarityAccumulator:
+    """Collects per-module Gram matrices into pair statistics and warnings.
+
+    Feed it one module at a time (:meth:`add`) so a merge streams; then
+    :meth:`summary` gives the JSON-able result.
+    """
+
+    names: list[str]
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    per_module: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.names)
+        self._cos_sq = torch.zeros(n, n, dtype=torch.float64)
+        self._cos_sum = torch.zeros(n, n, dtype=torch.float64)
+        self._count = torch.zeros(n, n, dtype=torch.int64)
+        self._inner = torch.zeros(n, n, dtype=torch.float64)
+        self._energy_i = torch.zeros(n, n, dtype=torch.float64)  # Σ‖ΔWᵢ‖² over modules shared with j
+        self._overlap_sum = torch.zeros(n, n, dtype=torch.float64)
+        self._overlap_count = torch.zeros(n, n, dtype=torch.int64)
+        self._total = 0.0
+        self._energy = 0.0
+        self._zero: dict[int, int] = {}
+
+    def add(self, module: str, stats: ModuleGram) -> None:
+        cos = stats.cosine()
+        defined = ~torch.isnan(cos)
+        self._cos_sq += torch.where(defined, cos * cos, 0.0)
+        self._cos_sum += torch.where(defined, cos, 0.0)
+        self._count += defined.to(torch.int64)
+        self._inner += torch.where(defined, stats.gram, 0.0)
+        diag = stats.gram.diagonal()
+        self._energy_i += torch.where(defined, diag.unsqueeze(1).expand_as(cos), 0.0)
+        seen = ~torch.isnan(stats.a_overlap)
+        self._overlap_sum += torch.where(seen, stats.a_overlap, 0.0)
+        self._overlap_count += seen.to(torch.int64)
+        self._total += float(stats.gram.sum())
+        self._energy += float(diag.sum())
+        for i in stats.present:
+            if diag[i] == 0:
+                self._zero[i] = self._zero.get(i, 0) + 1
+        self.per_module[module] = {
+            "adapters": [self.names[i] for i in stats.present],
+            "norms": [round_float(float(stats.norms[i])) for i in stats.present],
+            "cosine": _pairs(cos, stats.present, self.names),
+            "interference": round_float(stats.interference),
+        }
+
+    def summary(self) -> tuple[dict, list[Notice]]:
+        """The pair matrices, the interference ratio and the warnings."""
+        count = self._count.to(torch.float64)
+        with torch.no_grad():
+            rms = torch.where(self._count > 0, (self._cos_sq / count.clamp_min(1)).sqrt(), torch.nan)
+            mean = torch.where(self._count > 0, self._cos_sum / count.clamp_min(1), torch.nan)
+            energy = self._energy_i * self._energy_i.T
+            weighted = torch.where(energy > 0, self._inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
+            overlap = torch.where(
+                self._overlap_count > 0, self._overlap_sum / self._overlap_count.clamp_min(1), torch.nan
+            )
+        overall = self._total / self._energy if self._energy > 0 else None
+        result = {
+            "adapters": list(self.names),
+            "rms_cosine": _matrix(rms),
+            "mean_cosine": _matrix(mean),
+            "norm_weighted_cosine": _matrix(weighted),
+            "shared_modules": self._count.tolist(),
+            "a_overlap": _matrix(overlap),
+            "interference_ratio": round_float(overall),
+            "thresholds": self.thresholds.to_dict(),
+            "per_module": self.per_module,
+        }
+        return result, self._warnings(rms, mean, overlap)
+
+    def _warnings(self, rms, mean, overlap) -> list[Notice]:
+        t = self.thresholds
+        notes: list[Notice] = []
+        n = len(self.names)
+        for i in range(n):
+            for j in range(i + 1, n):
+                a, b = self.names[i], self.names[j]
+                if not math.isnan(rms[i, j]) and rms[i, j] >= t.rms_cosine:
+                    direction = "opposing" if mean[i, j] < 0 else "overlapping"
+                    notes.append(
+                        Notice(
+                            "high_cosine",
+                            f"{a} and {b} make {direction} updates (RMS cosine {float(rms[i, j]):.3f} ≥ "
+                            f"{t.rms_cosine}): summing them may interfere. Consider lower weights, or "
+                            "evaluate the merge on both tasks before using it",
+                        )
+                    )
+                if not math.isnan(overlap[i, j]) and overlap[i, j] >= t.a_overlap:
+                    notes.append(
+                        Notice(
+                            "shared_init",
+                            f"{a} and {b} have nearly identical A matrices (mean overlap {float(overlap[i, j]):.3f}): "
+                            "they were probably trained from the same seed. PEFT starts A random and B at zero, "
+                            "so a shared A makes their deltas look more alike than independent adapters",
+                        )
+                    )
+        cancelling = [
+            key
+            for key, stats in self.per_module.items()
+            if len(stats["adapters"]) > 1 and stats["interference"] is not None and stats["interference"] < t.cancel_ratio
+        ]
+        if cancelling:
+            shown = ", ".join(cancelling[: t.max_listed]) + (" …" if len(cancelling) > t.max_listed else "")
+            notes.append(
+                Notice(
+                    "cancelling_modules",
+                    f"in {len(cancelling)} module(s) the adapters cancel each other (interference ratio < "
+                    f"{t.cancel_ratio}: the sum keeps less than that share of the parts' energy): {shown}",
+                )
+            )
+        for i, count in sorted(self._zero.items()):
+            notes.append(
+                Notice(
+                    "zero_delta",
+                    f"{self.names[i]} has an all-zero delta in {count} module(s); it may be untrained (PEFT starts B at zero)",
+                )
+            )
+        return notes
+
+
+def round_float(value: float | None, digits: int = 6) -> float | None:
+    """JSON-friendly: NaN and None become None; others rounded to ``digits`` significant digits."""
+    if value is None or math.isnan(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def _matrix(values: torch.Tensor) -> list[list[float | None]]:
+    return [[round_float(float(v)) for v in row] for row in values]
+
+
+def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:
+    return {
+        f"{names[i]}|{names[j]}": round_float(float(cos[i, j]))
+        for k, i in enumerate(present)
+        for j in present[k + 1 :]
+    }

@@ -1,0 +1,168 @@
+"""The exact sum, checked on real models against independent references.
+
+Reference 1: the base model with Σ wᵢ·ΔWᵢ added to its weights by hand, where
+each ΔWᵢ comes from PEFT's own ``get_delta_weight``. Reference 2, where it is
+correct: PEFT's ``add_weighted_adapter(combination_type="cat")``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+import hubmerge
+from hubmerge.merge import concat_factors
+from tests.factory import BASES, input_ids, make_adapter, peft_logits, reference_logits
+
+# fp32 logits of a 2-layer model: the merge rounds once per factor, the
+# reference adds dense deltas; both agree far below this.
+ATOL = 2e-5
+
+SCENARIOS = {
+    "two adapters": ("llama", [dict(seed=1), dict(seed=2)], [1.0, 1.0]),
+    "three adapters, different ranks": (
+        "llama",
+        [dict(seed=1, r=2), dict(seed=2, r=4, lora_alpha=16), dict(seed=3, r=8, lora_alpha=4)],
+        [1.0, 1.0, 1.0],
+    ),
+    "negative weight (task negation)": ("llama", [dict(seed=1), dict(seed=2)], [1.0, -0.5]),
+    "rsLoRA": ("llama", [dict(seed=1, r=4, use_rslora=True), dict(seed=2, r=16, lora_alpha=4, use_rslora=True)], [0.7, 1.3]),
+    "rank and alpha patterns": (
+        "llama",
+        [
+            dict(seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                 rank_pattern={"down_proj": 2, "layers.1.self_attn.q_proj": 6}, alpha_pattern={"v_proj": 3}),
+            dict(seed=2, r=2, rank_pattern={"v_proj": 5}, alpha_pattern={"layers.0.self_attn.q_proj": 32}),
+        ],
+        [1.0, 2.0],
+    ),  # fmt: skip
+    "partially overlapping targets": (
+        "llama",
+        [dict(seed=1, target_modules=["q_proj", "k_proj"]), dict(seed=2, target_modules=["k_proj", "up_proj"],
+                                                                 layers_to_transform=[1])],
+        [1.0, 1.0],
+    ),  # fmt: skip
+    "rsLoRA mixed with plain LoRA": ("llama", [dict(seed=1, use_rslora=True), dict(seed=2)], [1.0, 1.0]),
+    "embedding LoRA": (
+        "llama",
+        [dict(seed=1, target_modules=["embed_tokens", "q_proj"]), dict(seed=2, target_modules=["embed_tokens"])],
+        [1.0, 0.5],
+    ),
+    "modules_to_save carried over": (
+        "llama",
+        [dict(seed=1, modules_to_save=["lm_head"]), dict(seed=2, target_modules=["o_proj"])],
+        [1.0, 1.0],
+    ),
+    "GPT-2 Conv1D (fan_in_fan_out)": (
+        "gpt2",
+        [dict(seed=1, target_modules=["c_attn", "c_fc"]), dict(seed=2, r=8, target_modules=["c_attn", "c_proj"])],
+        [1.0, -1.0],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_merged_adapter_matches_dense_sum(tmp_path, scenario):
+    base, specs, weights = SCENARIOS[scenario]
+    dirs = [make_adapter(tmp_path / f"in{i}", base=base, **spec) for i, spec in enumerate(specs)]
+    result = hubmerge.merge(dirs, weights=weights)
+    out = result.save_pretrained(tmp_path / "merged")
+
+    expected = reference_logits(base, list(zip(dirs, weights)))
+    merged = peft_logits(base, out)
+    unmerged = BASES[base][0]()(input_ids()).logits
+    assert (expected - unmerged).abs().max() > 1e-3, "the adapters must actually change the logits"
+    torch.testing.assert_close(merged, expected, atol=ATOL, rtol=1e-5)
+
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["use_rslora"] is False
+    assert result.report["exact"] is True
+
+
+def test_single_adapter_with_weight_one_reproduces_it(tmp_path):
+    source = make_adapter(tmp_path / "a", seed=3, r=4, lora_alpha=4)  # scale 1: factors copied bit for bit
+    out = hubmerge.merge([source]).save_pretrained(tmp_path / "out")
+    original = load_file(source / "adapter_model.safetensors")
+    merged = load_file(out / "adapter_model.safetensors")
+    assert original.keys() == merged.keys()
+    for key in original:
+        assert torch.equal(original[key], merged[key]), key
+    torch.testing.assert_close(peft_logits("llama", out), peft_logits("llama", source), atol=0, rtol=0)
+
+
+def test_single_adapter_with_any_scale_gives_same_model(tmp_path):
+    source = make_adapter(tmp_path / "a", seed=3, r=4, lora_alpha=32, use_rslora=True)
+    out = hubmerge.merge([source]).save_pretrained(tmp_path / "out")
+    torch.testing.assert_close(peft_logits("llama", out), peft_logits("llama", source), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0], [0.3, 2.0]])
+def test_equals_peft_cat_where_peft_is_correct(tmp_path, weights):
+    # PEFT's "cat" is right for positive weights, no rsLoRA and no rank patterns.
+    a = make_adapter(tmp_path / "a", seed=1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    b = make_adapter(tmp_path / "b", seed=2, r=2, lora_alpha=16, target_modules=["v_proj", "down_proj"])
+    out = hubmerge.merge([a, b], weights=weights).save_pretrained(tmp_path / "out")
+
+    model = PeftModel.from_pretrained(BASES["llama"][0](), str(a), adapter_name="a")
+    model.load_adapter(str(b), adapter_name="b")
+    model.add_weighted_adapter(["a", "b"], weights, "cat", combination_type="cat")
+    model.set_adapter("cat")
+    with torch.no_grad():
+        peft_cat = model(input_ids()).logits
+    torch.testing.assert_close(peft_logits("llama", out), peft_cat, atol=ATOL, rtol=1e-5)
+
+
+def test_differs_from_peft_cat_on_rslora_where_peft_copies_the_config(tmp_path):
+    # PEFT issue #3761: the "cat" config is a copy of the first input's, so
+    # use_rslora=True survives and the merged delta is scaled by √R instead of 1.
+    a = make_adapter(tmp_path / "a", seed=1, r=4, use_rslora=True)
+    b = make_adapter(tmp_path / "b", seed=2, r=4, use_rslora=True)
+    ours = peft_logits("llama", hubmerge.merge([a, b]).save_pretrained(tmp_path / "out"))
+    expected = reference_logits("llama", [(a, 1.0), (b, 1.0)])
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=1e-5)
+
+    model = PeftModel.from_pretrained(BASES["llama"][0](), str(a), adapter_name="a")
+    model.load_adapter(str(b), adapter_name="b")
+    model.add_weighted_adapter(["a", "b"], [1.0, 1.0], "cat", combination_type="cat")
+    model.set_adapter("cat")
+    with torch.no_grad():
+        peft_cat = model(input_ids()).logits
+    assert not torch.allclose(peft_cat, expected, atol=1e-3), "PEFT's cat was expected to be off for rsLoRA"
+
+
+def test_output_config_is_built_not_copied(tmp_path):
+    a = make_adapter(tmp_path / "a", seed=1, r=4, lora_alpha=64, lora_dropout=0.3, use_rslora=True)
+    b = make_adapter(tmp_path / "b", seed=2, r=2, target_modules=["q_proj"])
+    result = hubmerge.merge([a, b])
+    config = result.config
+    assert config["lora_dropout"] == 0.0 and config["use_rslora"] is False
+    q = "model.layers.0.self_attn.q_proj"
+    v = "model.layers.0.self_attn.v_proj"
+    assert config["r"] == config["lora_alpha"]
+    ranks = {key: config["rank_pattern"].get(key, config["r"]) for key in config["target_modules"]}
+    alphas = {key: config["alpha_pattern"].get(key, config["lora_alpha"]) for key in config["target_modules"]}
+    assert ranks[q] == 6 and ranks[v] == 4
+    assert ranks == alphas
+    assert config["base_model_name_or_path"] == "test-org/tiny-llama"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_choice_and_default(tmp_path, dtype):
+    a = make_adapter(tmp_path / "a", seed=1)
+    b = make_adapter(tmp_path / "b", seed=2)
+    result = hubmerge.merge([a, b], dtype=dtype)
+    assert {t.dtype for t in result.tensors.values()} == {getattr(torch, dtype)}
+    assert {t.dtype for t in hubmerge.merge([a, b]).tensors.values()} == {torch.float32}
+
+
+def test_concat_factors_worked_example():
+    # Small enough to check by hand: 2·[1 0]ᵀ[1 2] + (−1)·[0 1]ᵀ[3 4] = [[2, 4], [−3, −4]].
+    a1, b1 = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0], [0.0]])
+    a2, b2 = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0], [1.0]])
+    a, b = concat_factors([(a1, b1), (a2, b2)], [2.0, -1.0], dtype=torch.float32)
+    assert a.shape == (2, 2) and b.shape == (2, 2)
+    assert torch.equal(b @ a, torch.tensor([[2.0, 4.0], [-3.0, -4.0]]))
