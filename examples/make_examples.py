@@ -38,8 +38,9 @@ def base_model() -> LlamaForCausalLM:
 
 
 def train(name: str, *, seed: int, parity: int, config: LoraConfig, steps: int = 40) -> None:
+    base = base_model()  # seeds 0 itself, so seed the adapter afterwards
     torch.manual_seed(seed)  # PEFT draws A from this seed; B starts at zero
-    model = get_peft_model(base_model(), config)
+    model = get_peft_model(base, config)
     data = torch.Generator().manual_seed(1000 + seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     model.train()

@@ -1,8 +1,8 @@
 """hubmerge: merge LoRA adapters exactly, without the base model, and measure their interference.
 
-    >>> import hubmerge
-    >>> result = hubmerge.merge(["examples/adapters/math", "examples/adapters/medicine"])
-    >>> result.save_pretrained("merged")
+>>> import hubmerge
+>>> result = hubmerge.merge(["examples/adapters/math", "examples/adapters/medicine"])
+>>> result.save_pretrained("merged")
 """
 
 __version__ = "0.1.0"

@@ -249,8 +249,9 @@ class LoraAdapter:
             self.problems.append(f"{self.source}: module {module!r} mixes linear and embedding LoRA tensors")
             return None
         kind = "embedding" if "e" in kinds else "linear"
-        a_name, b_name = half.get(("e" if kind == "embedding" else "l") + "A"), half.get(
-            ("e" if kind == "embedding" else "l") + "B"
+        a_name, b_name = (
+            half.get(("e" if kind == "embedding" else "l") + "A"),
+            half.get(("e" if kind == "embedding" else "l") + "B"),
         )
         if a_name is None or b_name is None:
             present, missing = ("lora_A", "lora_B") if b_name is None else ("lora_B", "lora_A")
@@ -446,7 +447,9 @@ def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad pickle; all mean "unreadable"
-        raise AdapterFormatError(f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})") from None
+        raise AdapterFormatError(
+            f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of tensors")
     return data

@@ -61,7 +61,9 @@ class MergeResult:
 
     def __repr__(self) -> str:
         names = ", ".join(a.name for a in self.adapters)
-        return f"MergeResult(adapters=[{names}], modules={self.report['modules']['union']}, exact={self.report['exact']})"
+        return (
+            f"MergeResult(adapters=[{names}], modules={self.report['modules']['union']}, exact={self.report['exact']})"
+        )
 
     @property
     def warnings(self) -> list[dict]:
@@ -92,7 +94,9 @@ class MergeResult:
             {
                 CONFIG_NAME: lambda p: p.write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8"),
                 SAFETENSORS_NAME: lambda p: save_file(self.tensors, str(p), metadata=metadata),
-                REPORT_NAME: lambda p: p.write_text(json.dumps(self.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"),
+                REPORT_NAME: lambda p: p.write_text(
+                    json.dumps(self.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+                ),
             },
             overwrite=overwrite,
         )
@@ -186,7 +190,9 @@ def merge(
             continue
         a, b = concat_factors([factors[i] for i in owners], [coefficients[i] for i in owners], dtype=out_dtype)
         kind = adapters[owners[0]].modules[key].kind
-        a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
+        a_name, b_name = (
+            ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
+        )
         tensors[f"{KEY_PREFIX}{key}.{a_name}"] = a
         tensors[f"{KEY_PREFIX}{key}.{b_name}"] = b
         ranks[key] = a.shape[0]
@@ -269,7 +275,10 @@ def _choose_dtype(dtype, adapters) -> tuple[torch.dtype, list[Notice]]:
         chosen = torch.promote_types(chosen, other)
     listing = ", ".join(f"{a.name}: {_dtype_name(a.dtype)}" for a in adapters)
     return chosen, [
-        Notice("mixed_dtypes", f"the adapters have different dtypes ({listing}); the merge is saved as {_dtype_name(chosen)}")
+        Notice(
+            "mixed_dtypes",
+            f"the adapters have different dtypes ({listing}); the merge is saved as {_dtype_name(chosen)}",
+        )
     ]
 
 
@@ -314,9 +323,7 @@ def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *,
             }
         )
     names = [a.name for a in adapters]
-    only = {
-        name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)
-    }
+    only = {name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)}
     return {
         "hubmerge_version": __version__,
         "method": "sum",

@@ -55,10 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="output dtype (default: the inputs')")
     parser.add_argument(
-        "--allow-pickle", action="store_true", help="accept adapter_model.bin (pickle; only for sources you trust)"
+        "--allow-pickle",
+        action="store_true",
+        help="accept adapter_model.bin (pickle; only for sources you trust)",
     )
     parser.add_argument(
-        "--allow-base-mismatch", action="store_true", help="merge adapters naming different base models (warns)"
+        "--allow-base-mismatch",
+        action="store_true",
+        help="merge adapters naming different base models (warns)",
     )
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
     return parser

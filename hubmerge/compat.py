@@ -171,7 +171,10 @@ def _check_fields(adapters, problems, warnings) -> None:
     if len(tasks) > 1:
         listing = ", ".join(f"{a.source}: {a.config.task_type}" for a in adapters)
         warnings.append(
-            Notice("task_type_mismatch", f"task_type differs ({listing}); the merged adapter's task_type is left empty")
+            Notice(
+                "task_type_mismatch",
+                f"task_type differs ({listing}); the merged adapter's task_type is left empty",
+            )
         )
 
 

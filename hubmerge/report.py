@@ -35,8 +35,16 @@ def render_text(report: dict) -> str:
     lines.append("")
     header = ["adapter", "weight", "r", "alpha", "rsLoRA", "modules", "dtype", "source"]
     rows = [
-        [s["name"], _num(s["weight"]), _ranks(s), _num(s["lora_alpha"]), "yes" if s["use_rslora"] else "no",
-         str(s["num_modules"]), s["dtype"], s["source"]]
+        [
+            s["name"],
+            _num(s["weight"]),
+            _ranks(s),
+            _num(s["lora_alpha"]),
+            "yes" if s["use_rslora"] else "no",
+            str(s["num_modules"]),
+            s["dtype"],
+            s["source"],
+        ]
         for s in sources
     ]
     lines.extend(_table(header, rows))
@@ -46,11 +54,19 @@ def render_text(report: dict) -> str:
     if len(names) > 1:
         lines.append("")
         lines.append("RMS cosine of the weighted deltas (per pair, over shared modules):")
-        lines.extend(_table(["", *names], [[a, *(_num(v, 3) for v in row)] for a, row in zip(names, sim["rms_cosine"])]))
+        lines.extend(
+            _table(["", *names], [[a, *(_num(v, 3) for v in row)] for a, row in zip(names, sim["rms_cosine"])])
+        )
         lines.append("")
         pairs = [
-            [f"{names[i]} + {names[j]}", _num(sim["rms_cosine"][i][j], 4), _num(sim["mean_cosine"][i][j], 4),
-             _num(sim["norm_weighted_cosine"][i][j], 4), _num(sim["a_overlap"][i][j], 3), str(sim["shared_modules"][i][j])]
+            [
+                f"{names[i]} + {names[j]}",
+                _num(sim["rms_cosine"][i][j], 4),
+                _num(sim["mean_cosine"][i][j], 4),
+                _num(sim["norm_weighted_cosine"][i][j], 4),
+                _num(sim["a_overlap"][i][j], 3),
+                str(sim["shared_modules"][i][j]),
+            ]
             for i in range(len(names))
             for j in range(i + 1, len(names))
         ]

@@ -119,12 +119,14 @@ def module_gram(
     edges = [0]
     for i in present:
         edges.append(edges[-1] + factors[i][0].shape[0])
-    a_norms = [torch.linalg.matrix_norm(a_gram[edges[k] : edges[k + 1], edges[k] : edges[k + 1]]) for k in range(len(present))]
+    a_norms = [
+        torch.linalg.matrix_norm(a_gram[edges[k] : edges[k + 1], edges[k] : edges[k + 1]]) for k in range(len(present))
+    ]
     for k, i in enumerate(present):
-        for l, j in enumerate(present):
-            block = slice(edges[k], edges[k + 1]), slice(edges[l], edges[l + 1])
+        for m, j in enumerate(present):
+            block = slice(edges[k], edges[k + 1]), slice(edges[m], edges[m + 1])
             gram[i, j] = full[block].sum()
-            denom = math.sqrt(float(a_norms[k]) * float(a_norms[l]))
+            denom = math.sqrt(float(a_norms[k]) * float(a_norms[m]))
             if denom > 0:
                 overlap[i, j] = float(torch.linalg.matrix_norm(a_gram[block])) / denom
     return ModuleGram(gram, overlap, present)
@@ -233,7 +235,9 @@ class SimilarityAccumulator:
         cancelling = [
             key
             for key, stats in self.per_module.items()
-            if len(stats["adapters"]) > 1 and stats["interference"] is not None and stats["interference"] < t.cancel_ratio
+            if len(stats["adapters"]) > 1
+            and stats["interference"] is not None
+            and stats["interference"] < t.cancel_ratio
         ]
         if cancelling:
             shown = ", ".join(cancelling[: t.max_listed]) + (" …" if len(cancelling) > t.max_listed else "")
@@ -248,7 +252,8 @@ class SimilarityAccumulator:
             notes.append(
                 Notice(
                     "zero_delta",
-                    f"{self.names[i]} has an all-zero delta in {count} module(s); it may be untrained (PEFT starts B at zero)",
+                    f"{self.names[i]} has an all-zero delta in {count} module(s); "
+                    "it may be untrained (PEFT starts B at zero)",
                 )
             )
         return notes
@@ -267,7 +272,5 @@ def _matrix(values: torch.Tensor) -> list[list[float | None]]:
 
 def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:
     return {
-        f"{names[i]}|{names[j]}": round_float(float(cos[i, j]))
-        for k, i in enumerate(present)
-        for j in present[k + 1 :]
+        f"{names[i]}|{names[j]}": round_float(float(cos[i, j])) for k, i in enumerate(present) for j in present[k + 1 :]
     }

@@ -48,8 +48,9 @@ def make_adapter(directory: Path, *, base: str = "llama", seed: int = 1, **lora_
     lora_kwargs.setdefault("init_lora_weights", False)
     if base == "gpt2":
         lora_kwargs.setdefault("fan_in_fan_out", True)
+    base_model = factory()  # seeds 0 itself, so seed the adapter afterwards
     torch.manual_seed(seed)
-    model = get_peft_model(factory(), LoraConfig(**lora_kwargs))
+    model = get_peft_model(base_model, LoraConfig(**lora_kwargs))
     model.peft_config["default"].base_model_name_or_path = base_id
     model.save_pretrained(directory)
     return directory

@@ -30,26 +30,40 @@ SCENARIOS = {
         [1.0, 1.0, 1.0],
     ),
     "negative weight (task negation)": ("llama", [dict(seed=1), dict(seed=2)], [1.0, -0.5]),
-    "rsLoRA": ("llama", [dict(seed=1, r=4, use_rslora=True), dict(seed=2, r=16, lora_alpha=4, use_rslora=True)], [0.7, 1.3]),
+    "rsLoRA": (
+        "llama",
+        [dict(seed=1, r=4, use_rslora=True), dict(seed=2, r=16, lora_alpha=4, use_rslora=True)],
+        [0.7, 1.3],
+    ),
     "rank and alpha patterns": (
         "llama",
         [
-            dict(seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"],
-                 rank_pattern={"down_proj": 2, "layers.1.self_attn.q_proj": 6}, alpha_pattern={"v_proj": 3}),
+            dict(
+                seed=1,
+                r=4,
+                target_modules=["q_proj", "v_proj", "down_proj"],
+                rank_pattern={"down_proj": 2, "layers.1.self_attn.q_proj": 6},
+                alpha_pattern={"v_proj": 3},
+            ),
             dict(seed=2, r=2, rank_pattern={"v_proj": 5}, alpha_pattern={"layers.0.self_attn.q_proj": 32}),
         ],
         [1.0, 2.0],
     ),  # fmt: skip
     "partially overlapping targets": (
         "llama",
-        [dict(seed=1, target_modules=["q_proj", "k_proj"]), dict(seed=2, target_modules=["k_proj", "up_proj"],
-                                                                 layers_to_transform=[1])],
+        [
+            dict(seed=1, target_modules=["q_proj", "k_proj"]),
+            dict(seed=2, target_modules=["k_proj", "up_proj"], layers_to_transform=[1]),
+        ],
         [1.0, 1.0],
     ),  # fmt: skip
     "rsLoRA mixed with plain LoRA": ("llama", [dict(seed=1, use_rslora=True), dict(seed=2)], [1.0, 1.0]),
     "embedding LoRA": (
         "llama",
-        [dict(seed=1, target_modules=["embed_tokens", "q_proj"]), dict(seed=2, target_modules=["embed_tokens"])],
+        [
+            dict(seed=1, target_modules=["embed_tokens", "q_proj"]),
+            dict(seed=2, target_modules=["embed_tokens"]),
+        ],
         [1.0, 0.5],
     ),
     "modules_to_save carried over": (
@@ -59,7 +73,10 @@ SCENARIOS = {
     ),
     "GPT-2 Conv1D (fan_in_fan_out)": (
         "gpt2",
-        [dict(seed=1, target_modules=["c_attn", "c_fc"]), dict(seed=2, r=8, target_modules=["c_attn", "c_proj"])],
+        [
+            dict(seed=1, target_modules=["c_attn", "c_fc"]),
+            dict(seed=2, r=8, target_modules=["c_attn", "c_proj"]),
+        ],
         [1.0, -1.0],
     ),
 }

@@ -1,0 +1,126 @@
+"""The command line: exit codes, output modes, and what gets written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import hubmerge
+from hubmerge.cli import main
+from tests.factory import make_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return make_adapter(tmp_path / "math", seed=1), make_adapter(tmp_path / "med", seed=2, r=2)
+
+
+def test_merge_writes_a_peft_directory_and_prints_the_table(capsys, tmp_path, pair):
+    code, out, err = cli(capsys, *pair, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "hubmerge_report.json",
+    ]  # fmt: skip
+    assert "RMS cosine" in out and "math + med" in out and "saved to" in out
+    report = json.loads((tmp_path / "out" / "hubmerge_report.json").read_text())
+    assert [s["name"] for s in report["sources"]] == ["math", "med"]
+
+
+def test_default_output_name(capsys, tmp_path, pair):
+    code, _, err = cli(capsys, *pair)
+    assert code == 0, err
+    assert (tmp_path / "merged-math-med" / "adapter_model.safetensors").is_file()
+
+
+def test_json_mode_prints_only_json(capsys, tmp_path, pair):
+    code, out, _ = cli(capsys, *pair, "--report-only", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["output"] is None and report["method"] == "sum"
+    assert set(report["similarity"]) >= {
+        "rms_cosine",
+        "mean_cosine",
+        "norm_weighted_cosine",
+        "interference_ratio",
+    }
+    assert report["modules"]["coverage"]["model.layers.0.self_attn.q_proj"] == ["math", "med"]
+    assert not any(tmp_path.glob("merged-*")), "--report-only writes nothing"
+
+
+@pytest.mark.parametrize("flag", ["--weights=-1,0.5", "--weights -1,0.5", "--weights 2,-0.5"])
+def test_weights_including_negative(capsys, tmp_path, pair, flag):
+    code, out, err = cli(capsys, *pair, *flag.split(" "), "--report-only", "--json")
+    assert code == 0, err
+    expected = [float(w) for w in flag.replace("=", " ").split(" ")[1].split(",")]
+    assert [s["weight"] for s in json.loads(out)["sources"]] == expected
+
+
+def test_weights_are_applied(capsys, tmp_path, pair):
+    cli(capsys, *pair, "--weights", "2,0.5", "-o", tmp_path / "out")
+    expected = hubmerge.merge(list(pair), weights=[2, 0.5]).tensors
+    written = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert all((written[k] == expected[k]).all() for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--weights", "1"], "got 1 weight(s) for 2 adapter(s)"),
+        (["--dtype", "int8"], "invalid choice"),
+        (["--weights", "a,b"], "comma-separated"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_values_and_usage(capsys, tmp_path, pair, args, needle):
+    code, _, err = cli(capsys, *pair, *args, "--report-only")
+    assert needle in err
+    assert code == (1 if "weight(s)" in needle else 2)
+
+
+def test_existing_output_is_left_alone_without_overwrite(capsys, tmp_path, pair):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = cli(capsys, *pair, "-o", out)
+    assert code == 1 and "--overwrite" in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    code, _, err = cli(capsys, *pair, "-o", out, "--overwrite")
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_missing_source_and_hub_reference(capsys, tmp_path, pair):
+    code, _, err = cli(capsys, pair[0], "./does-not-exist", "--report-only")
+    assert code == 1 and "does-not-exist" in err and "no such directory" in err
+    code, _, err = cli(capsys, pair[0], "not a ref", "--report-only")
+    assert code == 1 and "'not a ref'" in err
+
+
+def test_traceback_only_with_debug(capsys, tmp_path, pair, monkeypatch):
+    _, _, err = cli(capsys, pair[0], "./missing", "--report-only")
+    assert "Traceback" not in err
+    monkeypatch.setenv("HUBMERGE_DEBUG", "1")
+    _, _, err = cli(capsys, pair[0], "./missing", "--report-only")
+    assert "Traceback" in err and "AdapterNotFoundError" in err
+
+
+def test_python_dash_m_and_console_script(tmp_path, pair):
+    for command in ([sys.executable, "-m", "hubmerge"], [str(Path(sys.executable).with_name("hubmerge"))]):
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and done.stdout.strip() == f"hubmerge {hubmerge.__version__}"
+    done = subprocess.run([sys.executable, "-m", "hubmerge"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "SOURCE" in done.stderr

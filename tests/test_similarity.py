@@ -1,0 +1,132 @@
+"""Rank-space similarity against dense ΔW computations written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hubmerge
+from hubmerge.similarity import SimilarityAccumulator, Thresholds, module_gram
+from tests.factory import make_adapter
+
+
+def random_factors(seed: int, rank: int, d_in: int = 40, d_out: int = 24, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rank, d_in, generator=g, dtype=dtype), torch.randn(d_out, rank, generator=g, dtype=dtype)
+
+
+def dense(factors, c):
+    a, b = factors
+    return c * (b.to(torch.float64) @ a.to(torch.float64))
+
+
+def dense_cos(x, y):
+    return float((x * y).sum() / (x.norm() * y.norm()))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rank_space_gram_equals_dense(seed):
+    factors = [random_factors(seed * 10 + i, rank) for i, rank in enumerate((2, 5, 3))]
+    coefficients = [1.5, -0.25, 3.0]
+    stats = module_gram(factors, coefficients)
+    deltas = [dense(f, c) for f, c in zip(factors, coefficients)]
+    for i in range(3):
+        for j in range(3):
+            expected = float((deltas[i] * deltas[j]).sum())
+            assert math.isclose(float(stats.gram[i, j]), expected, rel_tol=1e-9, abs_tol=1e-9)
+            assert math.isclose(float(stats.cosine()[i, j]), dense_cos(deltas[i], deltas[j]), abs_tol=1e-6)
+    total = sum(deltas)
+    expected_ratio = float((total * total).sum()) / sum(float((d * d).sum()) for d in deltas)
+    assert math.isclose(stats.interference, expected_ratio, rel_tol=1e-9)
+
+
+def test_rank_space_cosine_in_float32_inputs_within_1e6():
+    factors = [random_factors(i, 8, 256, 128, dtype=torch.float32) for i in range(2)]
+    cos = float(module_gram(factors, [1.0, 1.0]).cosine()[0, 1])
+    assert abs(cos - dense_cos(dense(factors[0], 1), dense(factors[1], 1))) < 1e-6
+
+
+def test_self_is_one_and_negated_is_minus_one():
+    f = random_factors(7, 4)
+    cos = module_gram([f, f, f], [2.0, -3.0, 0.5]).cosine()
+    assert cos[0, 0] == pytest.approx(1.0, abs=1e-12)
+    assert cos[0, 1] == pytest.approx(-1.0, abs=1e-12)
+    assert cos[0, 2] == pytest.approx(1.0, abs=1e-12)
+    stats = module_gram([f, f], [1.0, -1.0])
+    assert stats.interference == pytest.approx(0.0, abs=1e-12)  # perfect cancellation
+
+
+def test_absent_adapter_gives_undefined_cosine():
+    stats = module_gram([random_factors(1, 2), None], [1.0, 1.0])
+    assert stats.present == [0]
+    assert math.isnan(stats.cosine()[0, 1])
+    assert stats.gram[1, 1] == 0
+
+
+def test_a_overlap_detects_shared_initialisation():
+    a, b1 = random_factors(1, 4, d_in=512)
+    _, b2 = random_factors(2, 4, d_in=512)
+    other_a, _ = random_factors(3, 4, d_in=512)
+    shared = module_gram([(a, b1), (a + 0.01 * torch.randn_like(a), b2)], [1.0, 1.0]).a_overlap[0, 1]
+    independent = module_gram([(a, b1), (other_a, b2)], [1.0, 1.0]).a_overlap[0, 1]
+    assert shared > 0.99
+    assert independent < 0.25  # ≈ √(r/d) = 0.09 by chance
+
+
+def test_pair_statistics_match_dense_definitions():
+    # Three modules; adapter 2 is absent from the last one.
+    modules = {
+        f"m{k}": [random_factors(100 + 3 * k + i, 3) if not (k == 2 and i == 2) else None for i in range(3)]
+        for k in range(3)
+    }
+    weights = [1.0, 0.5, -2.0]
+    acc = SimilarityAccumulator(["a", "b", "c"])
+    deltas = {}
+    for key, factors in modules.items():
+        acc.add(key, module_gram(factors, weights))
+        deltas[key] = [dense(f, w) if f is not None else None for f, w in zip(factors, weights)]
+    summary, _ = acc.summary()
+
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        shared = [k for k in deltas if deltas[k][i] is not None and deltas[k][j] is not None]
+        cos = [dense_cos(deltas[k][i], deltas[k][j]) for k in shared]
+        assert summary["rms_cosine"][i][j] == pytest.approx(math.sqrt(sum(c * c for c in cos) / len(cos)), abs=1e-6)
+        assert summary["mean_cosine"][i][j] == pytest.approx(sum(cos) / len(cos), abs=1e-6)
+        inner = sum(float((deltas[k][i] * deltas[k][j]).sum()) for k in shared)
+        ei = sum(float((deltas[k][i] ** 2).sum()) for k in shared)
+        ej = sum(float((deltas[k][j] ** 2).sum()) for k in shared)
+        assert summary["norm_weighted_cosine"][i][j] == pytest.approx(inner / math.sqrt(ei * ej), abs=1e-6)
+        assert summary["shared_modules"][i][j] == len(shared)
+
+    total = sum(float((sum(d for d in ds if d is not None) ** 2).sum()) for ds in deltas.values())
+    parts = sum(float((d**2).sum()) for ds in deltas.values() for d in ds if d is not None)
+    assert summary["interference_ratio"] == pytest.approx(total / parts, rel=1e-5)
+
+
+def test_warnings_follow_thresholds():
+    f = random_factors(1, 4)
+    g = random_factors(2, 4)
+    acc = SimilarityAccumulator(["x", "y"], Thresholds(rms_cosine=0.5, cancel_ratio=0.5))
+    acc.add("m", module_gram([f, (f[0], -f[1] + 0.1 * g[1])], [1.0, 1.0]))  # nearly opposite: cancels
+    _, notes = acc.summary()
+    codes = {n.code for n in notes}
+    assert {"high_cosine", "cancelling_modules", "shared_init"} <= codes
+    assert any("opposing" in n.message for n in notes if n.code == "high_cosine")
+
+    acc = SimilarityAccumulator(["x", "y"], Thresholds(rms_cosine=1.01, a_overlap=1.01))
+    acc.add("m", module_gram([f, f], [1.0, 1.0]))
+    _, notes = acc.summary()
+    assert not [n for n in notes if n.code in ("high_cosine", "shared_init")]
+
+
+def test_similarity_api_on_real_adapters(tmp_path):
+    a = make_adapter(tmp_path / "a", seed=1)
+    b = make_adapter(tmp_path / "b", seed=2)
+    sim = hubmerge.similarity([a, b, a], weights=[1.0, 1.0, -1.0])
+    assert sim["adapters"] == ["a", "b", "a-2"]
+    assert sim["rms_cosine"][0][2] == pytest.approx(1.0)
+    assert sim["mean_cosine"][0][2] == pytest.approx(-1.0)
+    assert abs(sim["mean_cosine"][0][1]) < 0.5
+    assert sim["shared_modules"][0][1] == 4
