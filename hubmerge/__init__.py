@@ -8,20 +8,26 @@
 __version__ = "0.1.0"
 
 from .adapter import AdapterConfig, LoraAdapter, load_adapter
-from .api import MergeResult, load_adapters, merge, similarity
+from .api import load_adapters, merge, similarity
 from .compat import Compatibility, check_compatibility
 from .errors import (
     AdapterError,
     AdapterFormatError,
     AdapterNotFoundError,
+    GatedRepoAccessError,
+    HubError,
     HubmergeError,
     IncompatibleAdaptersError,
     InvalidArgumentError,
     OutputExistsError,
+    PushError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
     SourceError,
     UnsafeAdapterError,
 )
 from .report import Notice
+from .result import MergeResult
 from .similarity import Thresholds
 from .sources import Source, parse_source
 
@@ -31,6 +37,8 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "Compatibility",
+    "GatedRepoAccessError",
+    "HubError",
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
@@ -38,6 +46,9 @@ __all__ = [
     "MergeResult",
     "Notice",
     "OutputExistsError",
+    "PushError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
     "Source",
     "SourceError",
     "Thresholds",

@@ -142,6 +142,8 @@ class LoraAdapter:
         dtype: the dtype of the factors (the most common one if mixed).
         weights_file: the tensor file that was read.
         commit_sha: the resolved Hub commit, or ``None`` for a local source.
+        repo_id, subfolder: where on the Hub it came from (``None`` for a local source).
+        license, datasets: from the source repo's card, where the Hub was asked.
     """
 
     def __init__(
@@ -163,6 +165,10 @@ class LoraAdapter:
         self.config = config
         self.weights_file = weights_file
         self.commit_sha: str | None = None
+        self.repo_id: str | None = None
+        self.subfolder: str | None = None
+        self.license: str | None = None
+        self.datasets: list[str] = []
         self._reader = reader
         self._dtypes = dtypes
         self._shapes = shapes

@@ -9,26 +9,25 @@ memory next to the output.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from . import __version__
-from .adapter import CONFIG_NAME, KEY_PREFIX, SAFETENSORS_NAME, LoraAdapter, load_adapter
-from .compat import Compatibility, check_compatibility
-from .errors import InvalidArgumentError, SourceError
+from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
+from .compat import Compatibility, check_compatibility, normalize_base_model
+from .errors import InvalidArgumentError
 from .merge import build_config, concat_factors
-from .output import write_directory
-from .report import REPORT_NAME, Notice
+from .report import Notice
+from .result import MergeResult
 from .similarity import SimilarityAccumulator, Thresholds, module_gram
 from .sources import Source, parse_source
 
-__all__ = ["MergeResult", "load_adapters", "merge", "similarity"]
+__all__ = ["load_adapters", "merge", "similarity"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,90 +42,44 @@ _DTYPE_NAMES = {
 DTYPE_CHOICES = ("float32", "float16", "bfloat16", "float64")
 
 
-class MergeResult:
-    """A merged adapter held in memory, with its report.
+def load_adapters(
+    sources: Sequence[SourceLike],
+    *,
+    token: str | bool | None = None,
+    allow_pickle: bool = False,
+) -> list[LoraAdapter]:
+    """Parse, fetch (for Hub references) and load every source, giving each a unique name.
 
-    Attributes:
-        config: the merged ``adapter_config.json`` (a dict).
-        tensors: the merged adapter's tensors, PEFT key → tensor (empty for a report-only run).
-        report: the JSON-able merge report.
-        adapters: the loaded input adapters.
-    """
-
-    def __init__(self, *, config: dict, tensors: dict[str, torch.Tensor], report: dict, adapters: list[LoraAdapter]):
-        self.config = config
-        self.tensors = tensors
-        self.report = report
-        self.adapters = adapters
-
-    def __repr__(self) -> str:
-        names = ", ".join(a.name for a in self.adapters)
-        return (
-            f"MergeResult(adapters=[{names}], modules={self.report['modules']['union']}, exact={self.report['exact']})"
-        )
-
-    @property
-    def warnings(self) -> list[dict]:
-        return self.report["warnings"]
-
-    def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write a directory that ``peft.PeftModel.from_pretrained`` loads.
-
-        It holds ``adapter_config.json``, ``adapter_model.safetensors`` and
-        ``hubmerge_report.json``, written atomically.
-
-        Args:
-            save_directory: where to write.
-            overwrite: replace an existing non-empty directory.
-
-        Returns:
-            The directory written.
-
-        Raises:
-            OutputExistsError: the directory is not empty and ``overwrite`` is false.
-            InvalidArgumentError: this result was made with ``report_only=True``.
-        """
-        if not self.tensors:
-            raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
-        metadata = {"format": "pt", "hubmerge_version": __version__}
-        return write_directory(
-            save_directory,
-            {
-                CONFIG_NAME: lambda p: p.write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8"),
-                SAFETENSORS_NAME: lambda p: save_file(self.tensors, str(p), metadata=metadata),
-                REPORT_NAME: lambda p: p.write_text(
-                    json.dumps(self.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-                ),
-            },
-            overwrite=overwrite,
-        )
-
-
-def load_adapters(sources: Sequence[SourceLike], *, allow_pickle: bool = False) -> list[LoraAdapter]:
-    """Parse and load every source, giving each a unique display name.
+    All sources are parsed before anything is downloaded, so a typo in the
+    last one fails at once.
 
     Args:
-        sources: directories, parsed :class:`Source` objects or already loaded adapters.
+        sources: directories, ``user/repo[/sub][@rev]`` references, parsed
+            :class:`Source` objects or already loaded adapters.
+        token: Hub token; default the logged-in one.
         allow_pickle: accept ``adapter_model.bin`` where there is no safetensors file.
 
     Returns:
         The adapters, in order.
 
     Raises:
-        SourceError, AdapterError: a source is malformed, missing or unreadable.
+        SourceError, AdapterError, HubError: a source is malformed, missing, unreachable or unreadable.
     """
+    parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
     adapters = []
-    for item in sources:
+    for item in parsed:
         if isinstance(item, LoraAdapter):
             adapters.append(item)
-            continue
-        source = item if isinstance(item, Source) else parse_source(str(item))
-        if not source.is_local:
-            raise SourceError(
-                f"{source}: is a Hub reference, but no local directory of that name exists and this "
-                "version of hubmerge reads local adapters only"
-            )
-        adapters.append(load_adapter(source.path, name=source.name, source=source.text, allow_pickle=allow_pickle))
+        elif item.is_local:
+            adapters.append(load_adapter(item.path, name=item.name, source=item.text, allow_pickle=allow_pickle))
+        else:
+            from .hub import pull_adapter
+
+            pulled = pull_adapter(item, token=token, allow_pickle=allow_pickle)
+            adapter = load_adapter(pulled.path, name=item.name, source=item.text, allow_pickle=allow_pickle)
+            adapter.repo_id, adapter.subfolder, adapter.commit_sha = item.repo_id, item.subfolder, pulled.commit_sha
+            adapter.license, adapter.datasets = pulled.license, pulled.datasets
+            adapters.append(adapter)
     seen: dict[str, int] = {}
     for adapter in adapters:
         count = seen.get(adapter.name, 0)
@@ -145,6 +98,8 @@ def merge(
     allow_base_mismatch: bool = False,
     report_only: bool = False,
     thresholds: Thresholds | None = None,
+    token: str | bool | None = None,
+    resolve_base_model: bool | None = None,
 ) -> MergeResult:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
@@ -158,6 +113,10 @@ def merge(
         allow_base_mismatch: merge adapters that name different base models (a warning instead).
         report_only: compute the report without building the merged tensors.
         thresholds: when to warn; default :class:`Thresholds()`.
+        token: Hub token for Hub sources; default the logged-in one.
+        resolve_base_model: ask the Hub for the canonical id of the base model
+            (so renamed repos compare equal). Default: when a source comes from
+            the Hub or the names differ; never with ``HF_HUB_OFFLINE=1``.
 
     Returns:
         A :class:`MergeResult`; ``result.save_pretrained(dir)`` writes it.
@@ -173,10 +132,13 @@ def merge(
         0.0123
         >>> result.save_pretrained("merged")
     """
-    adapters = load_adapters(sources, allow_pickle=allow_pickle)
-    coefficients_w = _check_weights(weights, len(adapters))
-    out_dtype, dtype_notes = _choose_dtype(dtype, adapters)
-    compat = check_compatibility(adapters, allow_base_mismatch=allow_base_mismatch)
+    coefficients_w = _check_weights(weights, len(sources))  # bad options fail before any download
+    out_dtype, dtype_notes = _parse_dtype(dtype), []
+    adapters = load_adapters(sources, token=token, allow_pickle=allow_pickle)
+    if out_dtype is None:
+        out_dtype, dtype_notes = _inputs_dtype(adapters)
+    canonical = _canonical_base_models(adapters, resolve_base_model, token)
+    compat = check_compatibility(adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical)
 
     names = [a.name for a in adapters]
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds())
@@ -216,10 +178,12 @@ def merge(
         adapters, coefficients_w, compat, similarity_summary,
         [*compat.warnings, *dtype_notes, *similarity_notes],
         output=None if report_only else _output_summary(ranks, out_dtype),
+        canonical=canonical,
     )  # fmt: skip
     for note in report["warnings"]:
         logger.warning(note["message"])
-    return MergeResult(config=config, tensors=tensors, report=report, adapters=adapters)
+    recipe = _build_recipe(adapters, coefficients_w, out_dtype, allow_base_mismatch, allow_pickle)
+    return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe, adapters=adapters)
 
 
 def similarity(
@@ -260,13 +224,17 @@ def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
     return [float(w) for w in weights]
 
 
-def _choose_dtype(dtype, adapters) -> tuple[torch.dtype, list[Notice]]:
-    if dtype is not None:
-        if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES.values():
-            return dtype, []
-        if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
-            return _DTYPE_NAMES[dtype.lower()], []
-        raise InvalidArgumentError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.lower()]
+    raise InvalidArgumentError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+
+
+def _inputs_dtype(adapters: list[LoraAdapter]) -> tuple[torch.dtype, list[Notice]]:
     found = {a.dtype for a in adapters}
     chosen = found.pop()
     if not found:
@@ -274,12 +242,8 @@ def _choose_dtype(dtype, adapters) -> tuple[torch.dtype, list[Notice]]:
     for other in found:
         chosen = torch.promote_types(chosen, other)
     listing = ", ".join(f"{a.name}: {_dtype_name(a.dtype)}" for a in adapters)
-    return chosen, [
-        Notice(
-            "mixed_dtypes",
-            f"the adapters have different dtypes ({listing}); the merge is saved as {_dtype_name(chosen)}",
-        )
-    ]
+    message = f"the adapters have different dtypes ({listing}); the merge is saved as {_dtype_name(chosen)}"
+    return chosen, [Notice("mixed_dtypes", message)]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -294,11 +258,65 @@ def _output_summary(ranks: dict[str, int], dtype: torch.dtype) -> dict:
         "rank_min": values[0],
         "rank_max": values[-1],
         "dtype": _dtype_name(dtype),
-        "files": [CONFIG_NAME, SAFETENSORS_NAME, REPORT_NAME],
     }
 
 
-def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *, output) -> dict:
+def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, str]:
+    names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
+    if resolve is None:
+        from_hub = any(a.repo_id for a in adapters)
+        resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
+    if not resolve:
+        return {}
+    from .hub import canonical_repo_id
+
+    found = {}
+    for name in sorted(names):
+        if Path(name).expanduser().is_dir():
+            continue  # a local base model: nothing to ask the Hub
+        canonical = canonical_repo_id(name, token=token)
+        if canonical is not None:
+            found[name] = canonical
+    return found
+
+
+def _pinned(adapter: LoraAdapter) -> str:
+    if adapter.repo_id is None:
+        return adapter.source
+    where = adapter.repo_id + (f"/{adapter.subfolder}" if adapter.subfolder else "")
+    return f"{where}@{adapter.commit_sha}" if adapter.commit_sha else where
+
+
+def _build_recipe(adapters, weights, dtype, allow_base_mismatch: bool, allow_pickle: bool) -> dict:
+    pinned = [_pinned(a) for a in adapters]
+    words = ["hubmerge", *pinned, f"--weights={','.join(_weight_text(w) for w in weights)}"]
+    words += [f"--dtype={_dtype_name(dtype)}"]
+    words += ["--allow-base-mismatch"] * allow_base_mismatch + ["--allow-pickle"] * allow_pickle
+    return {
+        "hubmerge_version": __version__,
+        "method": "sum",
+        "sources": [
+            {
+                "source": text,
+                "repo_id": a.repo_id,
+                "subfolder": a.subfolder,
+                "revision": a.commit_sha,
+                "weight": w,
+            }
+            for text, a, w in zip(pinned, adapters, weights)
+        ],
+        "dtype": _dtype_name(dtype),
+        "allow_base_mismatch": allow_base_mismatch,
+        "allow_pickle": allow_pickle,
+        "command": shlex.join(words),
+    }
+
+
+def _weight_text(weight: float) -> str:
+    return str(int(weight)) if weight == int(weight) else repr(weight)
+
+
+def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *, output, canonical) -> dict:
     sources = []
     for adapter, weight in zip(adapters, weights):
         ranks = [spec.rank for spec in adapter.modules.values()] or [0]
@@ -306,7 +324,11 @@ def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *,
             {
                 "name": adapter.name,
                 "source": adapter.source,
+                "repo_id": adapter.repo_id,
+                "subfolder": adapter.subfolder,
                 "commit_sha": adapter.commit_sha,
+                "license": adapter.license,
+                "datasets": adapter.datasets,
                 "weight": weight,
                 "r": adapter.config.r,
                 "lora_alpha": adapter.config.lora_alpha,
@@ -331,8 +353,14 @@ def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *,
         "base_model": {
             "name": compat.base_model,
             "revision": compat.revision,
-            "resolved": False,
-            "note": "compared by name (case-insensitive for Hub ids); not resolved against the Hub",
+            "canonical": canonical.get(compat.base_model) if compat.base_model else None,
+            "resolved": bool(compat.base_model and compat.base_model in canonical),
+            "note": (
+                "resolved on the Hub: aliases of one repo compare equal"
+                if compat.base_model and compat.base_model in canonical
+                else "not resolved against the Hub (offline, local, or not asked): compared by name, "
+                "case-insensitively for Hub ids"
+            ),
         },
         "sources": sources,
         "modules": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,7 @@ def check_compatibility(
     *,
     allow_base_mismatch: bool = False,
     check_values: bool = True,
+    canonical: Mapping[str, str] | None = None,
 ) -> Compatibility:
     """Check that ``adapters`` can be summed exactly.
 
@@ -70,6 +71,8 @@ def check_compatibility(
         allow_base_mismatch: turn a base-model mismatch into a warning.
         check_values: also scan every tensor for NaN/Inf and compare saved
             base embeddings (reads all tensor data once).
+        canonical: base model name → its canonical Hub id, where the Hub was
+            asked (so ``gpt2`` and ``openai-community/gpt2`` compare equal).
 
     Returns:
         A :class:`Compatibility` with the module coverage and the warnings.
@@ -99,7 +102,7 @@ def check_compatibility(
         if not adapter.modules:
             problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
 
-    base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch)
+    base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
     _check_fields(adapters, problems, warnings)
     coverage = _check_modules(adapters, problems)
     saved_modules = _check_saved_modules(adapters, problems)
@@ -128,7 +131,10 @@ def check_compatibility(
     )
 
 
-def _check_base(adapters, problems, warnings, allow_mismatch) -> tuple[str | None, str | None]:
+def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tuple[str | None, str | None]:
+    def identity(name: str) -> str:
+        return normalize_base_model(canonical.get(name) or name)
+
     named = [a for a in adapters if a.config.base_model_name_or_path]
     for adapter in adapters:
         if not adapter.config.base_model_name_or_path:
@@ -142,7 +148,7 @@ def _check_base(adapters, problems, warnings, allow_mismatch) -> tuple[str | Non
     base = named[0].config.base_model_name_or_path if named else None
     for adapter in named[1:]:
         theirs = adapter.config.base_model_name_or_path
-        if normalize_base_model(theirs) != normalize_base_model(base):
+        if identity(theirs) != identity(base):
             message = (
                 f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"

@@ -12,7 +12,12 @@ the builtin it resembles, so ``except ValueError`` keeps working::
     │   └── AdapterFormatError (ValueError)   broken config.json or tensor file
     ├── IncompatibleAdaptersError (ValueError) the adapters cannot be summed exactly
     ├── InvalidArgumentError (ValueError)     a merge option with a bad value
-    └── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
+    ├── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
+    └── HubError (OSError)                    a Hub request failed or was refused
+        ├── RepoNotFoundError                 missing, or private without access
+        ├── GatedRepoAccessError              gated, and this account has no access
+        ├── RevisionNotFoundError             no such branch, tag or commit
+        └── PushError                         creating the repo or the commit was refused
 
 Messages name the source (and file, and module key where there is one) and
 say what to do next.
@@ -26,10 +31,15 @@ __all__ = [
     "AdapterError",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "GatedRepoAccessError",
+    "HubError",
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
     "OutputExistsError",
+    "PushError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
     "SourceError",
     "UnsafeAdapterError",
 ]
@@ -82,3 +92,26 @@ class InvalidArgumentError(HubmergeError, ValueError):
 class OutputExistsError(HubmergeError, FileExistsError):
     """Raised when the output directory exists and is not empty, and
     ``overwrite`` was not given."""
+
+
+class HubError(HubmergeError, OSError):
+    """Raised when a Hub request fails (unreachable, an unexpected HTTP error)
+    or is refused; the message names the repo and says what to do next."""
+
+
+class RepoNotFoundError(HubError):
+    """Raised when a repository does not exist, or is private and the token
+    (or the lack of one) gives no access."""
+
+
+class GatedRepoAccessError(HubError):
+    """Raised when a repository is gated and this account has not been granted access."""
+
+
+class RevisionNotFoundError(HubError):
+    """Raised when a branch, tag or commit sha does not exist in a repository."""
+
+
+class PushError(HubError):
+    """Raised when creating the target repository or its commit is refused
+    (no write access, a branch that moved during the push)."""

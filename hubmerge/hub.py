@@ -1,0 +1,286 @@
+"""The only module that talks to the network: resolve, download, whoami, push.
+
+Everything goes through huggingface_hub, so the HF cache, tokens (``token=``,
+``HF_TOKEN``, ``hf auth login``), ``HF_ENDPOINT``, progress bars and
+``HF_HUB_OFFLINE=1`` behave as in the rest of the ecosystem. Each Hub failure
+becomes one :class:`~hubmerge.errors.HubError` line that names the repo and
+says what to do next; tokens never appear in them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
+from huggingface_hub import errors as hf_errors
+
+from .adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .errors import (
+    AdapterNotFoundError,
+    GatedRepoAccessError,
+    HubError,
+    PushError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    UnsafeAdapterError,
+)
+from .sources import Source
+
+__all__ = ["PulledAdapter", "canonical_repo_id", "pull_adapter", "push_files", "whoami"]
+
+logger = logging.getLogger(__name__)
+
+try:  # huggingface_hub 2.x talks HTTP through its own httpx fork
+    from httpx2 import TransportError as _TransportError
+except ImportError:  # pragma: no cover - older huggingface_hub
+    from httpx import TransportError as _TransportError
+
+
+@dataclass
+class PulledAdapter:
+    """A Hub adapter in the local HF cache, pinned to the commit it came from."""
+
+    path: Path
+    commit_sha: str
+    license: str | None = None
+    datasets: list[str] = field(default_factory=list)
+
+
+def _offline() -> bool:
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _login_hint(token) -> str:
+    if token is False:
+        return "no token was sent"
+    if _has_token(token):
+        return "check that your token has access"
+    return "log in with `hf auth login` or set HF_TOKEN"
+
+
+def _has_token(token) -> bool:
+    if isinstance(token, str):
+        return True
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+def _explain(err: Exception, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
+    """Turn a huggingface_hub/transport error into a one-line HubError."""
+    url = f"{constants.ENDPOINT}/{repo_id}"
+    if isinstance(err, hf_errors.GatedRepoError):
+        return GatedRepoAccessError(
+            f"{where}: {repo_id} is gated: request access at {url} and use a token of the account "
+            f"that has it ({_login_hint(token)})"
+        )
+    if isinstance(err, hf_errors.RepositoryNotFoundError):
+        return RepoNotFoundError(
+            f"{where}: repository {repo_id} not found, or it is private and you have no access: "
+            f"check the name, or {_login_hint(token)}"
+        )
+    if isinstance(err, hf_errors.RevisionNotFoundError):
+        return RevisionNotFoundError(
+            f"{where}: revision {revision!r} not found in {repo_id}: check the branch, tag or commit sha "
+            f"(see {url}/tree/main)"
+        )
+    if isinstance(err, hf_errors.OfflineModeIsEnabled):
+        return HubError(
+            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id} is not in the local cache: "
+            "run once with network access, or unset HF_HUB_OFFLINE"
+        )
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else "?"
+        detail = err.server_message or "no details"
+        return HubError(f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail})")
+    return HubError(
+        f"{where}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}); "
+        "check the connection, or set HF_HUB_OFFLINE=1 to use what is cached"
+    )
+
+
+_HUB_FAILURES = (
+    hf_errors.HfHubHTTPError,
+    hf_errors.OfflineModeIsEnabled,
+    _TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def pull_adapter(source: Source, *, token: str | bool | None = None, allow_pickle: bool = False) -> PulledAdapter:
+    """Resolve ``source`` to a commit and download only its adapter files.
+
+    Online, the revision is first resolved to a commit sha (``model_info``),
+    which also tells whether an adapter exists at the subfolder; then only
+    ``adapter_config.json`` and the weights are fetched into the HF cache.
+    With ``HF_HUB_OFFLINE=1`` the same files are answered from the cache.
+
+    Args:
+        source: a Hub :class:`~hubmerge.sources.Source`.
+        token: a Hub token; ``None`` uses the logged-in one, ``False`` none.
+        allow_pickle: fetch ``adapter_model.bin`` when there is no safetensors file.
+
+    Returns:
+        The :class:`PulledAdapter`: local directory, commit sha, and the
+        licence and datasets of the repo's card when the Hub could be asked.
+
+    Raises:
+        RepoNotFoundError, GatedRepoAccessError, RevisionNotFoundError, HubError:
+            the repo, access or revision is the problem.
+        AdapterNotFoundError: no adapter at that path of the repo.
+        UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
+    """
+    repo_id, revision, where = source.repo_id, source.revision, source.text
+    prefix = f"{source.subfolder}/" if source.subfolder else ""
+    license_, datasets = None, []
+    weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
+    if not _offline():
+        try:
+            info = HfApi().model_info(repo_id, revision=revision, token=token)
+        except _HUB_FAILURES as err:
+            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+        files = {sibling.rfilename for sibling in info.siblings or []}
+        _check_adapter_files(files, source, info.sha, allow_pickle)
+        weights = [w for w in weights if w in files][:1]
+        if info.card_data is not None:
+            license_ = info.card_data.get("license")
+            found = info.card_data.get("datasets") or []
+            datasets = [found] if isinstance(found, str) else list(found)
+    try:
+        snapshot = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=[f"{prefix}{CONFIG_NAME}", *weights],
+            token=token,
+        )
+    except _HUB_FAILURES as err:
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+    except hf_errors.LocalEntryNotFoundError:
+        raise HubError(
+            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id}"
+            f"{'@' + revision if revision else ''} is not in the local cache: run once with network access, "
+            "or unset HF_HUB_OFFLINE"
+        ) from None
+    commit_sha = Path(snapshot).name
+    if not _offline() and commit_sha != info.sha:
+        raise HubError(f"{where}: {repo_id}@{revision or 'main'} moved while downloading; run the command again")
+    directory = Path(snapshot) / prefix if prefix else Path(snapshot)
+    if not (directory / CONFIG_NAME).is_file():
+        raise AdapterNotFoundError(
+            f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder"
+        )
+    return PulledAdapter(path=directory, commit_sha=commit_sha, license=license_, datasets=datasets)
+
+
+def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle: bool) -> None:
+    prefix = f"{source.subfolder}/" if source.subfolder else ""
+    at = f"{source.repo_id}@{sha[:7]}"
+    if f"{prefix}{CONFIG_NAME}" not in files:
+        found = sorted(name[: -len(CONFIG_NAME)].rstrip("/") or "." for name in files if name.endswith(CONFIG_NAME))
+        place = f"subfolder {source.subfolder!r}" if source.subfolder else "the repo root"
+        if found:
+            first = found[0]
+            hint = f"adapters are in: {', '.join(found)}" + (
+                f" (e.g. {source.repo_id}/{first})" if first != "." else f" (use {source.repo_id})"
+            )
+        else:
+            hint = "this repository holds no PEFT adapter (no adapter_config.json)"
+        raise AdapterNotFoundError(f"{source.text}: no {CONFIG_NAME} in {place} of {at}; {hint}")
+    if f"{prefix}{SAFETENSORS_NAME}" in files:
+        return
+    if f"{prefix}{PICKLE_NAME}" in files:
+        if not allow_pickle:
+            raise UnsafeAdapterError(
+                f"{source.text}: only {PICKLE_NAME} (a pickle) is present in {at}; unpickling a file can run "
+                "arbitrary code. Pass --allow-pickle (allow_pickle=True) if you trust it"
+            )
+        return
+    raise AdapterNotFoundError(f"{source.text}: {at} has {CONFIG_NAME} but no {SAFETENSORS_NAME}")
+
+
+def canonical_repo_id(name: str, *, token: str | bool | None = None) -> str | None:
+    """The canonical id of a Hub model (renamed repos redirect: ``gpt2`` → ``openai-community/gpt2``).
+
+    Returns ``None`` when it cannot be asked (offline, unreachable, not on the Hub).
+    """
+    if _offline():
+        return None
+    try:
+        return HfApi().model_info(name, token=token).id
+    except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
+        logger.info("could not resolve base model %r on the Hub: %s", name, type(err).__name__)
+        return None
+
+
+def whoami(*, token: str | bool | None = None) -> str:
+    """The user name the token belongs to.
+
+    Raises:
+        HubError: not logged in, or the token is rejected.
+    """
+    try:
+        return HfApi().whoami(token=token)["name"]
+    except hf_errors.LocalTokenNotFoundError:
+        raise HubError(
+            "not logged in: run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)"
+        ) from None
+    except _HUB_FAILURES as err:
+        if isinstance(err, hf_errors.HfHubHTTPError) and err.response is not None and err.response.status_code == 401:
+            raise HubError("the Hub rejected the token: log in again with `hf auth login`") from None
+        raise _explain(err, "whoami", repo_id="", revision=None, token=token) from None
+
+
+def push_files(
+    repo_id: str,
+    files: dict[str, bytes],
+    *,
+    token: str | bool | None = None,
+    private: bool = False,
+    create_pr: bool = False,
+    commit_message: str,
+    commit_description: str | None = None,
+):
+    """Create ``repo_id`` if needed and upload ``files`` in one commit.
+
+    Nothing in the repository is deleted; an existing repo gets a new commit
+    (or a pull request with ``create_pr``).
+
+    Returns:
+        huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``oid``).
+
+    Raises:
+        PushError: the repo or the commit was refused.
+    """
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    except _HUB_FAILURES as err:
+        raise _push_error(err, repo_id, "create", token) from None
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
+    try:
+        return api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            create_pr=create_pr,
+            token=token,
+        )
+    except _HUB_FAILURES as err:
+        raise _push_error(err, repo_id, "commit to", token) from None
+
+
+def _push_error(err: Exception, repo_id: str, action: str, token) -> HubError:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        return PushError(
+            f"cannot {action} {repo_id}: no write access ({_login_hint(token)}, with a write token); "
+            "push to your own namespace, or use --create-pr to open a pull request where you may"
+        )
+    if status == 412:
+        return PushError(f"cannot {action} {repo_id}: the branch moved during the push; run the command again")
+    explained = _explain(err, "push", repo_id=repo_id, revision=None, token=token)
+    return PushError(str(explained))

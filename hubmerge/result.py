@@ -1,0 +1,175 @@
+"""A finished merge: its files, written locally or pushed to the Hub in one commit.
+
+Every file is built in memory first (weights, config, report, recipe, and
+for the Hub the model card and the heatmap), so a failure while building
+leaves nothing behind: no directory, no repo, no commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from . import __version__
+from .adapter import CONFIG_NAME, SAFETENSORS_NAME, LoraAdapter
+from .errors import InvalidArgumentError
+from .output import write_directory
+from .report import REPORT_NAME
+
+__all__ = ["MergeResult", "RECIPE_NAME", "HEATMAP_NAME", "CARD_NAME"]
+
+RECIPE_NAME = "hubmerge_recipe.json"
+HEATMAP_NAME = "similarity.png"
+CARD_NAME = "README.md"
+
+
+class MergeResult:
+    """A merged adapter held in memory, with its report and recipe.
+
+    Attributes:
+        config: the merged ``adapter_config.json`` (a dict).
+        tensors: the merged adapter's tensors, PEFT key → tensor (empty for a report-only run).
+        report: the JSON-able merge report.
+        recipe: what reproduces this merge (sources pinned to commit shas, weights, dtype, command).
+        adapters: the loaded input adapters.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: dict,
+        tensors: dict[str, torch.Tensor],
+        report: dict,
+        recipe: dict,
+        adapters: list[LoraAdapter],
+    ):
+        self.config = config
+        self.tensors = tensors
+        self.report = report
+        self.recipe = recipe
+        self.adapters = adapters
+
+    def __repr__(self) -> str:
+        names = ", ".join(a.name for a in self.adapters)
+        modules = self.report["modules"]["union"]
+        return f"MergeResult(adapters=[{names}], modules={modules}, exact={self.report['exact']})"
+
+    @property
+    def warnings(self) -> list[dict]:
+        return self.report["warnings"]
+
+    def default_repo_name(self) -> str:
+        """A repo name derived from the sources, e.g. ``math-medicine-merged``."""
+        stem = "-".join(re.sub(r"[^A-Za-z0-9._-]", "-", a.name) for a in self.adapters)
+        return (stem[:80].strip("-.") or "adapters") + "-merged"
+
+    def files(self, *, repo_id: str | None = None, card: bool = False) -> dict[str, bytes]:
+        """The merged adapter's files, in memory.
+
+        Args:
+            repo_id: the repo the card describes (needed with ``card``).
+            card: also build ``README.md`` (the model card) and ``similarity.png``.
+
+        Returns:
+            File name → content: ``adapter_model.safetensors``, ``adapter_config.json``,
+            ``hubmerge_report.json``, ``hubmerge_recipe.json`` (and the card files).
+        """
+        if not self.tensors:
+            raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
+        files = {
+            SAFETENSORS_NAME: save(self.tensors, metadata={"format": "pt", "hubmerge_version": __version__}),
+            CONFIG_NAME: _json(self.config),
+            REPORT_NAME: _json(self.report),
+            RECIPE_NAME: _json(self.recipe),
+        }
+        if card:
+            from .card import build_card  # matplotlib and the card are only needed for the Hub
+            from .figures import render_heatmap
+
+            files[HEATMAP_NAME] = render_heatmap(self.report["similarity"])
+            files[CARD_NAME] = str(
+                build_card(self.report, repo_id=repo_id or self.default_repo_name(), command=self.recipe["command"])
+            ).encode("utf-8")
+        return files
+
+    def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a directory that ``peft.PeftModel.from_pretrained`` loads.
+
+        It holds ``adapter_config.json``, ``adapter_model.safetensors``,
+        ``hubmerge_report.json`` and ``hubmerge_recipe.json``, written atomically.
+
+        Args:
+            save_directory: where to write.
+            overwrite: replace an existing non-empty directory.
+
+        Returns:
+            The directory written.
+
+        Raises:
+            OutputExistsError: the directory is not empty and ``overwrite`` is false.
+            InvalidArgumentError: this result was made with ``report_only=True``.
+        """
+        contents = self.files()
+        return write_directory(
+            save_directory,
+            {name: (lambda path, data=data: path.write_bytes(data)) for name, data in contents.items()},
+            overwrite=overwrite,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str | None = None,
+        *,
+        token: str | bool | None = None,
+        private: bool = False,
+        create_pr: bool = False,
+        commit_message: str | None = None,
+    ):
+        """Push the merged adapter, its model card, report, recipe and heatmap in one commit.
+
+        Args:
+            repo_id: target ``user/name``; default a name derived from the sources
+                in the token owner's namespace.
+            token: Hub token; default the logged-in one (``HF_TOKEN`` / ``hf auth login``).
+            private: create the repo private (an existing repo keeps its visibility).
+            create_pr: open a pull request instead of committing to main.
+            commit_message: default "Merge <names> with hubmerge".
+
+        Returns:
+            huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``repo_url``).
+
+        Raises:
+            HubError, PushError: not logged in, no write access, the Hub refused.
+        """
+        from .hub import push_files
+
+        repo_id = self.resolve_repo_id(repo_id, token=token)
+        files = self.files(repo_id=repo_id, card=True)  # built before anything is created
+        names = ", ".join(a.name for a in self.adapters)
+        return push_files(
+            repo_id,
+            files,
+            token=token,
+            private=private,
+            create_pr=create_pr,
+            commit_message=commit_message or f"Merge {names} with hubmerge",
+            commit_description=f"Reproduce with:\n\n    {self.recipe['command']}\n",
+        )
+
+    def resolve_repo_id(self, repo_id: str | None, *, token: str | bool | None = None) -> str:
+        """``repo_id`` as given, or ``<user>/<default name>`` with the user from ``whoami``."""
+        from .hub import whoami
+
+        if repo_id:
+            if "/" not in repo_id:
+                return f"{whoami(token=token)}/{repo_id}"
+            return repo_id
+        return f"{whoami(token=token)}/{self.default_repo_name()}"
+
+
+def _json(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
