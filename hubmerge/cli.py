@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .api import DTYPE_CHOICES, merge
-from .errors import HubmergeError, SourceError
+from .errors import HubError, HubmergeError, InvalidArgumentError, SourceError
 from .output import check_writable
 from .report import render_text
 from .sources import parse_source
@@ -27,11 +27,17 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 EPILOG = """\
 examples:
+  hubmerge user/math user/med --push               pull two Hub adapters, merge, push to user/math-med-merged
+  hubmerge user/math user/adapters/med@v1 --push org/merged --private
+  hubmerge user/math user/med --push --dry-run     show the target repo, files and card; push nothing
+  hubmerge --recipe hubmerge_recipe.json -o again  reproduce a merge from its recipe
   hubmerge ./math ./medicine -o merged             sum two local adapters
   hubmerge ./math ./medicine --weights 1,0.5       weighted sum
   hubmerge ./base-task ./unwanted --weights=1,-1   task negation (use '=' before a leading minus)
   hubmerge ./math ./medicine --report-only --json  interference analysis only, as JSON
 
+Hub access goes through huggingface_hub: HF_TOKEN or `hf auth login`, HF_ENDPOINT, the HF cache,
+HF_HUB_OFFLINE=1 (answered from the cache), HF_HUB_DISABLE_PROGRESS_BARS=1.
 exit codes: 0 success, 1 error (message says what to do), 2 bad usage.
 HUBMERGE_DEBUG=1 shows tracebacks.
 """
@@ -47,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="adapter directory or user/repo[/sub][@rev]")
+    parser.add_argument("sources", nargs="*", metavar="SOURCE", help="adapter directory or user/repo[/sub][@rev]")
+    parser.add_argument("--recipe", metavar="FILE", help="take sources, weights and dtype from a hubmerge_recipe.json")
     parser.add_argument("--weights", type=_weights, help="comma-separated weight per source (default 1 each)")
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./merged-<names>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -64,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="merge adapters naming different base models (warns)",
     )
+    hub = parser.add_argument_group("Hub")
+    hub.add_argument(
+        "--push",
+        nargs="?",
+        const="",
+        metavar="REPO_ID",
+        help="push the merge to the Hub (default repo: <you>/<names>-merged)",
+    )
+    hub.add_argument("--private", action="store_true", help="create the pushed repo private")
+    hub.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    hub.add_argument("--commit-message", metavar="TEXT", help="commit message for --push")
+    hub.add_argument("--dry-run", action="store_true", help="with --push: show repo, files and card; push nothing")
+    hub.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`; prefer those)")
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
     return parser
 
@@ -106,14 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     argv = _glue_negative_weights(list(sys.argv[1:] if argv is None else argv))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    _configure_logging(json_mode=args.json)
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
     try:
-        return _run(args)
+        args = parser.parse_args(argv)
+        _configure_logging(json_mode=args.json)
+        return _run(args, parser)
+    except SystemExit as exit_:  # argparse: --help, --version, bad usage
+        return int(exit_.code or 0)
     except HubmergeError as err:
         _fail(str(err), debug)
         return EXIT_ERROR
@@ -125,11 +144,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.recipe:
+        _apply_recipe(args, parser)
+    if not args.sources:
+        parser.error("give at least one SOURCE (or --recipe FILE)")
+    pushing = args.push is not None
+    if (args.dry_run or args.private or args.create_pr or args.commit_message) and not pushing:
+        parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
+    if args.report_only and pushing:
+        parser.error("--report-only writes nothing; it cannot be combined with --push")
     output = None
-    if not args.report_only:
+    if not args.report_only and not args.dry_run and (args.output or not pushing):
         output = args.output or _default_output(args.sources)
         check_writable(output, overwrite=args.overwrite)  # fail before the work, not after
+    token = args.token
     result = merge(
         args.sources,
         weights=args.weights,
@@ -137,20 +166,81 @@ def _run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         allow_base_mismatch=args.allow_base_mismatch,
         report_only=args.report_only,
+        token=token,
     )
-    written = None
+    report = dict(result.report)
+    lines = []
     if output is not None:
         written = result.save_pretrained(output, overwrite=args.overwrite)
+        report["output"] = {**report["output"], "directory": str(written)}
+        lines.append(f"saved to {written}/ — load it with peft.PeftModel.from_pretrained(base_model, {str(written)!r})")
+    if pushing and args.dry_run:
+        repo_id = _dry_run_repo_id(result, args.push, token)
+        files = result.files(repo_id=repo_id, card=True)
+        report["push"] = {"repo_id": repo_id, "dry_run": True, "files": {n: len(b) for n, b in files.items()}}
+        lines.append(
+            f"dry run: would push to {repo_id} ({'private, ' if args.private else ''}one commit"
+            f"{', as a pull request' if args.create_pr else ''}):"
+        )
+        lines.extend(f"  {name}  ({_size(len(data))})" for name, data in files.items())
+        lines.append("\n--- README.md (model card) ---\n" + files["README.md"].decode("utf-8"))
+    elif pushing:
+        info = result.push_to_hub(
+            args.push or None,
+            token=token,
+            private=args.private,
+            create_pr=args.create_pr,
+            commit_message=args.commit_message,
+        )
+        url = info.pr_url or info.commit_url
+        report["push"] = {"repo_id": info.repo_url.repo_id, "commit_url": info.commit_url, "pr_url": info.pr_url}
+        lines.append(f"pushed to {info.repo_url}" + (f" — pull request: {url}" if info.pr_url else f" ({url})"))
     if args.json:
-        report = dict(result.report)
-        if written is not None:
-            report["output"] = {**report["output"], "directory": str(written)}
         print(json.dumps(report, indent=2, ensure_ascii=False))
+        for line in lines:
+            print(line, file=sys.stderr)
     else:
         print(render_text(result.report))
-        if written is not None:
-            print(f"\nsaved to {written}/ — load it with peft.PeftModel.from_pretrained(base_model, {str(written)!r})")
+        if lines:
+            print()
+        for line in lines:
+            print(line)
     return EXIT_OK
+
+
+def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.sources or args.weights:
+        parser.error("--recipe gives the sources and weights; don't pass them too")
+    try:
+        recipe = json.loads(open(args.recipe, encoding="utf-8").read())
+        args.sources = [entry["source"] for entry in recipe["sources"]]
+        args.weights = [float(entry["weight"]) for entry in recipe["sources"]]
+        args.dtype = args.dtype or recipe.get("dtype")
+        args.allow_base_mismatch = args.allow_base_mismatch or bool(recipe.get("allow_base_mismatch"))
+    except OSError as err:
+        raise InvalidArgumentError(f"--recipe {args.recipe}: cannot read it ({err.strerror})") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidArgumentError(
+            f"--recipe {args.recipe}: not a hubmerge recipe ({type(err).__name__}: {err}); "
+            "it should be a hubmerge_recipe.json written by hubmerge"
+        ) from None
+
+
+def _dry_run_repo_id(result, repo_id: str | None, token) -> str:
+    if repo_id and "/" in repo_id:
+        return repo_id
+    try:
+        return result.resolve_repo_id(repo_id or None, token=token)
+    except HubError:  # not logged in: a dry run still shows where it would go
+        return f"<your-username>/{repo_id or result.default_repo_name()}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def _configure_logging(*, json_mode: bool) -> None:

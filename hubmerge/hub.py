@@ -277,8 +277,8 @@ def _push_error(err: Exception, repo_id: str, action: str, token) -> HubError:
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
         return PushError(
-            f"cannot {action} {repo_id}: no write access ({_login_hint(token)}, with a write token); "
-            "push to your own namespace, or use --create-pr to open a pull request where you may"
+            f"cannot {action} {repo_id}: this token has no write access there; push to your own namespace, "
+            "use --create-pr to open a pull request, or log in with a write token (`hf auth login`)"
         )
     if status == 412:
         return PushError(f"cannot {action} {repo_id}: the branch moved during the push; run the command again")

@@ -51,6 +51,12 @@ def server(tmp_path_factory):
     assert outside == []
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    # conftest turns offline mode on for every test; these tests talk to their own server.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     # Every call passes cache_dir=; the default cache is redirected too, in case one forgets.
