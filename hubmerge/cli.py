@@ -44,8 +44,10 @@ HUBMERGE_DEBUG=1 shows tracebacks.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Run as the hf CLI extension `hf merge`, the hf-merge script shows that name.
+    invoked = os.path.basename(sys.argv[0] or "")
     parser = argparse.ArgumentParser(
-        prog="hubmerge",
+        prog="hf merge" if invoked.startswith("hf-merge") else "hubmerge",
         description=(
             "Merge PEFT LoRA adapters exactly (rank concatenation of Σ wᵢ·sᵢ·Bᵢ·Aᵢ), without the base "
             "model, and report how much they interfere (RMS cosine of their weight deltas)."

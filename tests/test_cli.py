@@ -124,3 +124,12 @@ def test_python_dash_m_and_console_script(tmp_path, pair):
         assert done.returncode == 0 and done.stdout.strip() == f"hubmerge {hubmerge.__version__}"
     done = subprocess.run([sys.executable, "-m", "hubmerge"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "SOURCE" in done.stderr
+
+
+def test_hf_extension_script():
+    # `hf extensions install OWNER/hf-merge` runs this console script as `hf merge`.
+    script = Path(sys.executable).with_name("hf-merge")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: hf merge")
+    assert "--push" in done.stdout
