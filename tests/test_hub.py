@@ -275,3 +275,31 @@ def test_pickle_only_hub_adapter_is_refused_before_download(capsys, hub, base_re
     assert not [r for r in hub.requests[before:] if "adapter_model.bin" in r[1]], "the pickle was not fetched"
     code, _, err = cli(capsys, repo, "--report-only", "--allow-pickle")
     assert code == 0, err
+
+
+def test_private_push_and_commit_message(capsys, hub, two_repos):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('private')}"
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target, "--private", "--commit-message", "hello")
+    assert code == 0, err
+    assert hub.list_commits(target)[0]["title"] == "hello"
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info(target, token=False)
+
+
+def test_failing_card_creates_no_repo(hub, two_repos, monkeypatch):
+    import hubmerge.card
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("card renderer failed")
+
+    monkeypatch.setattr(hubmerge.card, "build_card", broken)
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"])
+    repos = set(hub.list_repos())
+    with pytest.raises(RuntimeError, match="card renderer failed"):
+        result.push_to_hub(f"alice/{unique('never')}")
+    assert set(hub.list_repos()) == repos
