@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import Compatibility, check_compatibility, normalize_base_model
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LimitExceededError
 from .merge import build_config, concat_factors
 from .report import Notice
 from .result import MergeResult
@@ -47,6 +47,8 @@ def load_adapters(
     *,
     token: str | bool | None = None,
     allow_pickle: bool = False,
+    max_adapters: int | None = None,
+    max_download_bytes: int | None = None,
 ) -> list[LoraAdapter]:
     """Parse, fetch (for Hub references) and load every source, giving each a unique name.
 
@@ -58,14 +60,21 @@ def load_adapters(
             :class:`Source` objects or already loaded adapters.
         token: Hub token; default the logged-in one.
         allow_pickle: accept ``adapter_model.bin`` where there is no safetensors file.
+        max_adapters: refuse more sources than this.
+        max_download_bytes: refuse, before downloading, Hub adapters whose files
+            add up to more than this (a mistyped repo id must not fill the disk).
 
     Returns:
         The adapters, in order.
 
     Raises:
         SourceError, AdapterError, HubError: a source is malformed, missing, unreachable or unreadable.
+        LimitExceededError: more sources or more bytes than allowed.
     """
+    if max_adapters is not None and len(sources) > max_adapters:
+        raise LimitExceededError(f"{len(sources)} adapters given; at most {max_adapters} can be merged here")
     parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
+    budget = max_download_bytes
     adapters = []
     for item in parsed:
         if isinstance(item, LoraAdapter):
@@ -75,7 +84,9 @@ def load_adapters(
         else:
             from .hub import pull_adapter
 
-            pulled = pull_adapter(item, token=token, allow_pickle=allow_pickle)
+            pulled = pull_adapter(item, token=token, allow_pickle=allow_pickle, max_bytes=budget)
+            if budget is not None:
+                budget -= pulled.downloaded_bytes
             adapter = load_adapter(pulled.path, name=item.name, source=item.text, allow_pickle=allow_pickle)
             adapter.repo_id, adapter.subfolder, adapter.commit_sha = item.repo_id, item.subfolder, pulled.commit_sha
             adapter.license, adapter.datasets = pulled.license, pulled.datasets
@@ -100,6 +111,8 @@ def merge(
     thresholds: Thresholds | None = None,
     token: str | bool | None = None,
     resolve_base_model: bool | None = None,
+    max_adapters: int | None = None,
+    max_download_bytes: int | None = None,
 ) -> MergeResult:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
@@ -117,6 +130,7 @@ def merge(
         resolve_base_model: ask the Hub for the canonical id of the base model
             (so renamed repos compare equal). Default: when a source comes from
             the Hub or the names differ; never with ``HF_HUB_OFFLINE=1``.
+        max_adapters, max_download_bytes: limits, see :func:`load_adapters`.
 
     Returns:
         A :class:`MergeResult`; ``result.save_pretrained(dir)`` writes it.
@@ -134,7 +148,13 @@ def merge(
     """
     coefficients_w = _check_weights(weights, len(sources))  # bad options fail before any download
     out_dtype, dtype_notes = _parse_dtype(dtype), []
-    adapters = load_adapters(sources, token=token, allow_pickle=allow_pickle)
+    adapters = load_adapters(
+        sources,
+        token=token,
+        allow_pickle=allow_pickle,
+        max_adapters=max_adapters,
+        max_download_bytes=max_download_bytes,
+    )
     if out_dtype is None:
         out_dtype, dtype_notes = _inputs_dtype(adapters)
     canonical = _canonical_base_models(adapters, resolve_base_model, token)

@@ -13,6 +13,7 @@ the builtin it resembles, so ``except ValueError`` keeps working::
     ├── IncompatibleAdaptersError (ValueError) the adapters cannot be summed exactly
     ├── InvalidArgumentError (ValueError)     a merge option with a bad value
     ├── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
+    ├── LimitExceededError (ValueError)       too many adapters, or too many bytes to download
     └── HubError (OSError)                    a Hub request failed or was refused
         ├── RepoNotFoundError                 missing, or private without access
         ├── GatedRepoAccessError              gated, and this account has no access
@@ -36,6 +37,7 @@ __all__ = [
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
+    "LimitExceededError",
     "OutputExistsError",
     "PushError",
     "RepoNotFoundError",
@@ -92,6 +94,12 @@ class InvalidArgumentError(HubmergeError, ValueError):
 class OutputExistsError(HubmergeError, FileExistsError):
     """Raised when the output directory exists and is not empty, and
     ``overwrite`` was not given."""
+
+
+class LimitExceededError(HubmergeError, ValueError):
+    """Raised when a merge would pass a configured limit: more adapters than
+    ``max_adapters``, or more bytes to download than ``max_download_bytes``
+    (a mistyped repo id must not fill the disk)."""
 
 
 class HubError(HubmergeError, OSError):

@@ -21,6 +21,7 @@ from .errors import (
     AdapterNotFoundError,
     GatedRepoAccessError,
     HubError,
+    LimitExceededError,
     PushError,
     RepoNotFoundError,
     RevisionNotFoundError,
@@ -46,6 +47,7 @@ class PulledAdapter:
     commit_sha: str
     license: str | None = None
     datasets: list[str] = field(default_factory=list)
+    downloaded_bytes: int = 0
 
 
 def _offline() -> bool:
@@ -110,7 +112,13 @@ _HUB_FAILURES = (
 )
 
 
-def pull_adapter(source: Source, *, token: str | bool | None = None, allow_pickle: bool = False) -> PulledAdapter:
+def pull_adapter(
+    source: Source,
+    *,
+    token: str | bool | None = None,
+    allow_pickle: bool = False,
+    max_bytes: int | None = None,
+) -> PulledAdapter:
     """Resolve ``source`` to a commit and download only its adapter files.
 
     Online, the revision is first resolved to a commit sha (``model_info``),
@@ -122,6 +130,7 @@ def pull_adapter(source: Source, *, token: str | bool | None = None, allow_pickl
         source: a Hub :class:`~hubmerge.sources.Source`.
         token: a Hub token; ``None`` uses the logged-in one, ``False`` none.
         allow_pickle: fetch ``adapter_model.bin`` when there is no safetensors file.
+        max_bytes: refuse before downloading if the adapter files are larger.
 
     Returns:
         The :class:`PulledAdapter`: local directory, commit sha, and the
@@ -132,19 +141,27 @@ def pull_adapter(source: Source, *, token: str | bool | None = None, allow_pickl
             the repo, access or revision is the problem.
         AdapterNotFoundError: no adapter at that path of the repo.
         UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
+        LimitExceededError: the files are larger than ``max_bytes``.
     """
     repo_id, revision, where = source.repo_id, source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
-    license_, datasets = None, []
+    license_, datasets, size = None, [], 0
     weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
     if not _offline():
         try:
-            info = HfApi().model_info(repo_id, revision=revision, token=token)
+            info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
         except _HUB_FAILURES as err:
             raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
         files = {sibling.rfilename for sibling in info.siblings or []}
         _check_adapter_files(files, source, info.sha, allow_pickle)
         weights = [w for w in weights if w in files][:1]
+        sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+        size = sum(sizes.get(name, 0) for name in (f"{prefix}{CONFIG_NAME}", *weights))
+        if max_bytes is not None and size > max_bytes:
+            raise LimitExceededError(
+                f"{where}: the adapter files are {size:,} bytes, more than the {max_bytes:,} bytes allowed; "
+                "check the repo id, or raise the download limit"
+            )
         if info.card_data is not None:
             license_ = info.card_data.get("license")
             found = info.card_data.get("datasets") or []
@@ -172,7 +189,9 @@ def pull_adapter(source: Source, *, token: str | bool | None = None, allow_pickl
         raise AdapterNotFoundError(
             f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder"
         )
-    return PulledAdapter(path=directory, commit_sha=commit_sha, license=license_, datasets=datasets)
+    return PulledAdapter(
+        path=directory, commit_sha=commit_sha, license=license_, datasets=datasets, downloaded_bytes=size
+    )
 
 
 def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle: bool) -> None:

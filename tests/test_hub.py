@@ -303,3 +303,16 @@ def test_failing_card_creates_no_repo(hub, two_repos, monkeypatch):
     with pytest.raises(RuntimeError, match="card renderer failed"):
         result.push_to_hub(f"alice/{unique('never')}")
     assert set(hub.list_repos()) == repos
+
+
+def test_download_and_count_limits_stop_before_downloading(hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    before = len(hub.requests)
+    with pytest.raises(hubmerge.LimitExceededError, match="bytes allowed") as info:
+        hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_download_bytes=1000)
+    assert repo_a in str(info.value)
+    assert not [r for r in hub.requests[before:] if "/resolve/" in r[1]], "nothing was downloaded"
+    with pytest.raises(hubmerge.LimitExceededError, match="at most 1"):
+        hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_adapters=1)
+    result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_download_bytes=10**6, report_only=True)
+    assert result.report["sources"][1]["commit_sha"]
