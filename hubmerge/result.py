@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import save, save_file
 
 from . import __version__
 from .adapter import CONFIG_NAME, SAFETENSORS_NAME, LoraAdapter
@@ -81,7 +81,7 @@ class MergeResult:
         if not self.tensors:
             raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
         files = {
-            SAFETENSORS_NAME: save(self.tensors, metadata={"format": "pt", "hubmerge_version": __version__}),
+            SAFETENSORS_NAME: save(self.tensors, metadata=self._metadata()),
             CONFIG_NAME: _json(self.config),
             REPORT_NAME: _json(self.report),
             RECIPE_NAME: _json(self.recipe),
@@ -113,12 +113,19 @@ class MergeResult:
             OutputExistsError: the directory is not empty and ``overwrite`` is false.
             InvalidArgumentError: this result was made with ``report_only=True``.
         """
-        contents = self.files()
-        return write_directory(
-            save_directory,
-            {name: (lambda path, data=data: path.write_bytes(data)) for name, data in contents.items()},
-            overwrite=overwrite,
-        )
+        if not self.tensors:
+            raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
+        writers = {
+            # straight from the tensors to the file: no second in-memory copy of the weights
+            SAFETENSORS_NAME: lambda path: save_file(self.tensors, str(path), metadata=self._metadata()),
+            CONFIG_NAME: lambda path: path.write_bytes(_json(self.config)),
+            REPORT_NAME: lambda path: path.write_bytes(_json(self.report)),
+            RECIPE_NAME: lambda path: path.write_bytes(_json(self.recipe)),
+        }
+        return write_directory(save_directory, writers, overwrite=overwrite)
+
+    def _metadata(self) -> dict[str, str]:
+        return {"format": "pt", "hubmerge_version": __version__}
 
     def push_to_hub(
         self,
