@@ -27,6 +27,7 @@ from .errors import (
     SourceError,
     UnsafeAdapterError,
 )
+from .methods import METHODS, MergeMethod, MethodParams, get_method
 from .report import Notice
 from .result import MergeResult
 from .similarity import Thresholds
@@ -45,7 +46,10 @@ __all__ = [
     "InvalidArgumentError",
     "LimitExceededError",
     "LoraAdapter",
+    "METHODS",
+    "MergeMethod",
     "MergeResult",
+    "MethodParams",
     "Notice",
     "OutputExistsError",
     "PushError",
@@ -57,6 +61,7 @@ __all__ = [
     "UnsafeAdapterError",
     "__version__",
     "check_compatibility",
+    "get_method",
     "load_adapter",
     "load_adapters",
     "merge",

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from . import __version__
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
-from .compat import Compatibility, check_compatibility, normalize_base_model
+from .compat import check_compatibility, normalize_base_model
 from .errors import InvalidArgumentError, LimitExceededError
-from .merge import build_config, concat_factors
-from .report import Notice
-from .result import MergeResult
-from .similarity import SimilarityAccumulator, Thresholds, module_gram
+from .merge import build_config
+from .methods import MethodParams, ModuleInput, get_method
+from .report import Notice, build_report, dtype_name, output_summary
+from .result import MergeResult, build_recipe
+from .similarity import SimilarityAccumulator, Thresholds, module_gram, round_float
 from .sources import Source, parse_source
 
 __all__ = ["load_adapters", "merge", "similarity"]
@@ -104,6 +103,11 @@ def merge(
     sources: Sequence[SourceLike],
     *,
     weights: Sequence[float] | None = None,
+    method: str = "sum",
+    rank: int | None = None,
+    density: float = 0.5,
+    majority_sign: str = "total",
+    seed: int = 0,
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
     allow_base_mismatch: bool = False,
@@ -121,6 +125,9 @@ def merge(
             loaded :class:`LoraAdapter` objects. One adapter is allowed (it
             rescales it by its weight).
         weights: one weight per source, default 1 each; negative weights subtract.
+        method: a name from :data:`hubmerge.METHODS` (default ``"sum"``, exact).
+        rank, density, majority_sign, seed: the method's parameters (see
+            :class:`hubmerge.methods.MethodParams`); ignored by methods that don't use them.
         dtype: output dtype (``"float32"``, ``"bfloat16"``, …); default the inputs'.
         allow_pickle: accept ``adapter_model.bin`` sources (loaded with ``weights_only=True``).
         allow_base_mismatch: merge adapters that name different base models (a warning instead).
@@ -146,7 +153,10 @@ def merge(
         0.0123
         >>> result.save_pretrained("merged")
     """
-    coefficients_w = _check_weights(weights, len(sources))  # bad options fail before any download
+    # Bad options fail before any download.
+    chosen = get_method(method)
+    params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()
+    coefficients_w = [w * chosen.weight_scale(len(sources)) for w in _check_weights(weights, len(sources))]
     out_dtype, dtype_notes = _parse_dtype(dtype), []
     adapters = load_adapters(
         sources,
@@ -164,13 +174,22 @@ def merge(
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds())
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
+    kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
     for key, owners in compat.coverage.items():
         factors = [adapters[i].factors(key) if i in owners else None for i in range(len(adapters))]
         coefficients = [w * a.scale(key) if key in a.modules else 0.0 for w, a in zip(coefficients_w, adapters)]
         accumulator.add(key, module_gram(factors, coefficients))
         if report_only:
             continue
-        a, b = concat_factors([factors[i] for i in owners], [coefficients[i] for i in owners], dtype=out_dtype)
+        module = ModuleInput(
+            key,
+            [factors[i] for i in owners],
+            [coefficients_w[i] for i in owners],
+            [adapters[i].scale(key) for i in owners],
+        )
+        merged = chosen.combine(module, params)
+        a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
+        kept[key] = (merged.energy, merged.kept)
         kind = adapters[owners[0]].modules[key].kind
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
@@ -194,15 +213,23 @@ def merge(
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
     )
-    report = _build_report(
+    used = {name: getattr(params, name) for name in chosen.parameters}
+    exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
+    report = build_report(
         adapters, coefficients_w, compat, similarity_summary,
         [*compat.warnings, *dtype_notes, *similarity_notes],
-        output=None if report_only else _output_summary(ranks, out_dtype),
+        output=None if report_only else output_summary(ranks, out_dtype),
         canonical=canonical,
+        method={**chosen.to_dict(), "exact": exact, "parameters": used},
+        exact=exact,
+        kept_energy=None if chosen.exact or report_only else _kept_energy(kept),
     )  # fmt: skip
     for note in report["warnings"]:
         logger.warning(note["message"])
-    recipe = _build_recipe(adapters, coefficients_w, out_dtype, allow_base_mismatch, allow_pickle)
+    recipe = build_recipe(
+        adapters, [w / chosen.weight_scale(len(adapters)) for w in coefficients_w], out_dtype,
+        method=chosen.name, params=used, allow_base_mismatch=allow_base_mismatch, allow_pickle=allow_pickle,
+    )  # fmt: skip
     return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe, adapters=adapters)
 
 
@@ -261,24 +288,9 @@ def _inputs_dtype(adapters: list[LoraAdapter]) -> tuple[torch.dtype, list[Notice
         return chosen, []
     for other in found:
         chosen = torch.promote_types(chosen, other)
-    listing = ", ".join(f"{a.name}: {_dtype_name(a.dtype)}" for a in adapters)
-    message = f"the adapters have different dtypes ({listing}); the merge is saved as {_dtype_name(chosen)}"
+    listing = ", ".join(f"{a.name}: {dtype_name(a.dtype)}" for a in adapters)
+    message = f"the adapters have different dtypes ({listing}); the merge is saved as {dtype_name(chosen)}"
     return chosen, [Notice("mixed_dtypes", message)]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _output_summary(ranks: dict[str, int], dtype: torch.dtype) -> dict:
-    values = sorted(ranks.values()) or [0]
-    return {
-        "num_modules": len(ranks),
-        "rank": max(set(values), key=values.count),
-        "rank_min": values[0],
-        "rank_max": values[-1],
-        "dtype": _dtype_name(dtype),
-    }
 
 
 def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, str]:
@@ -300,97 +312,10 @@ def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, s
     return found
 
 
-def _pinned(adapter: LoraAdapter) -> str:
-    if adapter.repo_id is None:
-        return adapter.source
-    where = adapter.repo_id + (f"/{adapter.subfolder}" if adapter.subfolder else "")
-    return f"{where}@{adapter.commit_sha}" if adapter.commit_sha else where
-
-
-def _build_recipe(adapters, weights, dtype, allow_base_mismatch: bool, allow_pickle: bool) -> dict:
-    pinned = [_pinned(a) for a in adapters]
-    words = ["hubmerge", *pinned, f"--weights={','.join(_weight_text(w) for w in weights)}"]
-    words += [f"--dtype={_dtype_name(dtype)}"]
-    words += ["--allow-base-mismatch"] * allow_base_mismatch + ["--allow-pickle"] * allow_pickle
+def _kept_energy(kept: dict[str, tuple[float, float]]) -> dict:
+    total = sum(energy for energy, _ in kept.values())
+    overall = sum(energy * share for energy, share in kept.values()) / total if total > 0 else 1.0
     return {
-        "hubmerge_version": __version__,
-        "method": "sum",
-        "sources": [
-            {
-                "source": text,
-                "repo_id": a.repo_id,
-                "subfolder": a.subfolder,
-                "revision": a.commit_sha,
-                "weight": w,
-            }
-            for text, a, w in zip(pinned, adapters, weights)
-        ],
-        "dtype": _dtype_name(dtype),
-        "allow_base_mismatch": allow_base_mismatch,
-        "allow_pickle": allow_pickle,
-        "command": shlex.join(words),
-    }
-
-
-def _weight_text(weight: float) -> str:
-    return str(int(weight)) if weight == int(weight) else repr(weight)
-
-
-def _build_report(adapters, weights, compat: Compatibility, sim: dict, notes, *, output, canonical) -> dict:
-    sources = []
-    for adapter, weight in zip(adapters, weights):
-        ranks = [spec.rank for spec in adapter.modules.values()] or [0]
-        sources.append(
-            {
-                "name": adapter.name,
-                "source": adapter.source,
-                "repo_id": adapter.repo_id,
-                "subfolder": adapter.subfolder,
-                "commit_sha": adapter.commit_sha,
-                "license": adapter.license,
-                "datasets": adapter.datasets,
-                "weight": weight,
-                "r": adapter.config.r,
-                "lora_alpha": adapter.config.lora_alpha,
-                "use_rslora": adapter.config.use_rslora,
-                "rank_pattern": adapter.config.rank_pattern,
-                "alpha_pattern": adapter.config.alpha_pattern,
-                "rank_min": min(ranks),
-                "rank_max": max(ranks),
-                "num_modules": len(adapter.modules),
-                "dtype": _dtype_name(adapter.dtype),
-                "task_type": adapter.config.task_type,
-                "base_model": adapter.config.base_model_name_or_path,
-                "target_modules": adapter.config.target_modules,
-            }
-        )
-    names = [a.name for a in adapters]
-    only = {name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)}
-    return {
-        "hubmerge_version": __version__,
-        "method": "sum",
-        "exact": True,
-        "base_model": {
-            "name": compat.base_model,
-            "revision": compat.revision,
-            "canonical": canonical.get(compat.base_model) if compat.base_model else None,
-            "resolved": bool(compat.base_model and compat.base_model in canonical),
-            "note": (
-                "resolved on the Hub: aliases of one repo compare equal"
-                if compat.base_model and compat.base_model in canonical
-                else "not resolved against the Hub (offline, local, or not asked): compared by name, "
-                "case-insensitively for Hub ids"
-            ),
-        },
-        "sources": sources,
-        "modules": {
-            "union": len(compat.coverage),
-            "shared_by_all": sum(1 for owners in compat.coverage.values() if len(owners) == len(adapters)),
-            "only_in": only,
-            "coverage": {key: [names[i] for i in owners] for key, owners in compat.coverage.items()},
-        },
-        "modules_to_save": [{"module": key, "from": names[i]} for key, i in compat.saved_modules.items()],
-        "similarity": sim,
-        "warnings": [note.to_dict() for note in notes],
-        "output": output,
+        "overall": round_float(overall),
+        "per_module": {key: round_float(share) for key, (_, share) in kept.items()},
     }

@@ -184,7 +184,13 @@ def _sources_table(sources: list[dict]) -> str:
 
 def _method(report: dict) -> str:
     out = report.get("output")
-    lines = [f"- method: `{report.get('method')}`"]
+    info = report.get("method_info") or {}
+    described = f" — {info['description']}" if info.get("description") else ""
+    paper = f" ([paper]({info['paper']}))" if info.get("paper") else ""
+    lines = [f"- method: `{report.get('method')}`{described}{paper}"]
+    parameters = info.get("parameters") or {}
+    if parameters:
+        lines.append("- parameters: " + ", ".join(f"{k} = {_inline(str(v))}" for k, v in parameters.items()))
     if report.get("exact"):
         rounding = f", rounded once to {out['dtype']}" if out else ""
         lines.append(
@@ -192,7 +198,13 @@ def _method(report: dict) -> str:
             f"along the rank with scale 1 (wᵢ the weight, sᵢ the source's LoRA scale){rounding}"
         )
     else:
-        lines.append("- not exact: the merged delta approximates Σ wᵢ·sᵢ·Bᵢ·Aᵢ")
+        lines.append("- not exact: the merged delta is not the plain sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ")
+    kept = (report.get("kept_energy") or {}).get("overall")
+    if kept is not None:
+        lines.append(
+            f"- kept energy: the low-rank result keeps {100 * kept:.2f}% of ‖ΔW‖²_F of the method's dense result "
+            "(per module in `hubmerge_report.json`)"
+        )
     if out:
         low, high = out["rank_min"], out["rank_max"]
         # Each module's rank is the sum of its sources' ranks, so it varies where the sources cover different modules.

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from . import __version__
 from .api import DTYPE_CHOICES, merge
 from .errors import HubError, HubmergeError, InvalidArgumentError, SourceError
+from .methods import MAJORITY_SIGN_CHOICES, METHODS
 from .output import check_writable
 from .report import render_text
 from .sources import parse_source
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("sources", nargs="*", metavar="SOURCE", help="adapter directory or user/repo[/sub][@rev]")
     parser.add_argument("--recipe", metavar="FILE", help="take sources, weights and dtype from a hubmerge_recipe.json")
     parser.add_argument("--weights", type=_weights, help="comma-separated weight per source (default 1 each)")
+    methods = parser.add_argument_group("merge method", _methods_help())
+    methods.add_argument("--method", choices=list(METHODS), default="sum", help="merge method (default: sum, exact)")
+    methods.add_argument("--rank", type=int, help="rank per module of the result (svd and the dense methods)")
+    methods.add_argument("--density", type=float, default=0.5, help="share of entries kept (ties, dare_*, …)")
+    methods.add_argument("--majority-sign", choices=MAJORITY_SIGN_CHOICES, default="total", help="TIES sign election")
+    methods.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./merged-<names>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--report-only", action="store_true", help="analyse only; write nothing")
@@ -88,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`; prefer those)")
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
     return parser
+
+
+def _methods_help() -> str:
+    width = max(len(name) for name in METHODS)
+    lines = [f"{name:<{width}}  {m.description}" + (f" ({m.paper})" if m.paper else "") for name, m in METHODS.items()]
+    return "\n".join(lines)
 
 
 def _weights(text: str) -> list[float]:
@@ -164,6 +177,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     result = merge(
         args.sources,
         weights=args.weights,
+        method=args.method,
+        rank=args.rank,
+        density=args.density,
+        majority_sign=args.majority_sign,
+        seed=args.seed,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         allow_base_mismatch=args.allow_base_mismatch,
@@ -218,6 +236,9 @@ def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         args.sources = [entry["source"] for entry in recipe["sources"]]
         args.weights = [float(entry["weight"]) for entry in recipe["sources"]]
         args.dtype = args.dtype or recipe.get("dtype")
+        args.method = recipe.get("method", "sum")
+        for name, value in (recipe.get("method_parameters") or {}).items():
+            setattr(args, name, value)
         args.allow_base_mismatch = args.allow_base_mismatch or bool(recipe.get("allow_base_mismatch"))
     except OSError as err:
         raise InvalidArgumentError(f"--recipe {args.recipe}: cannot read it ({err.strerror})") from None

@@ -1,15 +1,17 @@
 """The merge report: warnings as data, and the terminal rendering of the report.
 
-The report itself is a JSON-able ``dict`` (see :func:`hubmerge.merge` for its
-keys); this module holds :class:`Notice`, the one shape every warning takes,
-and :func:`render_text`, the readable summary the CLI prints.
+The report itself is a JSON-able ``dict``; this module assembles it
+(:func:`build_report`), holds :class:`Notice`, the one shape every warning
+takes, and renders the readable summary the CLI prints (:func:`render_text`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Notice", "render_text"]
+from . import __version__
+
+__all__ = ["Notice", "build_report", "dtype_name", "output_summary", "render_text"]
 
 REPORT_NAME = "hubmerge_report.json"
 
@@ -23,6 +25,88 @@ class Notice:
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def output_summary(ranks: dict[str, int], dtype) -> dict:
+    """The ``output`` section: module count, most common / min / max rank, dtype."""
+    values = sorted(ranks.values()) or [0]
+    return {
+        "num_modules": len(ranks),
+        "rank": max(set(values), key=values.count),
+        "rank_min": values[0],
+        "rank_max": values[-1],
+        "dtype": dtype_name(dtype),
+    }
+
+
+def build_report(
+    adapters, weights, compat, sim: dict, notes, *, output, canonical, method: dict, exact: bool, kept_energy
+) -> dict:
+    """Assemble the JSON-able report of a merge (keys documented in the README)."""
+    sources = []
+    for adapter, weight in zip(adapters, weights):
+        ranks = [spec.rank for spec in adapter.modules.values()] or [0]
+        sources.append(
+            {
+                "name": adapter.name,
+                "source": adapter.source,
+                "repo_id": adapter.repo_id,
+                "subfolder": adapter.subfolder,
+                "commit_sha": adapter.commit_sha,
+                "license": adapter.license,
+                "datasets": adapter.datasets,
+                "weight": weight,
+                "r": adapter.config.r,
+                "lora_alpha": adapter.config.lora_alpha,
+                "use_rslora": adapter.config.use_rslora,
+                "rank_pattern": adapter.config.rank_pattern,
+                "alpha_pattern": adapter.config.alpha_pattern,
+                "rank_min": min(ranks),
+                "rank_max": max(ranks),
+                "num_modules": len(adapter.modules),
+                "dtype": dtype_name(adapter.dtype),
+                "task_type": adapter.config.task_type,
+                "base_model": adapter.config.base_model_name_or_path,
+                "target_modules": adapter.config.target_modules,
+            }
+        )
+    names = [a.name for a in adapters]
+    only = {name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)}
+    return {
+        "hubmerge_version": __version__,
+        "method": method["name"],
+        "method_info": method,
+        "exact": exact,
+        "kept_energy": kept_energy,
+        "base_model": {
+            "name": compat.base_model,
+            "revision": compat.revision,
+            "canonical": canonical.get(compat.base_model) if compat.base_model else None,
+            "resolved": bool(compat.base_model and compat.base_model in canonical),
+            "note": (
+                "resolved on the Hub: aliases of one repo compare equal"
+                if compat.base_model and compat.base_model in canonical
+                else "not resolved against the Hub (offline, local, or not asked): compared by name, "
+                "case-insensitively for Hub ids"
+            ),
+        },
+        "sources": sources,
+        "modules": {
+            "union": len(compat.coverage),
+            "shared_by_all": sum(1 for owners in compat.coverage.values() if len(owners) == len(adapters)),
+            "only_in": only,
+            "coverage": {key: [names[i] for i in owners] for key, owners in compat.coverage.items()},
+        },
+        "modules_to_save": [{"module": key, "from": names[i]} for key, i in compat.saved_modules.items()],
+        "similarity": sim,
+        "warnings": [note.to_dict() for note in notes],
+        "output": output,
+    }
 
 
 def render_text(report: dict) -> str:
@@ -83,6 +167,9 @@ def render_text(report: dict) -> str:
             + (f" (per module {out['rank_min']}–{out['rank_max']})" if out["rank_min"] != out["rank_max"] else "")
             + f", dtype {out['dtype']}"
         )
+    kept = (report.get("kept_energy") or {}).get("overall")
+    if kept is not None:
+        lines.append(f"kept energy: {100 * kept:.2f}% of ‖ΔW‖² of the method's dense result (per module in the report)")
     if report["warnings"]:
         lines.append("")
         lines.append(f"warnings ({len(report['warnings'])}):")

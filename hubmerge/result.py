@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -18,9 +19,9 @@ from . import __version__
 from .adapter import CONFIG_NAME, SAFETENSORS_NAME, LoraAdapter
 from .errors import InvalidArgumentError
 from .output import write_directory
-from .report import REPORT_NAME
+from .report import REPORT_NAME, dtype_name
 
-__all__ = ["MergeResult", "RECIPE_NAME", "HEATMAP_NAME", "CARD_NAME"]
+__all__ = ["CARD_NAME", "HEATMAP_NAME", "MergeResult", "RECIPE_NAME", "build_recipe"]
 
 RECIPE_NAME = "hubmerge_recipe.json"
 HEATMAP_NAME = "similarity.png"
@@ -180,3 +181,45 @@ class MergeResult:
 
 def _json(data: dict) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _pinned(adapter: LoraAdapter) -> str:
+    if adapter.repo_id is None:
+        return adapter.source
+    where = adapter.repo_id + (f"/{adapter.subfolder}" if adapter.subfolder else "")
+    return f"{where}@{adapter.commit_sha}" if adapter.commit_sha else where
+
+
+def build_recipe(
+    adapters, weights, dtype, *, method: str, params: dict, allow_base_mismatch: bool, allow_pickle: bool
+) -> dict:
+    """What reproduces a merge: sources pinned to commit shas, weights, method, dtype, and the command."""
+    pinned = [_pinned(a) for a in adapters]
+    words = ["hubmerge", *pinned, f"--weights={','.join(_weight_text(w) for w in weights)}"]
+    words += [f"--method={method}"] * (method != "sum")
+    words += [f"--{name.replace('_', '-')}={value}" for name, value in params.items()]
+    words += [f"--dtype={dtype_name(dtype)}"]
+    words += ["--allow-base-mismatch"] * allow_base_mismatch + ["--allow-pickle"] * allow_pickle
+    return {
+        "hubmerge_version": __version__,
+        "method": method,
+        "method_parameters": params,
+        "sources": [
+            {
+                "source": text,
+                "repo_id": a.repo_id,
+                "subfolder": a.subfolder,
+                "revision": a.commit_sha,
+                "weight": w,
+            }
+            for text, a, w in zip(pinned, adapters, weights)
+        ],
+        "dtype": dtype_name(dtype),
+        "allow_base_mismatch": allow_base_mismatch,
+        "allow_pickle": allow_pickle,
+        "command": shlex.join(words),
+    }
+
+
+def _weight_text(weight: float) -> str:
+    return str(int(weight)) if weight == int(weight) else repr(weight)
