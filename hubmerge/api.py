@@ -19,7 +19,7 @@ import torch
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, normalize_base_model
 from .errors import InvalidArgumentError, LimitExceededError
-from .merge import build_config
+from .merge import build_config, pad_rank
 from .methods import MethodParams, ModuleInput, get_method
 from .report import Notice, build_report, dtype_name, output_summary
 from .result import MergeResult, build_recipe
@@ -175,6 +175,7 @@ def merge(
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
+    names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
     for key, owners in compat.coverage.items():
         factors = [adapters[i].factors(key) if i in owners else None for i in range(len(adapters))]
         coefficients = [w * a.scale(key) if key in a.modules else 0.0 for w, a in zip(coefficients_w, adapters)]
@@ -194,9 +195,17 @@ def merge(
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
         )
-        tensors[f"{KEY_PREFIX}{key}.{a_name}"] = a
-        tensors[f"{KEY_PREFIX}{key}.{b_name}"] = b
+        if not torch.isfinite(a).all() or not torch.isfinite(b).all():
+            raise InvalidArgumentError(
+                f"module {key!r} overflows {dtype_name(out_dtype)} after scaling by the weights; "
+                "use --dtype float32 or bfloat16, or smaller weights"
+            )
+        names[key] = (f"{KEY_PREFIX}{key}.{a_name}", f"{KEY_PREFIX}{key}.{b_name}")
+        tensors[names[key][0]], tensors[names[key][1]] = a, b
         ranks[key] = a.shape[0]
+    stored_rank = max(ranks.values(), default=1)
+    for a_name, b_name in names.values():  # one rank for all modules: see build_config
+        tensors[a_name], tensors[b_name] = pad_rank(tensors[a_name], tensors[b_name], stored_rank)
     if not report_only:
         for group, owners in (("saved_modules", compat.saved_modules), ("base_layers", compat.base_layers)):
             for key, owner in owners.items():
@@ -206,7 +215,8 @@ def merge(
     similarity_summary, similarity_notes = accumulator.summary()
     tasks = {a.config.task_type for a in adapters}
     config = build_config(
-        ranks,
+        list(ranks),
+        stored_rank,
         base_model_name_or_path=compat.base_model,
         revision=compat.revision,
         task_type=tasks.pop() if len(tasks) == 1 else None,

@@ -208,7 +208,11 @@ def _method(report: dict) -> str:
     if out:
         low, high = out["rank_min"], out["rank_max"]
         # Each module's rank is the sum of its sources' ranks, so it varies where the sources cover different modules.
-        ranks = f"rank {low}" if low == high else f"rank {low}–{high} per module ({out['rank']} on most)"
+        ranks = (
+            f"rank {low}"
+            if low == high
+            else f"rank {out['rank']} (effective {low}–{high} per module; smaller modules are zero-padded)"
+        )
         lines.append(f"- output: {ranks}, {out['num_modules']} modules, {out['dtype']}")
     modules = report.get("modules") or {}
     if "union" in modules:

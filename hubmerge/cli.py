@@ -16,6 +16,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from . import __version__
 from .api import DTYPE_CHOICES, merge
 from .errors import HubError, HubmergeError, InvalidArgumentError, SourceError
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         _configure_logging(json_mode=args.json)
-        return _run(args, parser)
+        return _run(args, parser, argv)
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
     except HubmergeError as err:
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     if args.recipe:
         _apply_recipe(args, parser)
     if not args.sources:
@@ -167,10 +169,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     pushing = args.push is not None
     if (args.dry_run or args.private or args.create_pr or args.commit_message) and not pushing:
         parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
-    if args.report_only and pushing:
-        parser.error("--report-only writes nothing; it cannot be combined with --push")
+    if args.report_only and (pushing or args.output):
+        parser.error("--report-only writes nothing; it cannot be combined with --push or -o")
+    if pushing:
+        _check_push_target(args, parser, argv)
     output = None
-    if not args.report_only and not args.dry_run and (args.output or not pushing):
+    if not args.report_only and (args.output or not pushing):
         output = args.output or _default_output(args.sources)
         check_writable(output, overwrite=args.overwrite)  # fail before the work, not after
     token = args.token
@@ -208,7 +212,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         info = result.push_to_hub(
             args.push or None,
             token=token,
-            private=args.private,
+            private=True if args.private else None,
             create_pr=args.create_pr,
             commit_message=args.commit_message,
         )
@@ -228,6 +232,32 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _check_push_target(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    target = args.push
+    if not target:
+        return
+    # "--push alice/math alice/med" reads alice/math as the target: with sources after it, that is
+    # almost surely a source the user meant to merge, and pushing would overwrite that repo.
+    if "--push" in argv:
+        at = argv.index("--push")
+        if argv[at + 1 : at + 2] == [target] and any(s in argv[at + 2 :] for s in args.sources):
+            parser.error(
+                f"--push took {target!r} as the target repo, but sources follow it; "
+                "write --push=REPO_ID, or put --push after the sources"
+            )
+    try:
+        validate_repo_id(target if "/" in target else f"user/{target}")
+    except HFValidationError as err:
+        parser.error(f"--push {target!r} is not a valid repo id ({err})")
+    for text in args.sources:
+        try:
+            source = parse_source(text)
+        except SourceError:
+            continue
+        if source.repo_id and not source.subfolder and source.repo_id.lower() == target.lower():
+            parser.error(f"--push {target!r} is also a source; pushing would overwrite that adapter. Push elsewhere")
+
+
 def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.sources or args.weights:
         parser.error("--recipe gives the sources and weights; don't pass them too")
@@ -240,6 +270,7 @@ def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         for name, value in (recipe.get("method_parameters") or {}).items():
             setattr(args, name, value)
         args.allow_base_mismatch = args.allow_base_mismatch or bool(recipe.get("allow_base_mismatch"))
+        args.allow_pickle = args.allow_pickle or bool(recipe.get("allow_pickle"))
     except OSError as err:
         raise InvalidArgumentError(f"--recipe {args.recipe}: cannot read it ({err.strerror})") from None
     except (ValueError, KeyError, TypeError) as err:

@@ -176,11 +176,13 @@ def pull_adapter(
     except _HUB_FAILURES as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
     except hf_errors.LocalEntryNotFoundError:
-        raise HubError(
-            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id}"
-            f"{'@' + revision if revision else ''} is not in the local cache: run once with network access, "
-            "or unset HF_HUB_OFFLINE"
-        ) from None
+        at = f"{repo_id}{'@' + revision if revision else ''}"
+        if _offline():
+            raise HubError(
+                f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache: run once with network "
+                "access, or unset HF_HUB_OFFLINE"
+            ) from None
+        raise HubError(f"{where}: could not download {at}: the Hub did not answer; try again") from None
     commit_sha = Path(snapshot).name
     if not _offline() and commit_sha != info.sha:
         raise HubError(f"{where}: {repo_id}@{revision or 'main'} moved while downloading; run the command again")
@@ -257,7 +259,7 @@ def push_files(
     files: dict[str, bytes],
     *,
     token: str | bool | None = None,
-    private: bool = False,
+    private: bool | None = None,
     create_pr: bool = False,
     commit_message: str,
     commit_description: str | None = None,
@@ -265,7 +267,13 @@ def push_files(
     """Create ``repo_id`` if needed and upload ``files`` in one commit.
 
     Nothing in the repository is deleted; an existing repo gets a new commit
-    (or a pull request with ``create_pr``).
+    (or a pull request with ``create_pr``). If the repo was created here and
+    the commit then fails, the empty repo is deleted again.
+
+    Args:
+        private: ``True`` creates the repo private and refuses an existing
+            public one (its visibility is not changed silently); ``None`` keeps
+            the Hub's default for the namespace.
 
     Returns:
         huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``oid``).
@@ -275,7 +283,14 @@ def push_files(
     """
     api = HfApi()
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        existing = _repo_visibility(api, repo_id, token)
+        if existing is False and private:
+            raise PushError(
+                f"{repo_id} exists and is public; --private does not change an existing repo's visibility: "
+                "make it private in its settings first, or push to a new repo"
+            )
+        if existing is None:
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     except _HUB_FAILURES as err:
         raise _push_error(err, repo_id, "create", token) from None
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
@@ -289,7 +304,20 @@ def push_files(
             token=token,
         )
     except _HUB_FAILURES as err:
+        if existing is None:  # created by this call: leave nothing half-made behind
+            try:
+                api.delete_repo(repo_id, token=token, missing_ok=True)
+            except _HUB_FAILURES:
+                logger.warning("could not delete the empty repo %s after the failed push", repo_id)
         raise _push_error(err, repo_id, "commit to", token) from None
+
+
+def _repo_visibility(api: HfApi, repo_id: str, token) -> bool | None:
+    """``True``/``False`` for an existing private/public repo we can see, ``None`` if it is not there."""
+    try:
+        return bool(api.repo_info(repo_id, token=token).private)
+    except hf_errors.RepositoryNotFoundError:
+        return None
 
 
 def _push_error(err: Exception, repo_id: str, action: str, token) -> HubError:
@@ -301,5 +329,9 @@ def _push_error(err: Exception, repo_id: str, action: str, token) -> HubError:
         )
     if status == 412:
         return PushError(f"cannot {action} {repo_id}: the branch moved during the push; run the command again")
-    explained = _explain(err, "push", repo_id=repo_id, revision=None, token=token)
-    return PushError(str(explained))
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        detail = err.server_message or "no details"
+        return PushError(f"cannot {action} {repo_id}: the Hub answered HTTP {status} ({detail})")
+    return PushError(
+        f"cannot {action} {repo_id}: the Hub at {constants.ENDPOINT} did not answer ({type(err).__name__})"
+    )

@@ -10,12 +10,11 @@ no rsLoRA). Nothing here touches files or the network.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["build_config", "concat_factors"]
+__all__ = ["build_config", "concat_factors", "pad_rank"]
 
 
 def concat_factors(
@@ -46,8 +45,20 @@ def concat_factors(
     return a.contiguous(), b.contiguous()
 
 
+def pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grow (A, B) to ``rank`` with zero rows of A and zero columns of B: B·A is unchanged."""
+    extra = rank - a.shape[0]
+    if extra <= 0:
+        return a, b
+    return (
+        torch.cat([a, a.new_zeros(extra, a.shape[1])], dim=0),
+        torch.cat([b, b.new_zeros(b.shape[0], extra)], dim=1),
+    )
+
+
 def build_config(
-    ranks: dict[str, int],
+    modules: Sequence[str],
+    rank: int,
     *,
     base_model_name_or_path: str | None,
     revision: str | None,
@@ -61,27 +72,30 @@ def build_config(
     so input-only settings (rsLoRA, patterns, dropout, init schemes) cannot
     leak into the result and change its scale.
 
+    Every module is stored with one rank (``r = lora_alpha = rank``, scale
+    exactly 1; smaller modules are zero-padded) and ``target_modules`` lists
+    the modules' short names. No per-module patterns and no full module keys:
+    those break on loading when a key is a dotted suffix of another, when PEFT
+    renames an older checkpoint layout's keys, or with older PEFT pattern rules.
+    Same-named modules the inputs did not adapt get a LoRA whose B is zero.
+
     Args:
-        ranks: module key → merged rank. Each module gets ``lora_alpha`` equal
-            to its rank, so PEFT's scale α/r is exactly 1.
-        base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by all inputs.
+        modules: the merged module keys.
+        rank: the stored rank of every module.
+        base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
         modules_to_save: full modules carried over from one input.
     """
-    common = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
-    # Every other module is listed by its full key: PEFT matches pattern keys as
-    # suffixes at a dot boundary, and a full key only matches its own module.
-    pattern = {key: rank for key, rank in ranks.items() if rank != common}
     return {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "revision": revision,
-        "r": common,
-        "lora_alpha": common,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
+        "r": rank,
+        "lora_alpha": rank,
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "use_rslora": False,
-        "target_modules": sorted(ranks),
+        "target_modules": sorted({key.rsplit(".", 1)[-1] for key in modules}),
         "layers_to_transform": None,
         "layers_pattern": None,
         "fan_in_fan_out": fan_in_fan_out,

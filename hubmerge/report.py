@@ -37,9 +37,10 @@ def output_summary(ranks: dict[str, int], dtype) -> dict:
     values = sorted(ranks.values()) or [0]
     return {
         "num_modules": len(ranks),
-        "rank": max(set(values), key=values.count),
+        "rank": values[-1],  # the stored rank: every module is zero-padded to it
         "rank_min": values[0],
         "rank_max": values[-1],
+        "padded_modules": sum(1 for v in values if v < values[-1]),
         "dtype": dtype_name(dtype),
     }
 
@@ -164,7 +165,11 @@ def render_text(report: dict) -> str:
     if out:
         lines.append(
             f"merged adapter: {out['num_modules']} modules, rank {out['rank']}"
-            + (f" (per module {out['rank_min']}–{out['rank_max']})" if out["rank_min"] != out["rank_max"] else "")
+            + (
+                f" (effective {out['rank_min']}–{out['rank_max']}; {out['padded_modules']} module(s) zero-padded)"
+                if out["rank_min"] != out["rank_max"]
+                else ""
+            )
             + f", dtype {out['dtype']}"
         )
     kept = (report.get("kept_energy") or {}).get("overall")

@@ -65,8 +65,9 @@ class MergeResult:
 
     def default_repo_name(self) -> str:
         """A repo name derived from the sources, e.g. ``math-medicine-merged``."""
-        stem = "-".join(re.sub(r"[^A-Za-z0-9._-]", "-", a.name) for a in self.adapters)
-        return (stem[:80].strip("-.") or "adapters") + "-merged"
+        stem = "-".join(re.sub(r"[^A-Za-z0-9_]+", "-", a.name).strip("-") for a in self.adapters)
+        stem = re.sub(r"-{2,}", "-", stem)[:80].strip("-")  # the Hub refuses "--" and ".."
+        return (stem or "adapters") + "-merged"
 
     def files(self, *, repo_id: str | None = None, card: bool = False) -> dict[str, bytes]:
         """The merged adapter's files, in memory.
@@ -133,7 +134,7 @@ class MergeResult:
         repo_id: str | None = None,
         *,
         token: str | bool | None = None,
-        private: bool = False,
+        private: bool | None = None,
         create_pr: bool = False,
         commit_message: str | None = None,
     ):
@@ -143,7 +144,8 @@ class MergeResult:
             repo_id: target ``user/name``; default a name derived from the sources
                 in the token owner's namespace.
             token: Hub token; default the logged-in one (``HF_TOKEN`` / ``hf auth login``).
-            private: create the repo private (an existing repo keeps its visibility).
+            private: ``True`` creates the repo private (and refuses an existing public
+                repo); ``None`` leaves the Hub's default, e.g. an organisation's.
             create_pr: open a pull request instead of committing to main.
             commit_message: default "Merge <names> with hubmerge".
 
@@ -156,6 +158,9 @@ class MergeResult:
         from .hub import push_files
 
         repo_id = self.resolve_repo_id(repo_id, token=token)
+        for adapter in self.adapters:
+            if adapter.repo_id and not adapter.subfolder and adapter.repo_id.lower() == repo_id.lower():
+                raise InvalidArgumentError(f"{repo_id} is also a source; pushing would overwrite that adapter")
         files = self.files(repo_id=repo_id, card=True)  # built before anything is created
         names = ", ".join(a.name for a in self.adapters)
         return push_files(
@@ -169,14 +174,22 @@ class MergeResult:
         )
 
     def resolve_repo_id(self, repo_id: str | None, *, token: str | bool | None = None) -> str:
-        """``repo_id`` as given, or ``<user>/<default name>`` with the user from ``whoami``."""
+        """``repo_id`` as given, or ``<user>/<default name>`` with the user from ``whoami``.
+
+        Raises:
+            InvalidArgumentError: the result is not a valid repo id.
+        """
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
         from .hub import whoami
 
-        if repo_id:
-            if "/" not in repo_id:
-                return f"{whoami(token=token)}/{repo_id}"
-            return repo_id
-        return f"{whoami(token=token)}/{self.default_repo_name()}"
+        if not repo_id or "/" not in repo_id:
+            repo_id = f"{whoami(token=token)}/{repo_id or self.default_repo_name()}"
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise InvalidArgumentError(f"{repo_id!r} is not a valid repo id ({err})") from None
+        return repo_id
 
 
 def _json(data: dict) -> bytes:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import traceback
@@ -375,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._dispatch()
 
-    do_HEAD = do_POST = do_PUT = do_GET
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
 
     def log_message(self, fmt, *args):  # quiet in tests
         if self.hub.verbose:
@@ -470,6 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"errors": [], "warnings": []})
         if api == ["repos", "create"] and method == "POST":
             return self._create_repo()
+        if api == ["repos", "delete"] and method == "DELETE":
+            return self._delete_repo()
         if api and api[0] in API_TYPES:
             repo_type = API_TYPES[api[0]]
             repo_id, rest = self._repo(api[1:], repo_type)
@@ -552,6 +555,20 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(409, "RepoExists", f"You already created this {repo_type} repo", url=url)
             self.hub.create_repo(repo_id, repo_type=repo_type, private=private)
         self._json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self) -> None:
+        body = self._json_body()
+        if self.user is None:
+            raise HubError(401, "Unauthorized", "You must be authenticated to delete a repo")
+        repo_type = body.get("type") or "model"
+        repo_id = f"{body.get('organization') or self.user['name']}/{body.get('name')}"
+        if not self.hub._can_write(self.user, repo_id):
+            raise HubError(403, "Forbidden", f"You don't have the rights to delete {repo_id}")
+        with self.hub.lock:
+            if self.hub._meta(repo_type, repo_id) is None:
+                raise HubError(404, "RepoNotFound", "Repository not found")
+            shutil.rmtree(self.hub._repo_dir(repo_type, repo_id))
+        self._json({})
 
     def _info(self, repo_type: str, repo_id: str, meta: dict, commit: dict) -> None:
         siblings = []

@@ -316,3 +316,43 @@ def test_download_and_count_limits_stop_before_downloading(hub, two_repos):
         hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_adapters=1)
     result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_download_bytes=10**6, report_only=True)
     assert result.report["sources"][1]["commit_sha"]
+
+
+def test_push_that_would_swallow_a_source_is_refused(capsys, hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    repos = set(hub.list_repos())
+    commits = len(hub.list_commits(repo_a))
+    # "--push" before the sources takes the first source as the target
+    code, _, err = cli(capsys, "--push", repo_a, f"{repo_b}/sub@v1")
+    assert code == 2 and "--push=REPO_ID" in err
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", repo_a)
+    assert code == 2 and "is also a source" in err
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", "alice/bad name")
+    assert code == 2 and "not a valid repo id" in err
+    assert set(hub.list_repos()) == repos and len(hub.list_commits(repo_a)) == commits
+
+
+def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('public')}"
+    hub.create_repo(target, owner_token=TOKENS["alice"])
+    before = hub.list_commits(target)
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target, "--private")
+    assert code == 1 and "is public" in err
+    assert hub.list_commits(target) == before
+
+
+def test_failed_commit_leaves_no_new_repo(capsys, hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('flaky')}"
+
+    def refuse_commits(method, path):
+        return 500 if method == "POST" and "/commit/" in path else None
+
+    hub.faults.append(refuse_commits)
+    try:
+        code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target)
+    finally:
+        hub.faults.remove(refuse_commits)
+    assert code == 1 and f"cannot commit to {target}" in err and "HTTP 500" in err
+    assert target not in hub.list_repos(), "the repo created for the push was removed again"

@@ -152,19 +152,21 @@ def test_differs_from_peft_cat_on_rslora_where_peft_copies_the_config(tmp_path):
 
 
 def test_output_config_is_built_not_copied(tmp_path):
-    a = make_adapter(tmp_path / "a", seed=1, r=4, lora_alpha=64, lora_dropout=0.3, use_rslora=True)
+    a = make_adapter(tmp_path / "a", seed=1, r=4, lora_alpha=64, lora_dropout=0.3, use_rslora=True,
+                     rank_pattern={"v_proj": 2})  # fmt: skip
     b = make_adapter(tmp_path / "b", seed=2, r=2, target_modules=["q_proj"])
     result = hubmerge.merge([a, b])
     config = result.config
     assert config["lora_dropout"] == 0.0 and config["use_rslora"] is False
-    q = "model.layers.0.self_attn.q_proj"
-    v = "model.layers.0.self_attn.v_proj"
-    assert config["r"] == config["lora_alpha"]
-    ranks = {key: config["rank_pattern"].get(key, config["r"]) for key in config["target_modules"]}
-    alphas = {key: config["alpha_pattern"].get(key, config["lora_alpha"]) for key in config["target_modules"]}
-    assert ranks[q] == 6 and ranks[v] == 4
-    assert ranks == alphas
+    # one stored rank, scale exactly 1, no per-module patterns, short names
+    assert config["r"] == config["lora_alpha"] == 6
+    assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
+    assert config["target_modules"] == ["q_proj", "v_proj"]
     assert config["base_model_name_or_path"] == "test-org/tiny-llama"
+    out = result.report["output"]
+    assert (out["rank"], out["rank_min"], out["rank_max"], out["padded_modules"]) == (6, 2, 6, 2)
+    v = result.tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"]
+    assert v.shape[0] == 6 and torch.count_nonzero(v[2:]) == 0, "v_proj (rank 2) is zero-padded"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -183,3 +185,45 @@ def test_concat_factors_worked_example():
     a, b = concat_factors([(a1, b1), (a2, b2)], [2.0, -1.0], dtype=torch.float32)
     assert a.shape == (2, 2) and b.shape == (2, 2)
     assert torch.equal(b @ a, torch.tensor([[2.0, 4.0], [-3.0, -4.0]]))
+
+
+class _Nested(torch.nn.Module):
+    """A module key that is a dotted suffix of another ("lin" and "sub.lin")."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+        self.sub = torch.nn.Module()
+        self.sub.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.sub.lin(torch.relu(self.lin(x)))
+
+
+def test_module_key_that_is_a_suffix_of_another_loads_exactly(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    dirs = []
+    for name, seed, config in (
+        ("a", 1, LoraConfig(r=4, target_modules=["sub.lin"], init_lora_weights=False)),
+        ("b", 2, LoraConfig(r=2, target_modules=["lin"], init_lora_weights=False)),  # both modules
+    ):
+        base = _Nested()
+        torch.manual_seed(seed)
+        get_peft_model(base, config).save_pretrained(tmp_path / name)
+        dirs.append(tmp_path / name)
+    out = hubmerge.merge(dirs, weights=[1.0, -2.0]).save_pretrained(tmp_path / "merged")
+
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        merged = PeftModel.from_pretrained(_Nested(), str(out))(x)
+        expected_model = _Nested()
+        params = dict(expected_model.named_parameters())
+        for directory, weight in zip(dirs, [1.0, -2.0]):
+            peft_model = PeftModel.from_pretrained(_Nested(), str(directory))
+            for name, module in peft_model.base_model.model.named_modules():
+                if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
+                    params[f"{name}.weight"].add_(weight * module.get_delta_weight("default"))
+        expected = expected_model(x)
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
