@@ -58,6 +58,8 @@ _VARIANTS: dict[str, str] = {
 # init_lora_weights values that change the base model itself (PiSSA, OLoRA, …):
 # the adapter's delta is relative to that modified base until PEFT converts it.
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
+# Modules whose full weights PEFT saves when the vocabulary was resized (its EMBEDDING_LAYER_NAMES).
+_EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,8 @@ class LoraAdapter:
         modules: module key → :class:`ModuleFactors`, sorted by key.
         saved_modules: module key → tensor names of full modules stored
             alongside because of ``modules_to_save``.
-        base_layers: module key → tensor names of base embedding weights PEFT
-            saved next to an embedding LoRA (copies of the base, not deltas).
+        base_layers: module key → tensor names of full embedding weights PEFT saved
+            next to an embedding LoRA or for a resized vocabulary (not deltas).
         problems: structural problems found while reading, for the compatibility check.
         dtype: the dtype of the factors (the most common one if mixed).
         weights_file: the tensor file that was read.
@@ -228,11 +230,17 @@ class LoraAdapter:
                 halves.setdefault(module, {})[which] = name
                 continue
             module = rel.rsplit(".", 1)[0]
+            owner = self._saved_module(rel)
             if rel.endswith(".base_layer.weight"):
                 # PEFT saves the whole embedding next to an embedding LoRA (save_embedding_layers).
                 base_layers.setdefault(module[: -len(".base_layer")], []).append(name)
-            elif any(module == m or module.endswith("." + m) for m in self.config.modules_to_save):
-                saved.setdefault(module, []).append(name)
+            elif owner is not None:
+                saved.setdefault(owner, []).append(name)
+            elif module.rsplit(".", 1)[-1] in _EMBEDDING_NAMES and rel.endswith(".weight"):
+                # A resized vocabulary: PEFT saves the whole (base) embedding or head.
+                base_layers.setdefault(module, []).append(name)
+            elif any(part.startswith("lora_velora") for part in rel.split(".")):
+                continue  # VeLoRA's training-time buffer: its delta is plain B·A
             elif rel.endswith("lora_magnitude_vector") or ".lora_magnitude_vector." in rel:
                 self.problems.append(f"{self._where(name)} is a DoRA magnitude vector; DoRA cannot be summed exactly")
             elif rel.endswith(".lora_B.bias"):
@@ -248,6 +256,16 @@ class LoraAdapter:
             if spec is not None:
                 modules[module] = spec
         return modules, dict(sorted(saved.items())), dict(sorted(base_layers.items()))
+
+    def _saved_module(self, rel: str) -> str | None:
+        """The ``modules_to_save`` module a tensor belongs to: the shortest prefix of its
+        name that is, or ends at a dot with, an entry (``classifier`` for ``classifier.dense.weight``)."""
+        parts = rel.split(".")
+        for end in range(1, len(parts)):
+            prefix = ".".join(parts[:end])
+            if any(prefix == m or prefix.endswith("." + m) for m in self.config.modules_to_save):
+                return prefix
+        return None
 
     def _module_spec(self, module: str, half: dict[str, str]) -> ModuleFactors | None:
         kinds = {which[0] for which in half}

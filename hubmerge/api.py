@@ -70,6 +70,8 @@ def load_adapters(
         SourceError, AdapterError, HubError: a source is malformed, missing, unreachable or unreadable.
         LimitExceededError: more sources or more bytes than allowed.
     """
+    if not sources:
+        raise InvalidArgumentError("no adapters given: pass one or more sources")
     if max_adapters is not None and len(sources) > max_adapters:
         raise LimitExceededError(f"{len(sources)} adapters given; at most {max_adapters} can be merged here")
     parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
@@ -90,12 +92,14 @@ def load_adapters(
             adapter.repo_id, adapter.subfolder, adapter.commit_sha = item.repo_id, item.subfolder, pulled.commit_sha
             adapter.license, adapter.datasets = pulled.license, pulled.datasets
             adapters.append(adapter)
-    seen: dict[str, int] = {}
-    for adapter in adapters:
-        count = seen.get(adapter.name, 0)
-        seen[adapter.name] = count + 1
-        if count:
-            adapter.name = f"{adapter.name}-{count + 1}"
+    taken: set[str] = set()
+    for adapter in adapters:  # unique display names: a, a-2, a-3… never reusing one
+        name, count = adapter.name, 1
+        while name in taken:
+            count += 1
+            name = f"{adapter.name}-{count}"
+        adapter.name = name
+        taken.add(name)
     return adapters
 
 

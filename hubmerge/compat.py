@@ -169,10 +169,8 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
 
 
 def _check_fields(adapters, problems, warnings) -> None:
-    fan = {a.config.fan_in_fan_out for a in adapters}
-    if len(fan) > 1:
-        listing = ", ".join(f"{a.source}: {a.config.fan_in_fan_out}" for a in adapters)
-        problems.append(f"fan_in_fan_out differs ({listing}); the adapters were made for different layer types")
+    # fan_in_fan_out is not compared: PEFT sets it per layer type (True for Conv1D, False for
+    # Linear) whatever the config says, and the stored A (r×in) and B (out×r) are the same either way.
     tasks = {a.config.task_type for a in adapters}
     if len(tasks) > 1:
         listing = ", ".join(f"{a.source}: {a.config.task_type}" for a in adapters)
@@ -257,7 +255,8 @@ def _check_base_layers_agree(adapters, problems) -> None:
             )
             if not same:
                 problems.append(
-                    f"{adapters[index].source}: the saved base weights of {key!r} differ from "
-                    f"{reference.source}'s; the adapters were trained on different base embeddings "
-                    "(e.g. a resized vocabulary)"
+                    f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
+                    f"{reference.source}'s (shapes {[tuple(t.shape) for t in other]} vs "
+                    f"{[tuple(t.shape) for t in first]}); "
+                    "the adapters were trained with different embeddings, e.g. a differently resized vocabulary"
                 )

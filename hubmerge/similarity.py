@@ -13,11 +13,12 @@ do not adapt m contribute zero rows). From it:
 - interference ratio = ‖Σ ΔWᵢ‖² / Σ ‖ΔWᵢ‖² = ΣᵢⱼGᵢⱼ / ΣᵢGᵢᵢ
   (1: orthogonal, > 1: reinforcing, < 1: cancelling)
 
-and per pair, over the modules both adapt with non-zero deltas:
+and per pair, over the modules both adapt (for the RMS and mean cosine, those
+where both deltas are non-zero, so that the cosine is defined):
 
 - RMS cosine = √(mean cos²)          the paper's interference predictor
 - mean cosine = mean cos               signed: negative means opposing updates
-- norm-weighted cosine = Σ⟨ΔWᵢ,ΔWⱼ⟩ / √(Σ‖ΔWᵢ‖² Σ‖ΔWⱼ‖²)
+- norm-weighted cosine = Σ⟨ΔWᵢ,ΔWⱼ⟩ / √(Σ‖ΔWᵢ‖² Σ‖ΔWⱼ‖²) over the modules both adapt
                                        the cosine of the two deltas seen as one long vector
 - A overlap = mean of ‖AᵢAⱼᵀ‖_F / √(‖AᵢAᵢᵀ‖_F ‖AⱼAⱼᵀ‖_F) ∈ [0, 1]; near 1 when the
   A matrices share an initialisation (same seed), about √(r/d_in) for independent ones.
@@ -148,7 +149,8 @@ class SimilarityAccumulator:
         n = len(self.names)
         self._cos_sq = torch.zeros(n, n, dtype=torch.float64)
         self._cos_sum = torch.zeros(n, n, dtype=torch.float64)
-        self._count = torch.zeros(n, n, dtype=torch.int64)
+        self._count = torch.zeros(n, n, dtype=torch.int64)  # modules both adapt
+        self._defined = torch.zeros(n, n, dtype=torch.int64)  # … with non-zero deltas (cosine defined)
         self._inner = torch.zeros(n, n, dtype=torch.float64)
         self._energy_i = torch.zeros(n, n, dtype=torch.float64)  # Σ‖ΔWᵢ‖² over modules shared with j
         self._overlap_sum = torch.zeros(n, n, dtype=torch.float64)
@@ -160,12 +162,16 @@ class SimilarityAccumulator:
     def add(self, module: str, stats: ModuleGram) -> None:
         cos = stats.cosine()
         defined = ~torch.isnan(cos)
+        both = torch.zeros_like(defined)
+        index = torch.tensor(stats.present, dtype=torch.long)
+        both[index[:, None], index[None, :]] = True
         self._cos_sq += torch.where(defined, cos * cos, 0.0)
         self._cos_sum += torch.where(defined, cos, 0.0)
-        self._count += defined.to(torch.int64)
-        self._inner += torch.where(defined, stats.gram, 0.0)
+        self._defined += defined.to(torch.int64)
+        self._count += both.to(torch.int64)
+        self._inner += torch.where(both, stats.gram, 0.0)
         diag = stats.gram.diagonal()
-        self._energy_i += torch.where(defined, diag.unsqueeze(1).expand_as(cos), 0.0)
+        self._energy_i += torch.where(both, diag.unsqueeze(1).expand_as(cos), 0.0)
         seen = ~torch.isnan(stats.a_overlap)
         self._overlap_sum += torch.where(seen, stats.a_overlap, 0.0)
         self._overlap_count += seen.to(torch.int64)
@@ -183,10 +189,10 @@ class SimilarityAccumulator:
 
     def summary(self) -> tuple[dict, list[Notice]]:
         """The pair matrices, the interference ratio and the warnings."""
-        count = self._count.to(torch.float64)
+        count = self._defined.to(torch.float64)
         with torch.no_grad():
-            rms = torch.where(self._count > 0, (self._cos_sq / count.clamp_min(1)).sqrt(), torch.nan)
-            mean = torch.where(self._count > 0, self._cos_sum / count.clamp_min(1), torch.nan)
+            rms = torch.where(self._defined > 0, (self._cos_sq / count.clamp_min(1)).sqrt(), torch.nan)
+            mean = torch.where(self._defined > 0, self._cos_sum / count.clamp_min(1), torch.nan)
             energy = self._energy_i * self._energy_i.T
             weighted = torch.where(energy > 0, self._inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
             overlap = torch.where(

@@ -31,7 +31,14 @@ def tiny_llama() -> LlamaForCausalLM:
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,  # the hand-made reference adds a head delta without touching wte
     )
     return GPT2LMHeadModel(config).eval()
 

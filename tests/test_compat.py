@@ -124,12 +124,6 @@ def test_feature_mismatch_names_module(capsys, tmp_path, pair):
     refuse(capsys, tmp_path, [a, b], str(b), Q0, "20→32", "32→32")
 
 
-def test_fan_in_fan_out_mismatch(capsys, tmp_path, pair):
-    a, b = pair
-    edit_config(b, fan_in_fan_out=True)
-    refuse(capsys, tmp_path, [a, b], "fan_in_fan_out differs")
-
-
 def test_task_type_difference_is_a_warning(capsys, tmp_path, pair):
     a, b = pair
     edit_config(a, task_type="CAUSAL_LM")

@@ -71,6 +71,11 @@ SCENARIOS = {
         [dict(seed=1, modules_to_save=["lm_head"]), dict(seed=2, target_modules=["o_proj"])],
         [1.0, 1.0],
     ),
+    "GPT-2 Conv1D plus a Linear head (fan_in_fan_out differs)": (
+        "gpt2",
+        [dict(seed=1, target_modules=["c_attn"]), dict(seed=2, target_modules=["lm_head"], fan_in_fan_out=False)],
+        [1.0, 0.5],
+    ),
     "GPT-2 Conv1D (fan_in_fan_out)": (
         "gpt2",
         [
@@ -227,3 +232,40 @@ def test_module_key_that_is_a_suffix_of_another_loads_exactly(tmp_path):
                     params[f"{name}.weight"].add_(weight * module.get_delta_weight("default"))
         expected = expected_model(x)
     torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_nested_modules_to_save_of_a_classifier(tmp_path):
+    # RoBERTa's classification head is a module with submodules (classifier.dense, classifier.out_proj),
+    # saved in full by PEFT for task_type SEQ_CLS.
+    from peft import LoraConfig, get_peft_model
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    def base():
+        torch.manual_seed(0)
+        config = RobertaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=37, max_position_embeddings=64, num_labels=3)  # fmt: skip
+        return RobertaForSequenceClassification(config).eval()
+
+    dirs = []
+    for name, seed, kwargs in (("cls", 1, {"task_type": "SEQ_CLS"}), ("plain", 2, {})):
+        model = base()
+        torch.manual_seed(seed)
+        config = LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False, **kwargs)
+        peft_model = get_peft_model(model, config)
+        if name == "cls":  # a trained head, so the carried-over copy is distinguishable from the base
+            with torch.no_grad():
+                for p in peft_model.base_model.model.classifier.modules_to_save["default"].parameters():
+                    p.add_(torch.randn_like(p))
+        peft_model.save_pretrained(tmp_path / name)
+        dirs.append(tmp_path / name)
+    result = hubmerge.merge(dirs)
+    assert result.report["modules_to_save"] == [{"module": "classifier", "from": "cls"}]
+    out = result.save_pretrained(tmp_path / "merged")
+
+    ids = torch.arange(3, 15).reshape(1, 12)
+    with torch.no_grad():
+        merged = PeftModel.from_pretrained(base(), str(out))(ids).logits
+        expected = base()
+        for directory in dirs:
+            expected = PeftModel.from_pretrained(expected, str(directory)).merge_and_unload()
+        torch.testing.assert_close(merged, expected(ids).logits, atol=1e-5, rtol=1e-5)
