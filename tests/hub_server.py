@@ -536,7 +536,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(401, "Unauthorized", "Invalid credentials in Authorization header")
         name, orgs = self.user["name"], [{"name": o, "type": "org"} for o in self.user["orgs"]]
         auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
-        self._json({"type": "user", "name": name, "fullname": name, "orgs": orgs, "auth": auth})
+        avatar = f"{self.hub.url}/avatars/{name}.svg"  # Gradio's local sign-in mock reads it
+        self._json({"type": "user", "name": name, "fullname": name, "avatarUrl": avatar, "orgs": orgs, "auth": auth})
 
     def _create_repo(self) -> None:
         body = self._json_body()
