@@ -254,6 +254,7 @@ def similarity(
     allow_pickle: bool = False,
     allow_base_mismatch: bool = False,
     thresholds: Thresholds | None = None,
+    token: str | bool | None = None,
 ) -> dict:
     """The interference analysis alone: ``merge(..., report_only=True).report["similarity"]``.
 
@@ -269,6 +270,7 @@ def similarity(
         allow_base_mismatch=allow_base_mismatch,
         report_only=True,
         thresholds=thresholds,
+        token=token,
     )
     return result.report["similarity"]
 

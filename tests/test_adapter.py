@@ -107,3 +107,27 @@ def test_embedding_and_saved_layers_are_indexed(tmp_path):
     assert adapter.saved_modules == {"lm_head": ["base_model.model.lm_head.weight"]}
     assert adapter.base_layers == {"model.embed_tokens": ["base_model.model.model.embed_tokens.base_layer.weight"]}
     assert adapter.problems == []
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        {"q_proj": 2, "layers.1.self_attn.q_proj": 4},
+        {"layers.1.self_attn.q_proj": 4, "q_proj": 2},
+        {r"layers\.0\..*": 3, "proj": 5},
+        {"model.layers.0.self_attn.v_proj": 6},
+    ],
+)
+def test_pattern_matching_equals_peft(pattern):
+    from peft.utils.other import get_pattern_key
+
+    config = parse_config({"r": 8, "rank_pattern": pattern})
+    for module in (
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.mlp.up_proj",
+        "model.layers.11.self_attn.q_proj",
+    ):
+        expected = pattern.get(get_pattern_key(pattern.keys(), module), 8)
+        assert config.rank_for(module) == expected, module

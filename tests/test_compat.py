@@ -224,3 +224,19 @@ def test_pickle_only_refused_unless_allowed(capsys, tmp_path, pair):
     merged = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert merged.keys() == expected.keys()
     assert all(torch.equal(merged[k], expected[k]) for k in merged)
+
+
+def test_saved_embeddings_must_agree(capsys, tmp_path):
+    a = make_adapter(tmp_path / "a", seed=1, target_modules=["embed_tokens", "q_proj"])
+    b = make_adapter(tmp_path / "b", seed=2, target_modules=["embed_tokens"])
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    edit_tensors(b, lambda t: t.__setitem__(key, t[key] + 1.0))
+    refuse(capsys, tmp_path, [a, b], str(b), "'model.embed_tokens'", "differ", "resized vocabulary")
+
+
+def test_saved_embedding_is_carried_over(tmp_path):
+    a = make_adapter(tmp_path / "a", seed=1, target_modules=["embed_tokens", "q_proj"])
+    b = make_adapter(tmp_path / "b", seed=2, target_modules=["embed_tokens"])
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    merged = hubmerge.merge([a, b]).tensors
+    assert torch.equal(merged[key], load_file(a / "adapter_model.safetensors")[key])
