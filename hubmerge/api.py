@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
-from .compat import check_compatibility, normalize_base_model
-from .errors import InvalidArgumentError, LimitExceededError
-from .merge import build_config, pad_rank
+from .compat import check_compatibility, nonfinite_factors, normalize_base_model
+from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
+from .merge import build_config, concat_factors, pad_rank
 from .methods import MethodParams, ModuleInput, get_method
 from .report import Notice, build_report, dtype_name, output_summary
 from .result import MergeResult, build_recipe
-from .similarity import SimilarityAccumulator, Thresholds, module_gram, round_float
+from .similarity import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .sources import Source, parse_source
 
 __all__ = ["load_adapters", "merge", "similarity"]
@@ -172,7 +172,9 @@ def merge(
     if out_dtype is None:
         out_dtype, dtype_notes = _inputs_dtype(adapters)
     canonical = _canonical_base_models(adapters, resolve_base_model, token)
-    compat = check_compatibility(adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical)
+    compat = check_compatibility(
+        adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical, scan_factors=False
+    )
 
     names = [a.name for a in adapters]
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds())
@@ -180,18 +182,22 @@ def merge(
     ranks: dict[str, int] = {}
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
     names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
+    broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
     for key, owners in compat.coverage.items():
-        factors = [adapters[i].factors(key) if i in owners else None for i in range(len(adapters))]
-        coefficients = [w * a.scale(key) if key in a.modules else 0.0 for w, a in zip(coefficients_w, adapters)]
-        accumulator.add(key, module_gram(factors, coefficients))
+        factors = [adapters[i].factors(key) for i in owners]
+        scales = [adapters[i].scale(key) for i in owners]
+        weights_here = [coefficients_w[i] for i in owners]
+        # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
+        work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
+        a_all, b_all = concat_factors(factors, [w * s for w, s in zip(weights_here, scales)], dtype=work)
+        stats = concat_gram(a_all, b_all, [a.shape[0] for a, _ in factors], owners, len(adapters))
+        if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
+            broken.extend(p for i in owners for p in nonfinite_factors(adapters[i], key))
+            continue
+        accumulator.add(key, stats)
         if report_only:
             continue
-        module = ModuleInput(
-            key,
-            [factors[i] for i in owners],
-            [coefficients_w[i] for i in owners],
-            [adapters[i].scale(key) for i in owners],
-        )
+        module = ModuleInput(key, factors, weights_here, scales, concat=(a_all, b_all))
         merged = chosen.combine(module, params)
         a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
         kept[key] = (merged.energy, merged.kept)
@@ -199,7 +205,8 @@ def merge(
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
         )
-        if not torch.isfinite(a).all() or not torch.isfinite(b).all():
+        # float16 is the one output dtype whose range is narrower than float32's.
+        if out_dtype == torch.float16 and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise InvalidArgumentError(
                 f"module {key!r} overflows {dtype_name(out_dtype)} after scaling by the weights; "
                 "use --dtype float32 or bfloat16, or smaller weights"
@@ -207,6 +214,8 @@ def merge(
         names[key] = (f"{KEY_PREFIX}{key}.{a_name}", f"{KEY_PREFIX}{key}.{b_name}")
         tensors[names[key][0]], tensors[names[key][1]] = a, b
         ranks[key] = a.shape[0]
+    if broken:
+        raise IncompatibleAdaptersError(broken)
     stored_rank = max(ranks.values(), default=1)
     for a_name, b_name in names.values():  # one rank for all modules: see build_config
         tensors[a_name], tensors[b_name] = pad_rank(tensors[a_name], tensors[b_name], stored_rank)

@@ -19,7 +19,7 @@ from .adapter import LoraAdapter
 from .errors import IncompatibleAdaptersError
 from .report import Notice
 
-__all__ = ["Compatibility", "check_compatibility", "normalize_base_model"]
+__all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
@@ -62,6 +62,7 @@ def check_compatibility(
     *,
     allow_base_mismatch: bool = False,
     check_values: bool = True,
+    scan_factors: bool = True,
     canonical: Mapping[str, str] | None = None,
 ) -> Compatibility:
     """Check that ``adapters`` can be summed exactly.
@@ -69,8 +70,10 @@ def check_compatibility(
     Args:
         adapters: the loaded adapters, in merge order.
         allow_base_mismatch: turn a base-model mismatch into a warning.
-        check_values: also scan every tensor for NaN/Inf and compare saved
-            base embeddings (reads all tensor data once).
+        check_values: also scan tensors for NaN/Inf and compare saved embeddings.
+        scan_factors: include the LoRA factors in that scan (reads all tensor data
+            once); :func:`hubmerge.merge` turns it off because its single pass over
+            the factors detects NaN/Inf itself, from the Gram diagonals.
         canonical: base model name → its canonical Hub id, where the Hub was
             asked (so ``gpt2`` and ``openai-community/gpt2`` compare equal).
 
@@ -108,7 +111,9 @@ def check_compatibility(
     saved_modules = _check_saved_modules(adapters, problems)
     base_layers = {key: owners[0] for key, owners in _owners(adapters, "base_layers").items()}
     if check_values:
-        _check_values(adapters, problems)
+        # Without scan_factors the caller checks the factors in its own pass; but when the
+        # check fails anyway, scanning costs nothing that matters and completes the list.
+        _check_values(adapters, problems, factors=scan_factors or bool(problems))
         _check_base_layers_agree(adapters, problems)
 
     if problems:
@@ -233,9 +238,19 @@ def _check_saved_modules(adapters, problems) -> dict[str, int]:
     return carried
 
 
-def _check_values(adapters, problems) -> None:
+def _check_values(adapters, problems, *, factors: bool = True) -> None:
     for adapter in adapters:
-        for name in adapter.iter_tensor_names():
+        names = (
+            adapter.iter_tensor_names()
+            if factors
+            else (
+                name
+                for group in (adapter.saved_modules, adapter.base_layers)
+                for names in group.values()
+                for name in names
+            )
+        )
+        for name in names:
             tensor = adapter.tensor(name)
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 bad = int((~torch.isfinite(tensor)).sum())
@@ -260,3 +275,15 @@ def _check_base_layers_agree(adapters, problems) -> None:
                     f"{[tuple(t.shape) for t in first]}); "
                     "the adapters were trained with different embeddings, e.g. a differently resized vocabulary"
                 )
+
+
+def nonfinite_factors(adapter: LoraAdapter, module: str) -> list[str]:
+    """The problems (file and key) of a module whose factors hold NaN/Inf."""
+    spec = adapter.modules[module]
+    found = []
+    for name in (spec.a_name, spec.b_name):
+        tensor = adapter.tensor(name)
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            found.append(f"{adapter.source}: {adapter.weights_file.name} key {name!r} holds {bad} NaN/Inf value(s)")
+    return found

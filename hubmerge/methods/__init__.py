@@ -69,6 +69,7 @@ class ModuleInput:
     factors: list[tuple[torch.Tensor, torch.Tensor]]
     weights: list[float]
     scales: list[float]
+    concat: tuple[torch.Tensor, torch.Tensor] | None = None  # [wᵢsᵢAᵢ], [Bᵢ], when already built
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -115,6 +116,8 @@ class MergeMethod:
 
 
 def _concat(module: ModuleInput) -> tuple[torch.Tensor, torch.Tensor]:
+    if module.concat is not None:
+        return module.concat
     coefficients = [w * s for w, s in zip(module.weights, module.scales)]
     return concat_factors(module.factors, coefficients, dtype=module.work_dtype)
 
