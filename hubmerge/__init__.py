@@ -7,31 +7,104 @@
 
 __version__ = "0.1.0"
 
-from .adapter import AdapterConfig, LoraAdapter, load_adapter
-from .api import load_adapters, merge, similarity
-from .compat import Compatibility, check_compatibility
-from .errors import (
-    AdapterError,
-    AdapterFormatError,
-    AdapterNotFoundError,
-    GatedRepoAccessError,
-    HubError,
-    HubmergeError,
-    IncompatibleAdaptersError,
-    InvalidArgumentError,
-    LimitExceededError,
-    OutputExistsError,
-    PushError,
-    RepoNotFoundError,
-    RevisionNotFoundError,
-    SourceError,
-    UnsafeAdapterError,
-)
-from .methods import METHODS, MergeMethod, MethodParams, get_method
-from .report import Notice
-from .result import MergeResult
-from .similarity import Thresholds
-from .sources import Source, parse_source
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+# Public name → the module that defines it. Imported on first use, so that
+# `hubmerge --help` and argument errors answer without importing torch.
+_EXPORTS = {
+    "AdapterConfig": "adapter",
+    "AdapterError": "errors",
+    "AdapterFormatError": "errors",
+    "AdapterNotFoundError": "errors",
+    "Compatibility": "compat",
+    "GatedRepoAccessError": "errors",
+    "HubError": "errors",
+    "HubmergeError": "errors",
+    "IncompatibleAdaptersError": "errors",
+    "InvalidArgumentError": "errors",
+    "LimitExceededError": "errors",
+    "LoraAdapter": "adapter",
+    "METHODS": "methods",
+    "MergeMethod": "methods",
+    "MergeResult": "result",
+    "MethodParams": "methods",
+    "Notice": "report",
+    "OutputExistsError": "errors",
+    "PushError": "errors",
+    "RepoNotFoundError": "errors",
+    "RevisionNotFoundError": "errors",
+    "Source": "sources",
+    "SourceError": "errors",
+    "Thresholds": "similarity",
+    "UnsafeAdapterError": "errors",
+    "check_compatibility": "compat",
+    "get_method": "methods",
+    "load_adapter": "adapter",
+    "load_adapters": "api",
+    "merge": "api",
+    "parse_source": "sources",
+    "similarity": "api",
+}
+
+if TYPE_CHECKING:
+    from .adapter import AdapterConfig, LoraAdapter, load_adapter
+    from .api import load_adapters, merge, similarity
+    from .compat import Compatibility, check_compatibility
+    from .errors import (
+        AdapterError,
+        AdapterFormatError,
+        AdapterNotFoundError,
+        GatedRepoAccessError,
+        HubError,
+        HubmergeError,
+        IncompatibleAdaptersError,
+        InvalidArgumentError,
+        LimitExceededError,
+        OutputExistsError,
+        PushError,
+        RepoNotFoundError,
+        RevisionNotFoundError,
+        SourceError,
+        UnsafeAdapterError,
+    )
+    from .methods import METHODS, MergeMethod, MethodParams, get_method
+    from .report import Notice
+    from .result import MergeResult
+    from .similarity import Thresholds
+    from .sources import Source, parse_source
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``hubmerge.merge`` and ``hubmerge.similarity`` are the API functions.
+
+    Importing the submodules of the same names (which :mod:`hubmerge.api` does)
+    would otherwise bind the modules there; they stay reachable as
+    ``sys.modules["hubmerge.merge"]`` and through ``from hubmerge.merge import ...``.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == "api":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "AdapterConfig",

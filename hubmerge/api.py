@@ -20,8 +20,9 @@ from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, nonfinite_factors, normalize_base_model
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
 from .merge import build_config, concat_factors, pad_rank
-from .methods import MethodParams, ModuleInput, get_method
-from .report import Notice, build_report, dtype_name, output_summary
+from .methods import MethodParams, get_method
+from .methods.combine import ModuleInput
+from .report import DTYPE_CHOICES, Notice, build_report, dtype_name, output_summary
 from .result import MergeResult, build_recipe
 from .similarity import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .sources import Source, parse_source
@@ -38,7 +39,6 @@ _DTYPE_NAMES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float64": torch.float64, "fp64": torch.float64,
 }  # fmt: skip
-DTYPE_CHOICES = ("float32", "float16", "bfloat16", "float64")
 
 
 def load_adapters(

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from . import __version__
-from .api import DTYPE_CHOICES, merge
 from .errors import HubError, HubmergeError, InvalidArgumentError, SourceError
 from .methods import MAJORITY_SIGN_CHOICES, METHODS
 from .output import check_writable
-from .report import render_text
+from .report import DTYPE_CHOICES, render_text
 from .sources import parse_source
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -178,6 +177,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         output = args.output or _default_output(args.sources)
         check_writable(output, overwrite=args.overwrite)  # fail before the work, not after
     token = args.token
+    from .api import merge  # torch is imported here, not for --help or a usage error
+
     result = merge(
         args.sources,
         weights=args.weights,

@@ -27,6 +27,10 @@ class Notice:
         return {"code": self.code, "message": self.message}
 
 
+# The output dtypes a merge can be asked for, by name (as ``--dtype`` takes them).
+DTYPE_CHOICES = ("float32", "float16", "bfloat16", "float64")
+
+
 def dtype_name(dtype) -> str:
     """``torch.bfloat16`` → ``"bfloat16"``."""
     return str(dtype).removeprefix("torch.")

@@ -18,16 +18,15 @@ alone: no base model.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
-from ..merge import concat_factors
-from .dense import dare, disjoint_merge, magnitude_trim, weighted_sum
-from .lowrank import LowRank, dense_to_lowrank, truncate
+
+if TYPE_CHECKING:
+    from .combine import ModuleInput
+    from .lowrank import LowRank
 
 __all__ = ["METHODS", "MergeMethod", "MethodParams", "ModuleInput", "get_method"]
 
@@ -61,32 +60,6 @@ class MethodParams:
         return self
 
 
-@dataclass
-class ModuleInput:
-    """One module's inputs: the factors of the adapters that adapt it, their weights and scales."""
-
-    key: str
-    factors: list[tuple[torch.Tensor, torch.Tensor]]
-    weights: list[float]
-    scales: list[float]
-    concat: tuple[torch.Tensor, torch.Tensor] | None = None  # [wᵢsᵢAᵢ], [Bᵢ], when already built
-
-    @property
-    def work_dtype(self) -> torch.dtype:
-        return torch.float64 if any(a.dtype == torch.float64 for a, _ in self.factors) else torch.float32
-
-    def dense_deltas(self) -> list[torch.Tensor]:
-        """ΔWᵢ = sᵢ·Bᵢ·Aᵢ, out×in, unweighted (the weights enter each method its own way)."""
-        work = self.work_dtype
-        return [s * (b.to(work) @ a.to(work)) for (a, b), s in zip(self.factors, self.scales)]
-
-    def generator(self, seed: int) -> torch.Generator:
-        # Derived from the seed and the module key, so a module's drops do not
-        # depend on which other modules are merged or in what order.
-        digest = hashlib.sha256(f"{seed}:{self.key}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
 @dataclass(frozen=True)
 class MergeMethod:
     """A merge method as the registry describes it.
@@ -97,7 +70,9 @@ class MergeMethod:
         paper: a link to the paper it comes from (``None`` for plain arithmetic).
         parameters: the :class:`MethodParams` fields it uses.
         exact: whether the result is always the exact weighted sum.
-        combine: merges one :class:`ModuleInput` into a :class:`LowRank` result.
+        function: the name of the function in :mod:`hubmerge.methods.combine` that
+            merges one module (looked up when a merge runs, so that reading the
+            registry does not import torch).
         weight_scale: multiplies the user's weights given N adapters (``mean``: 1/N).
         exact_if_untruncated: exact whenever the rank cut keeps all the energy (``svd``).
     """
@@ -107,56 +82,18 @@ class MergeMethod:
     paper: str | None
     parameters: tuple[str, ...]
     exact: bool
-    combine: Callable[[ModuleInput, MethodParams], LowRank] = field(repr=False)
+    function: str = field(repr=False)
     weight_scale: Callable[[int], float] = field(default=lambda n: 1.0, repr=False)
     exact_if_untruncated: bool = False
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "paper": self.paper, "exact": self.exact}
 
+    def combine(self, module: ModuleInput, params: MethodParams) -> LowRank:
+        """Merge one module's factors into a low-rank result."""
+        from .combine import COMBINE
 
-def _concat(module: ModuleInput) -> tuple[torch.Tensor, torch.Tensor]:
-    if module.concat is not None:
-        return module.concat
-    coefficients = [w * s for w, s in zip(module.weights, module.scales)]
-    return concat_factors(module.factors, coefficients, dtype=module.work_dtype)
-
-
-def _sum(module: ModuleInput, params: MethodParams) -> LowRank:
-    a, b = _concat(module)
-    return LowRank(a, b, energy=0.0, kept=1.0)
-
-
-def _svd(module: ModuleInput, params: MethodParams) -> LowRank:
-    a, b = _concat(module)
-    rank = params.rank or max(a.shape[0] for a, _ in module.factors)
-    return truncate(a, b, rank)
-
-
-def _dense_rank(module: ModuleInput, params: MethodParams) -> int:
-    return params.rank or sum(a.shape[0] for a, _ in module.factors)
-
-
-def _ties(module: ModuleInput, params: MethodParams) -> LowRank:
-    trimmed = [magnitude_trim(d, params.density) for d in module.dense_deltas()]
-    return dense_to_lowrank(disjoint_merge(trimmed, module.weights, params.majority_sign), _dense_rank(module, params))
-
-
-def _dare_linear(module: ModuleInput, params: MethodParams) -> LowRank:
-    generator = module.generator(params.seed)
-    dropped = [dare(d, params.density, generator) for d in module.dense_deltas()]
-    return dense_to_lowrank(weighted_sum(dropped, module.weights), _dense_rank(module, params))
-
-
-def _dare_ties(module: ModuleInput, params: MethodParams) -> LowRank:
-    generator = module.generator(params.seed)
-    dropped = [dare(d, params.density, generator) for d in module.dense_deltas()]
-    return dense_to_lowrank(disjoint_merge(dropped, module.weights, params.majority_sign), _dense_rank(module, params))
-
-
-def _magnitude_prune(module: ModuleInput, params: MethodParams) -> LowRank:
-    trimmed = [magnitude_trim(d, params.density) for d in module.dense_deltas()]
-    return dense_to_lowrank(weighted_sum(trimmed, module.weights), _dense_rank(module, params))
+        return COMBINE[self.function](module, params)
 
 
 _DENSE = ("rank", "density")
@@ -164,19 +101,19 @@ METHODS: dict[str, MergeMethod] = {
     m.name: m
     for m in (
         MergeMethod("sum", "exact weighted sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ by rank concatenation (rank grows to Σ rᵢ)",
-                    "https://arxiv.org/abs/2508.11985", (), True, _sum),
+                    "https://arxiv.org/abs/2508.11985", (), True, "sum"),
         MergeMethod("mean", "exact sum with every weight divided by the number of adapters",
-                    None, (), True, _sum, weight_scale=lambda n: 1.0 / n),
+                    None, (), True, "sum", weight_scale=lambda n: 1.0 / n),
         MergeMethod("svd", "the exact sum truncated to --rank per module (best rank-K approximation, via QR)",
-                    None, ("rank",), False, _svd, exact_if_untruncated=True),
+                    None, ("rank",), False, "svd", exact_if_untruncated=True),
         MergeMethod("ties", "TIES: trim each delta to --density by magnitude, elect a sign, merge agreeing entries",
-                    "https://arxiv.org/abs/2306.01708", (*_DENSE, "majority_sign"), False, _ties),
+                    "https://arxiv.org/abs/2306.01708", (*_DENSE, "majority_sign"), False, "ties"),
         MergeMethod("dare_linear", "DARE: drop entries at random (keep --density, rescale), then weighted sum",
-                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "seed"), False, _dare_linear),
+                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "seed"), False, "dare_linear"),
         MergeMethod("dare_ties", "DARE drop and rescale, then TIES sign election and disjoint merge",
-                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "majority_sign", "seed"), False, _dare_ties),
+                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "majority_sign", "seed"), False, "dare_ties"),
         MergeMethod("magnitude_prune", "trim each delta to --density by magnitude, then weighted sum",
-                    "https://arxiv.org/abs/2306.01708", _DENSE, False, _magnitude_prune),
+                    "https://arxiv.org/abs/2306.01708", _DENSE, False, "magnitude_prune"),
     )
 }  # fmt: skip
 
@@ -193,5 +130,9 @@ def get_method(name: str) -> MergeMethod:
         raise InvalidArgumentError(f"unknown merge method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
-def method_names() -> Sequence[str]:
-    return tuple(METHODS)
+def __getattr__(name: str):
+    if name == "ModuleInput":  # torch-backed: imported on first use
+        from .combine import ModuleInput
+
+        return ModuleInput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""`hubmerge --help` and usage errors answer without importing torch; the lazy
+package still exposes the API functions, not the submodules of the same names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+from hubmerge.cli import main
+code = main({argv!r})
+print("TORCH" if "torch" in sys.modules else "NO-TORCH", code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["--method", "nope", "a", "b"], 2),  # argparse refuses the choice
+        (["a", "--dry-run"], 2),  # --dry-run without --push
+    ],
+)
+def test_help_and_usage_errors_do_not_import_torch(argv, code):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-2:] == ["NO-TORCH", str(code)], out.stderr
+
+
+def test_importing_the_package_does_not_import_torch():
+    probe = "import sys, hubmerge; print(sorted(hubmerge.METHODS)[0], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["dare_linear", "False"], out.stderr
+
+
+def test_api_functions_are_not_shadowed_by_submodules():
+    # hubmerge.api imports the submodules hubmerge.merge and hubmerge.similarity.
+    probe = (
+        "import hubmerge.api, hubmerge.merge, hubmerge.similarity, hubmerge, sys\n"
+        "print(hubmerge.merge is hubmerge.api.merge, hubmerge.similarity is hubmerge.api.similarity,\n"
+        "      sys.modules['hubmerge.merge'].__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True", "hubmerge.merge"], out.stderr
