@@ -231,3 +231,16 @@ def test_same_delta_as_peft(tmp_path, ours, theirs, kwargs):
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.99])
+def test_magnitude_trim_keeps_exactly_the_k_largest(density):
+    from hubmerge.methods.dense import magnitude_trim
+
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(magnitude_trim(x, density), ref_trim(x, density))
+    # Equal magnitudes at the cut-off: still exactly k kept, all of them among the largest.
+    tied = torch.tensor([[3.0, -1.0, 1.0, 2.0], [1.0, -1.0, 0.5, -3.0]])
+    trimmed = magnitude_trim(tied, 0.5)  # k = 4: both 3s, the 2 and one of the four 1s
+    assert int((trimmed != 0).sum()) == 4
+    assert set(trimmed[trimmed != 0].abs().tolist()) == {3.0, 2.0, 1.0}
