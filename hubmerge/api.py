@@ -197,7 +197,7 @@ def merge(
         accumulator.add(key, stats)
         if report_only:
             continue
-        module = ModuleInput(key, factors, weights_here, scales, concat=(a_all, b_all))
+        module = ModuleInput(key, factors, weights_here, scales, concat=(a_all, b_all), out_dtype=out_dtype)
         merged = chosen.combine(module, params)
         a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
         kept[key] = (merged.energy, merged.kept)

@@ -39,10 +39,23 @@ def concat_factors(
         >>> torch.allclose(b @ a, 2 * B1 @ A1 - 0.5 * B2 @ A2)
         True
     """
-    work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
-    a = torch.cat([a.to(work) * c for (a, _), c in zip(factors, coefficients)], dim=0).to(dtype)
-    b = torch.cat([b for _, b in factors], dim=1).to(dtype)
-    return a.contiguous(), b.contiguous()
+    dtypes = {t.dtype for pair in factors for t in pair}
+    if dtypes == {dtype}:
+        # One dtype throughout: scale in place of the copy. torch computes a bf16/fp16
+        # product in float32 and rounds it once, so the values equal the path below.
+        a = torch.cat([a * c for (a, _), c in zip(factors, coefficients)], dim=0)
+        return a, torch.cat([b for _, b in factors], dim=1)
+    work = torch.float64 if torch.float64 in dtypes else torch.float32
+    # Preallocated: each factor is converted and scaled in place, no per-factor temporaries.
+    ranks = [a.shape[0] for a, _ in factors]
+    a_out = torch.empty(sum(ranks), factors[0][0].shape[1], dtype=work)
+    b_out = torch.empty(factors[0][1].shape[0], sum(ranks), dtype=work)
+    start = 0
+    for ((a, b), c), r in zip(zip(factors, coefficients), ranks):
+        a_out[start : start + r].copy_(a).mul_(c)
+        b_out[:, start : start + r].copy_(b)
+        start += r
+    return a_out.to(dtype), b_out.to(dtype)
 
 
 def pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -269,3 +269,14 @@ def test_nested_modules_to_save_of_a_classifier(tmp_path):
         for directory in dirs:
             expected = PeftModel.from_pretrained(expected, str(directory)).merge_and_unload()
         torch.testing.assert_close(merged, expected(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_concat_factors_in_the_inputs_dtype_equals_rounding_the_float32_result(dtype):
+    g = torch.Generator().manual_seed(7)
+    factors = [(torch.randn(r, 40, generator=g).to(dtype), torch.randn(24, r, generator=g).to(dtype)) for r in (3, 5)]
+    coefficients = [64 / 3, -0.37]  # not powers of two: the scaling rounds
+    direct = concat_factors(factors, coefficients, dtype=dtype)
+    via_float32 = [t.to(dtype) for t in concat_factors(factors, coefficients, dtype=torch.float32)]
+    for ours, reference in zip(direct, via_float32):
+        assert ours.dtype == dtype and torch.equal(ours, reference)

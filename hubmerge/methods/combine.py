@@ -28,6 +28,7 @@ class ModuleInput:
     weights: list[float]
     scales: list[float]
     concat: tuple[torch.Tensor, torch.Tensor] | None = None  # [wᵢsᵢAᵢ], [Bᵢ], when already built
+    out_dtype: torch.dtype | None = None  # the result's dtype, where a method can build it directly
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -53,7 +54,11 @@ def _concat(module: ModuleInput) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sum(module: ModuleInput, params: MethodParams) -> LowRank:
-    a, b = _concat(module)
+    if module.out_dtype is None:
+        a, b = _concat(module)
+    else:  # straight from the inputs into the output dtype: no round trip through float32
+        coefficients = [w * s for w, s in zip(module.weights, module.scales)]
+        a, b = concat_factors(module.factors, coefficients, dtype=module.out_dtype)
     return LowRank(a, b, energy=0.0, kept=1.0)
 
 

@@ -23,7 +23,7 @@ class LowRank:
     """A rank-k factorisation B·A of a module's delta, with the energy it keeps.
 
     Attributes:
-        a: k×in, b: out×k (float32 or float64).
+        a: k×in, b: out×k (float32 or float64; the exact sum may come in the output dtype).
         energy: ‖target‖²_F, the squared norm of what was approximated.
         kept: ‖B·A‖²_F / ‖target‖²_F ∈ [0, 1] (1 when nothing was cut).
     """
