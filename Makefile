@@ -26,7 +26,7 @@ demo: setup
 		-o out/merged --overwrite
 
 test: setup
-	$(BIN)/ruff check hubmerge tests examples spaces
+	$(BIN)/ruff check hubmerge tests examples spaces benchmarks
 	$(BIN)/python -m pytest
 
 # System packages for the browser test (Debian's Chromium; needs root). Without them that
@@ -35,8 +35,8 @@ browser-deps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 lint: setup
-	$(BIN)/ruff check hubmerge tests examples spaces
-	$(BIN)/ruff format --check hubmerge tests examples spaces
+	$(BIN)/ruff check hubmerge tests examples spaces benchmarks
+	$(BIN)/ruff format --check hubmerge tests examples spaces benchmarks
 
 examples: setup
 	$(BIN)/python examples/make_examples.py
