@@ -205,13 +205,15 @@ class Bench:
         self.results.setdefault("profile", []).append({"shape": shape, "n": n, **series.to_dict()})
         shutil.rmtree(out, ignore_errors=True)
 
-    def analysis(self, shape: str, dirs: list[Path], n: int, repeats: int) -> None:
-        argv = [PYTHON, str(HERE / "analysis.py"), *map(str, dirs[:n])]
+    def analysis(self, shape: str, dirs: list[Path], n: int, repeats: int, *, dense: bool = True) -> None:
+        argv = [PYTHON, str(HERE / "analysis.py"), *map(str, dirs[:n]), *([] if dense else ["--skip-dense"])]
         series = self.series(argv, repeats=repeats)
         self.results["analysis"].append({"shape": shape, "n": n, **series.to_dict()})
         log(f"  analysis {shape} N={n}: {series.good[0].json_tail() if series.good else 'failed'}")
 
-    def hubmerge_method(self, shape: str, dirs: list[Path], method: str, repeats: int, extra=()) -> Series:
+    def hubmerge_method(
+        self, shape: str, dirs: list[Path], method: str, repeats: int, extra=(), *, keep: bool = False
+    ) -> Series:
         out = self.out(f"hubmerge-{method}-{shape}")
         argv = [
             PYTHON,
@@ -243,7 +245,8 @@ class Bench:
             }
         )
         log(f"  hubmerge --method {method} {shape}: {series.wall()} s / {series.rss()} MB")
-        shutil.rmtree(out, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
         return series
 
     def peft_fits(self, shape: str, what: str) -> bool:
@@ -273,7 +276,16 @@ class Bench:
         return directory
 
     def peft(
-        self, shape: str, dirs: list[Path], n: int, *, base: str, combination: str = "cat", repeats: int, extra=()
+        self,
+        shape: str,
+        dirs: list[Path],
+        n: int,
+        *,
+        base: str,
+        combination: str = "cat",
+        repeats: int,
+        extra=(),
+        compare_with: Path | None = None,
     ) -> Series:
         out = self.out(f"peft-{combination}-{shape}-{n}")
         argv = [
@@ -299,6 +311,12 @@ class Bench:
             "options": list(extra),
             **series.to_dict(),
         }
+        if compare_with is not None and series.good:
+            # The same merge, made by hubmerge: how far apart are the two results?
+            argv = [PYTHON, str(HERE / "compare.py"), str(compare_with), str(out)]
+            run = run_child(argv, env=self.env, timeout=1800, cwd=REPO)
+            entry["compare"] = run.json_tail() if run.ok else {"error": run.error()}
+            log(f"  compared with {compare_with.name}: {entry['compare']}")
         (self.results["peft"] if combination == "cat" else self.results["methods"]).append(
             entry if combination == "cat" else {**entry, "tool": "peft", "method": combination}
         )
@@ -390,10 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.analysis(shape, dirs[shape], 2, args.repeats if index == 0 else 1)  # dense 8B: ~100 s a run
         if index == 0 and not args.quick and max(args.counts) >= 5:
             bench.analysis(shape, dirs[shape], 5, 1)
+        if max(args.counts) > 2:  # every pair of the most adapters: rank space only (dense would take hours)
+            bench.analysis(shape, dirs[shape], max(args.counts), args.repeats, dense=False)
         bench.save()
     log("merge methods in hubmerge")
-    for shape in args.shapes:
-        bench.hubmerge_method(shape, dirs[shape], "svd", args.repeats)
+    for index, shape in enumerate(args.shapes):
+        bench.hubmerge_method(shape, dirs[shape], "svd", args.repeats, keep=index == 0)  # compared with PEFT's
         bench.save()
     slow_steps(bench, dirs)
     meta.update(
@@ -430,7 +450,8 @@ def slow_steps(bench: Bench, dirs: dict[str, list[Path]]) -> None:
                 bench.peft(shape, dirs[shape], 2, base="config", repeats=1)
                 bench.save()
         if bench.fits(f"PEFT add_weighted_adapter('svd') at {small}", 0 if args.quick else 800):
-            bench.peft(small, dirs[small], 2, base=checkpoint, combination="svd", repeats=1)
+            ours = bench.out(f"hubmerge-svd-{small}")
+            bench.peft(small, dirs[small], 2, base=checkpoint, combination="svd", repeats=1, compare_with=ours)
             bench.save()
     for shape in args.shapes[1:]:
         # Dense methods cost in proportion to the dense elements of the modules.

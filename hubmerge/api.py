@@ -183,13 +183,16 @@ def merge(
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
     names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
     broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
+    scratch = _scratch_buffers(adapters, compat.coverage)
     for key, owners in compat.coverage.items():
         factors = [adapters[i].factors(key) for i in owners]
         scales = [adapters[i].scale(key) for i in owners]
         weights_here = [coefficients_w[i] for i in owners]
         # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
         work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
-        a_all, b_all = concat_factors(factors, [w * s for w, s in zip(weights_here, scales)], dtype=work)
+        a_all, b_all = concat_factors(
+            factors, [w * s for w, s in zip(weights_here, scales)], dtype=work, scratch=scratch.get(work)
+        )
         stats = concat_gram(a_all, b_all, [a.shape[0] for a, _ in factors], owners, len(adapters))
         if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
             broken.extend(p for i in owners for p in nonfinite_factors(adapters[i], key))
@@ -344,3 +347,13 @@ def _kept_energy(kept: dict[str, tuple[float, float]]) -> dict:
         "overall": round_float(overall),
         "per_module": {key: round_float(share) for key, (_, share) in kept.items()},
     }
+
+
+def _scratch_buffers(adapters: Sequence[LoraAdapter], coverage: dict[str, list[int]]) -> dict:
+    """One float32 buffer, sized for the largest module, that every module's analysis copy reuses."""
+    largest = 0
+    for key, owners in coverage.items():
+        spec = adapters[owners[0]].modules[key]
+        rank = sum(adapters[i].modules[key].rank for i in owners)
+        largest = max(largest, rank * (spec.in_features + spec.out_features))
+    return {torch.float32: torch.empty(largest, dtype=torch.float32)}

@@ -22,6 +22,7 @@ def concat_factors(
     coefficients: Sequence[float],
     *,
     dtype: torch.dtype,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack the A's (with cᵢ folded in) and concatenate the B's.
 
@@ -30,6 +31,10 @@ def concat_factors(
         coefficients: cᵢ = wᵢ·sᵢ per adapter.
         dtype: dtype of the result. The scaling is done in float32 (float64
             if the inputs are float64) before the single rounding to ``dtype``.
+        scratch: a 1-D ``dtype`` tensor of at least R·(in + out) elements to build the
+            result in (it is overwritten and the result is a view of it), when the
+            result is a temporary: reusing one buffer for every module keeps the
+            heap from fragmenting between the results that are kept.
 
     Returns:
         ``(A, B)`` with ``B @ A == Σ cᵢ Bᵢ Aᵢ`` (up to that rounding).
@@ -48,8 +53,12 @@ def concat_factors(
     work = torch.float64 if torch.float64 in dtypes else torch.float32
     # Preallocated: each factor is converted and scaled in place, no per-factor temporaries.
     ranks = [a.shape[0] for a, _ in factors]
-    a_out = torch.empty(sum(ranks), factors[0][0].shape[1], dtype=work)
-    b_out = torch.empty(factors[0][1].shape[0], sum(ranks), dtype=work)
+    total, d_in, d_out = sum(ranks), factors[0][0].shape[1], factors[0][1].shape[0]
+    if scratch is not None and work == dtype and scratch.dtype == dtype and scratch.numel() >= total * (d_in + d_out):
+        a_out = scratch[: total * d_in].view(total, d_in)
+        b_out = scratch[total * d_in : total * (d_in + d_out)].view(d_out, total)
+    else:
+        a_out, b_out = torch.empty(total, d_in, dtype=work), torch.empty(d_out, total, dtype=work)
     start = 0
     for ((a, b), c), r in zip(zip(factors, coefficients), ranks):
         a_out[start : start + r].copy_(a).mul_(c)

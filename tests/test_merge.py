@@ -280,3 +280,13 @@ def test_concat_factors_in_the_inputs_dtype_equals_rounding_the_float32_result(d
     via_float32 = [t.to(dtype) for t in concat_factors(factors, coefficients, dtype=torch.float32)]
     for ours, reference in zip(direct, via_float32):
         assert ours.dtype == dtype and torch.equal(ours, reference)
+
+
+def test_concat_factors_in_a_scratch_buffer_equals_a_fresh_result():
+    g = torch.Generator().manual_seed(8)
+    factors = [(torch.randn(r, 40, generator=g).bfloat16(), torch.randn(24, r, generator=g).bfloat16()) for r in (3, 5)]
+    scratch = torch.full((8 * 64 + 7,), float("nan"))  # larger than needed, and dirty
+    in_scratch = concat_factors(factors, [1.5, -2.0], dtype=torch.float32, scratch=scratch)
+    fresh = concat_factors(factors, [1.5, -2.0], dtype=torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(in_scratch, fresh))
+    assert in_scratch[0].data_ptr() == scratch.data_ptr()  # built in place
