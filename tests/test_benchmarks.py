@@ -127,8 +127,13 @@ def test_quick_run_writes_every_section_with_sensible_numbers(tmp_path):
         check(entry)
     for name in ("svd", "ties"):
         assert 0 < methods[("hubmerge", name)]["kept_energy"] <= 1
+    compared = methods[("peft", "svd")]["compare"]  # the same truncated sum, made by PEFT from the base model
+    assert compared["modules"] == 14 and compared["only_ours"] == compared["only_reference"] == 0
+    assert compared["max_relative_distance"] < 1e-2
+    for target in ("faster than dense", "all pairs", "faster than PEFT's `svd`", "`hubmerge --help` <"):
+        assert target in text.split("## 1.")[0], f"the Targets section states {target!r}"
 
-    check(results["startup"]["hubmerge_help"])
+    check(results["startup"]["hubmerge_help"], min_rss=0)  # torch is not imported for --help
     check(results["startup"]["import_torch"])
     (profile,) = results["profile"]
     check(profile)
