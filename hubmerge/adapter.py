@@ -39,6 +39,8 @@ PICKLE_NAME = "adapter_model.bin"
 # PEFT prefixes every saved key with the PeftModel's path to the base model.
 KEY_PREFIX = "base_model.model."
 MAX_RANK = 1 << 16
+# PEFT configs are a few KB; a larger "config" is not one, and is not read into memory.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 # Config fields whose presence makes the delta something other than s·B·A (or
 # ties it to a modified base), with the reason the sum would not be exact.
@@ -393,12 +395,14 @@ def load_adapter(
     if not directory.is_dir():
         raise AdapterNotFoundError(f"{where}: no such directory")
     config_file = directory / CONFIG_NAME
-    if not config_file.is_file():
+    if not config_file.exists():
         raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)")
+    _check_regular_file(config_file, where)
     config = parse_config(_read_json(config_file, where), where=where)
 
     weights = directory / SAFETENSORS_NAME
-    if weights.is_file():
+    if weights.exists():
+        _check_regular_file(weights, where)
         names, shapes, dtypes = _read_safetensors_header(weights, where)
         reader = _TensorReader(weights)
     elif (directory / PICKLE_NAME).is_file():
@@ -429,11 +433,30 @@ def load_adapter(
     )
 
 
+def _check_regular_file(path: Path, where: str) -> None:
+    # A directory, FIFO or device under an adapter file's name would fail oddly or block a read forever.
+    if not path.is_file():
+        raise AdapterFormatError(f"{where}: {path.name} is not a regular file; replace it with the adapter's file")
+
+
 def _read_json(path: Path, where: str) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterFormatError(
+            f"{where}: {path.name} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a PEFT config can need; "
+            "this is not an adapter config"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFormatError(f"{where}: {path.name} is not valid JSON ({err})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError covers JSONDecodeError and integers too long to convert; RecursionError, nesting too deep.
+        if isinstance(err, RecursionError):
+            reason = "nested too deeply"
+        elif isinstance(err, (UnicodeDecodeError, json.JSONDecodeError)):
+            reason = str(err)[:200]
+        else:  # int() refuses numbers with thousands of digits
+            reason = "a number too long to read"
+        raise AdapterFormatError(f"{where}: {path.name} is not valid JSON ({reason})") from None
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{where}: {path.name} must hold a JSON object, not {type(data).__name__}")
     return data
@@ -447,7 +470,12 @@ def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, d
             for key in names:
                 piece = handle.get_slice(key)
                 shapes[key] = tuple(piece.get_shape())
-                dtypes[key] = _DTYPES.get(piece.get_dtype(), torch.uint8)
+                dtypes[key] = _DTYPES.get(piece.get_dtype())
+                if dtypes[key] is None:
+                    raise AdapterFormatError(
+                        f"{where}: {path.name} key {key!r} has dtype {piece.get_dtype()}, which hubmerge does not "
+                        f"read (LoRA factors are F32, F16, BF16 or F64); convert the adapter to one of those"
+                    )
     except (SafetensorError, OSError, RuntimeError) as err:
         raise AdapterFormatError(f"{where}: {path.name} is not a readable safetensors file ({err})") from None
     return names, shapes, dtypes
@@ -474,12 +502,49 @@ def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
         raise AdapterFormatError(
             f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})"
         ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of tensors")
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of name → tensor")
     return data
 
 
 # -- config parsing -------------------------------------------------------------
+
+try:  # the parser behind re.compile, to look at a pattern's structure before matching with it
+    from re import _parser as _regex_parser  # Python ≥ 3.11
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _regex_parser
+
+_REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+
+
+def _backtracks_exponentially(parsed) -> bool:
+    """Whether matching a pattern can take exponential (or high polynomial) time: a group that
+    repeats something that itself repeats or alternates, like ``(a+)+`` or ``(a|a)*``, or more than
+    three open-ended repeats, like ``.*.*.*.*x``. PEFT matches rank_pattern keys with ``re.match``,
+    and such a key from a stranger's config can make one match run for hours on a long module name."""
+    open_ended = 0
+
+    def walk(items, inside_repeat: bool) -> bool:
+        nonlocal open_ended
+        for op, arg in items:
+            name = str(op)
+            if name in _REPEATS:
+                low, high, body = arg
+                variable = low != high
+                open_ended += variable
+                if (inside_repeat and variable) or walk(body, inside_repeat or high > 1):
+                    return True
+            elif name == "BRANCH":
+                if inside_repeat or any(walk(branch, inside_repeat) for branch in arg[1]):
+                    return True
+            elif name in ("SUBPATTERN", "ASSERT", "ASSERT_NOT", "ATOMIC_GROUP"):
+                if walk(arg if name == "ATOMIC_GROUP" else arg[-1], inside_repeat):
+                    return True
+        return False
+
+    return walk(parsed, False) or open_ended > 3
 
 
 def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConfig:
@@ -530,9 +595,16 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
     alpha_pattern = {k: number(f"alpha_pattern[{k!r}]", v) for k, v in mapping("alpha_pattern").items()}
     for key in (*rank_pattern, *alpha_pattern):
         try:
-            re.compile(key)
-        except re.error:
+            parsed = _regex_parser.parse(key)
+        except (re.error, RecursionError, OverflowError):
             raise fail("rank_pattern/alpha_pattern key", key, "a valid regular expression") from None
+        if _backtracks_exponentially(parsed):
+            raise fail(
+                "rank_pattern/alpha_pattern key",
+                key,
+                "a regular expression without a repeated group that itself repeats or alternates "
+                "(matching it can take exponential time)",
+            )
 
     modules_to_save = data.get("modules_to_save") or []
     if isinstance(modules_to_save, str):
