@@ -41,7 +41,9 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -59,9 +61,44 @@ API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _SEGMENT = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-# A fault rule gets (method, path) and returns None to let the request through, or a status code
-# (or a (status, headers) pair) to answer instead, e.g. `lambda m, p: 503 if "/resolve/" in p else None`.
-FaultRule = Callable[[str, str], "int | tuple[int, dict] | None"]
+
+@dataclass(frozen=True)
+class Drop:
+    """A fault: close the connection without an answer or, with ``after_bytes``, after sending the
+    headers and that many bytes of the body (a connection lost in the middle of a download)."""
+
+    after_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Delay:
+    """A fault: wait ``seconds`` before handling the request (a slow server), then answer normally."""
+
+    seconds: float
+
+
+# A fault rule gets (method, path) and returns None to let the request through, a status code (or a
+# (status, headers) pair) to answer instead, a Drop or a Delay,
+# e.g. `lambda m, p: 503 if "/resolve/" in p else None`. `first(n, rule)` makes a fault transient.
+Fault = "int | tuple[int, dict] | Drop | Delay"
+FaultRule = Callable[[str, str], "Fault | None"]
+
+
+def first(count: int, rule: FaultRule) -> FaultRule:
+    """A rule that injects ``rule``'s fault into the first ``count`` requests it matches, then none."""
+    fired = [0]
+    lock = threading.Lock()
+
+    def transient(method: str, path: str):
+        with lock:
+            if fired[0] >= count:
+                return None
+            fault = rule(method, path)
+            if fault is not None:
+                fired[0] += 1
+            return fault
+
+    return transient
 
 
 class HubError(Exception):
@@ -152,6 +189,16 @@ class HubServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @contextmanager
+    def injected(self, *rules: FaultRule) -> Iterator[None]:
+        """Inject the faults of ``rules`` for the duration of a ``with`` block."""
+        self.faults.extend(rules)
+        try:
+            yield
+        finally:
+            for rule in rules:
+                self.faults.remove(rule)
 
     # ---------------------------------------------------------------- seeding helpers (no HTTP)
     def add_user(self, name: str, token: str, *, orgs=()) -> None:
@@ -367,6 +414,30 @@ class HubServer:
         return meta
 
 
+class _Cut(Exception):
+    """Raised inside a handler once a Drop(after_bytes) has let its bytes through."""
+
+
+class _CutStream:
+    """Passes ``limit`` bytes to ``stream``, then refuses to write more."""
+
+    def __init__(self, stream, limit: int):
+        self._stream, self._left = stream, limit
+
+    def write(self, data: bytes) -> int:
+        if self._left <= 0:
+            raise _Cut()
+        self._stream.write(data[: self._left])
+        self._left -= len(data)
+        if self._left <= 0:
+            self._stream.flush()
+            raise _Cut()
+        return len(data)
+
+    def __getattr__(self, name: str):  # flush, closed, …: as the real stream
+        return getattr(self._stream, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the client expects: every reply has a Content-Length
     timeout = 30  # idle keep-alive connections do not hold threads forever
@@ -385,13 +456,20 @@ class _Handler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- plumbing
     def _dispatch(self) -> None:
         method = self.method = self.command
-        self._body_read, self.user = False, None
+        self._body_read, self.user, self._cut_after = False, None, None
         split = urlsplit(self.path)
         self.hub.requests.append((method, split.path))
         try:
             for rule in list(self.hub.faults):
                 fault = rule(method, split.path)
-                if fault is not None:
+                if isinstance(fault, Delay):
+                    time.sleep(fault.seconds)
+                elif isinstance(fault, Drop) and fault.after_bytes is None:
+                    self.close_connection = True  # no answer at all: the client sees the connection close
+                    return
+                elif isinstance(fault, Drop):
+                    self._cut_after = fault.after_bytes
+                elif fault is not None:
                     status, headers = fault if isinstance(fault, tuple) else (fault, {})
                     raise HubError(status, "InjectedFault", "Injected fault", headers)
             # Revisions arrive as one %-encoded segment (refs%2Fpr%2F1): split first, then decode.
@@ -405,6 +483,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._route(method, parts)
         except HubError as e:
             self._error(e)
+        except (BrokenPipeError, ConnectionResetError, _Cut):
+            self.close_connection = True  # the client gave up (a timeout test) or a Drop cut the reply
         except Exception as e:  # a bug in this test tool: say so rather than hang the client
             traceback.print_exc()
             self._error(HubError(500, "InternalError", f"{type(e).__name__}: {e}"))
@@ -435,6 +515,11 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, str(value))
         self.end_headers()
+
+    def end_headers(self) -> None:
+        super().end_headers()
+        if self._cut_after is not None:  # a Drop(after_bytes): let that much of the body through, then hang up
+            self.wfile = _CutStream(self.wfile, self._cut_after)
 
     def _json(self, obj, status: int = 200, headers: dict | None = None, ctype="application/json") -> None:
         body = json.dumps(obj).encode()
