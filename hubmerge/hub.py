@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
 from huggingface_hub import errors as hf_errors
 
 from .adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
@@ -34,8 +34,12 @@ __all__ = ["PulledAdapter", "canonical_repo_id", "pull_adapter", "push_files", "
 logger = logging.getLogger(__name__)
 
 try:  # huggingface_hub 2.x talks HTTP through its own httpx fork
+    from httpx2 import ConnectError as _ConnectError
+    from httpx2 import TimeoutException as _TimeoutError
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover - older huggingface_hub
+    from httpx import ConnectError as _ConnectError
+    from httpx import TimeoutException as _TimeoutError
     from httpx import TransportError as _TransportError
 
 
@@ -96,11 +100,25 @@ def _explain(err: Exception, where: str, *, repo_id: str, revision: str | None, 
     if isinstance(err, hf_errors.HfHubHTTPError):
         status = err.response.status_code if err.response is not None else "?"
         detail = err.server_message or "no details"
-        return HubError(f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail})")
-    return HubError(
-        f"{where}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}); "
-        "check the connection, or set HF_HUB_OFFLINE=1 to use what is cached"
-    )
+        return HubError(f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail}); try again later")
+    if isinstance(err, hf_errors.LocalEntryNotFoundError) and err.__cause__ is not None:
+        return _explain(err.__cause__, where, repo_id=repo_id, revision=revision, token=token)
+    return HubError(f"{where}: {_transport_failure(err)}")
+
+
+def _transport_failure(err: BaseException) -> str:
+    """What went wrong on the wire, in words (transport messages hold no headers, so no token)."""
+    name, hub = type(err).__name__, constants.ENDPOINT
+    cached = "or set HF_HUB_OFFLINE=1 to use what is cached"
+    if isinstance(err, (_TimeoutError, TimeoutError)):
+        return (
+            f"the Hub at {hub} did not answer in time ({name}); try again later, raise HF_HUB_ETAG_TIMEOUT / "
+            f"HF_HUB_DOWNLOAD_TIMEOUT (seconds), {cached}"
+        )
+    if isinstance(err, (_ConnectError, ConnectionRefusedError)):
+        return f"cannot reach the Hub at {hub} ({name}); check the connection and HF_ENDPOINT, {cached}"
+    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no details"
+    return f"the connection to the Hub at {hub} failed ({name}: {detail}); try again, {cached}"
 
 
 _HUB_FAILURES = (
@@ -149,7 +167,9 @@ def pull_adapter(
     weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
     if not _offline():
         try:
-            info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
+            info = HfApi().model_info(
+                repo_id, revision=revision, token=token, files_metadata=True, timeout=_metadata_timeout()
+            )
         except _HUB_FAILURES as err:
             raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
         files = {sibling.rfilename for sibling in info.siblings or []}
@@ -166,27 +186,32 @@ def pull_adapter(
             license_ = info.card_data.get("license")
             found = info.card_data.get("datasets") or []
             datasets = [found] if isinstance(found, str) else list(found)
-    try:
-        snapshot = snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=[f"{prefix}{CONFIG_NAME}", *weights],
-            token=token,
-        )
-    except _HUB_FAILURES as err:
-        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
-    except hf_errors.LocalEntryNotFoundError:
-        at = f"{repo_id}{'@' + revision if revision else ''}"
-        if _offline():
-            raise HubError(
-                f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache: run once with network "
-                "access, or unset HF_HUB_OFFLINE"
-            ) from None
-        raise HubError(f"{where}: could not download {at}: the Hub did not answer; try again") from None
-    commit_sha = Path(snapshot).name
-    if not _offline() and commit_sha != info.sha:
+    snapshots = set()
+    config_name = f"{prefix}{CONFIG_NAME}"
+    for filename in (config_name, *weights):
+        try:
+            path = hf_hub_download(repo_id, filename, revision=revision, token=token, etag_timeout=_metadata_timeout())
+        except hf_errors.LocalEntryNotFoundError as err:
+            if _offline() and filename != config_name:
+                continue  # offline, the cache may hold the safetensors file or, with allow_pickle, the pickle
+            if _offline():
+                at = f"{repo_id}{'@' + revision if revision else ''}"
+                raise HubError(
+                    f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache: run once with network "
+                    "access, or unset HF_HUB_OFFLINE"
+                ) from None
+            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+        except (*_HUB_FAILURES, hf_errors.EntryNotFoundError) as err:
+            if isinstance(err, hf_errors.EntryNotFoundError) and filename != config_name:
+                continue
+            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+        # hf_hub_download answers <cache>/snapshots/<commit sha>/<filename>
+        snapshots.add(Path(path).parents[len(Path(filename).parts) - 1])
+    if len(snapshots) != 1 or (not _offline() and next(iter(snapshots)).name != info.sha):
         raise HubError(f"{where}: {repo_id}@{revision or 'main'} moved while downloading; run the command again")
-    directory = Path(snapshot) / prefix if prefix else Path(snapshot)
+    snapshot = snapshots.pop()
+    commit_sha = snapshot.name
+    directory = snapshot / prefix if prefix else snapshot
     if not (directory / CONFIG_NAME).is_file():
         raise AdapterNotFoundError(
             f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder"
@@ -194,6 +219,12 @@ def pull_adapter(
     return PulledAdapter(
         path=directory, commit_sha=commit_sha, license=license_, datasets=datasets, downloaded_bytes=size
     )
+
+
+def _metadata_timeout() -> float:
+    # huggingface_hub sets no timeout on API calls (model_info, repo_info): a stalled server would hang
+    # hubmerge. Its HF_HUB_ETAG_TIMEOUT, the timeout of a download's metadata request, bounds them too.
+    return constants.HF_HUB_ETAG_TIMEOUT
 
 
 def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle: bool) -> None:
@@ -230,7 +261,7 @@ def canonical_repo_id(name: str, *, token: str | bool | None = None) -> str | No
     if _offline():
         return None
     try:
-        return HfApi().model_info(name, token=token).id
+        return HfApi().model_info(name, token=token, timeout=_metadata_timeout()).id
     except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
         logger.info("could not resolve base model %r on the Hub: %s", name, type(err).__name__)
         return None
@@ -267,8 +298,9 @@ def push_files(
     """Create ``repo_id`` if needed and upload ``files`` in one commit.
 
     Nothing in the repository is deleted; an existing repo gets a new commit
-    (or a pull request with ``create_pr``). If the repo was created here and
-    the commit then fails, the empty repo is deleted again.
+    (or a pull request with ``create_pr``) on top of the head it had when the
+    push started. The Hub applies a commit whole or not at all; if the repo was
+    created here and the commit then fails, the empty repo is deleted again.
 
     Args:
         private: ``True`` creates the repo private and refuses an existing
@@ -279,12 +311,12 @@ def push_files(
         huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``oid``).
 
     Raises:
-        PushError: the repo or the commit was refused.
+        PushError: the repo or the commit was refused, or the branch moved during the push.
     """
     api = HfApi()
     try:
-        existing = _repo_visibility(api, repo_id, token)
-        if existing is False and private:
+        existing = _existing_repo(api, repo_id, token)
+        if existing is not None and not existing.private and private:
             raise PushError(
                 f"{repo_id} exists and is public; --private does not change an existing repo's visibility: "
                 "make it private in its settings first, or push to a new repo"
@@ -301,21 +333,36 @@ def push_files(
             commit_message=commit_message,
             commit_description=commit_description,
             create_pr=create_pr,
+            # The commit goes on top of the head seen above: if someone pushed in between, the Hub refuses it
+            # (HTTP 412) rather than mixing our files into a state nobody looked at.
+            parent_commit=existing.sha if existing is not None else None,
             token=token,
         )
-    except _HUB_FAILURES as err:
+    except BaseException as err:  # Ctrl-C included: a repo created here is removed again
         if existing is None:  # created by this call: leave nothing half-made behind
             try:
                 api.delete_repo(repo_id, token=token, missing_ok=True)
             except _HUB_FAILURES:
                 logger.warning("could not delete the empty repo %s after the failed push", repo_id)
-        raise _push_error(err, repo_id, "commit to", token) from None
+        failure = _hub_failure(err)
+        if failure is None:
+            raise
+        raise _push_error(failure, repo_id, "commit to", token) from None
 
 
-def _repo_visibility(api: HfApi, repo_id: str, token) -> bool | None:
-    """``True``/``False`` for an existing private/public repo we can see, ``None`` if it is not there."""
+def _hub_failure(err: BaseException) -> BaseException | None:
+    """The Hub or transport failure behind ``err``, or ``None`` if it is something else (a bug)."""
+    # huggingface_hub wraps a failed LFS upload in RuntimeError("Error while uploading '…' to the Hub."),
+    # with the HTTP or transport error as its cause.
+    if isinstance(err, RuntimeError) and isinstance(err.__cause__, _HUB_FAILURES):
+        return err.__cause__
+    return err if isinstance(err, _HUB_FAILURES) else None
+
+
+def _existing_repo(api: HfApi, repo_id: str, token):
+    """The ``ModelInfo`` of an existing repo we can see (visibility, head of main), ``None`` if it is not there."""
     try:
-        return bool(api.repo_info(repo_id, token=token).private)
+        return api.repo_info(repo_id, token=token, timeout=_metadata_timeout())
     except hf_errors.RepositoryNotFoundError:
         return None
 
