@@ -19,6 +19,7 @@ import torch
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, nonfinite_factors, normalize_base_model
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
+from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .merge import build_config, concat_factors, pad_rank
 from .methods import MethodParams, get_method
 from .methods.combine import ModuleInput
@@ -46,8 +47,8 @@ def load_adapters(
     *,
     token: str | bool | None = None,
     allow_pickle: bool = False,
-    max_adapters: int | None = None,
-    max_download_bytes: int | None = None,
+    max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
+    max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
 ) -> list[LoraAdapter]:
     """Parse, fetch (for Hub references) and load every source, giving each a unique name.
 
@@ -59,9 +60,10 @@ def load_adapters(
             :class:`Source` objects or already loaded adapters.
         token: Hub token; default the logged-in one.
         allow_pickle: accept ``adapter_model.bin`` where there is no safetensors file.
-        max_adapters: refuse more sources than this.
+        max_adapters: refuse more sources than this (default 64; ``None``: no limit).
         max_download_bytes: refuse, before downloading, Hub adapters whose files
-            add up to more than this (a mistyped repo id must not fill the disk).
+            add up to more than this, by the sizes the Hub reports (default 20 GB;
+            ``None``: no limit). A mistyped repo id must not fill the disk.
 
     Returns:
         The adapters, in order.
@@ -119,8 +121,8 @@ def merge(
     thresholds: Thresholds | None = None,
     token: str | bool | None = None,
     resolve_base_model: bool | None = None,
-    max_adapters: int | None = None,
-    max_download_bytes: int | None = None,
+    max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
+    max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
 ) -> MergeResult:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 

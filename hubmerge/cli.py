@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from . import __version__
-from .errors import HubError, HubmergeError, InvalidArgumentError, SourceError
+from .errors import HubError, HubmergeError, InvalidArgumentError, LimitExceededError, SourceError
+from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
 from .methods import MAJORITY_SIGN_CHOICES, METHODS
 from .output import check_writable
 from .report import DTYPE_CHOICES, render_text
@@ -94,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--commit-message", metavar="TEXT", help="commit message for --push")
     hub.add_argument("--dry-run", action="store_true", help="with --push: show repo, files and card; push nothing")
     hub.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`; prefer those)")
+    limits = parser.add_argument_group("limits (a mistyped repo id must not fill the disk)")
+    limits.add_argument(
+        "--max-adapters",
+        type=_count,
+        default=os.environ.get("HUBMERGE_MAX_ADAPTERS", str(DEFAULT_MAX_ADAPTERS)),
+        metavar="N",
+        help=f"refuse more sources than N (default: $HUBMERGE_MAX_ADAPTERS or {DEFAULT_MAX_ADAPTERS}; none: no limit)",
+    )
+    limits.add_argument(
+        "--max-download-size",
+        type=_download_size,
+        default=os.environ.get("HUBMERGE_MAX_DOWNLOAD_SIZE", f"{DEFAULT_MAX_DOWNLOAD_BYTES // 10**9}GB"),
+        metavar="SIZE",
+        help=(
+            "refuse, before downloading, Hub adapter files adding up to more than SIZE (500MB, 20GB, 1.5GiB; "
+            f"default: $HUBMERGE_MAX_DOWNLOAD_SIZE or {DEFAULT_MAX_DOWNLOAD_BYTES // 10**9}GB; none: no limit)"
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
     return parser
 
@@ -128,6 +147,25 @@ def _glue_negative_weights(argv: list[str]) -> list[str]:
     return glued
 
 
+def _count(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (or none)")
+    return value
+
+
+def _download_size(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _default_output(sources: Sequence[str]) -> str:
     names = []
     for text in sources:
@@ -149,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, parser, argv)
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
+    except LimitExceededError as err:
+        _fail(f"{err} (raise the limit with --max-adapters / --max-download-size)", debug)
+        return EXIT_ERROR
     except HubmergeError as err:
         _fail(str(err), debug)
         return EXIT_ERROR
@@ -192,6 +233,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         allow_base_mismatch=args.allow_base_mismatch,
         report_only=args.report_only,
         token=token,
+        max_adapters=args.max_adapters,
+        max_download_bytes=args.max_download_size,
     )
     report = dict(result.report)
     lines = []
