@@ -102,7 +102,7 @@ def check_compatibility(
             )
         for key, reason in config.unsupported.items():
             problems.append(f"{adapter.source}: {key} is set: {reason}")
-        if not adapter.modules:
+        if not adapter.modules and not adapter.problems:  # else the problems say why none could be used
             problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
 
     base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
