@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+from .patterns import backtracks_exponentially
 
 __all__ = ["AdapterConfig", "LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -511,41 +512,6 @@ def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
 
 # -- config parsing -------------------------------------------------------------
 
-try:  # the parser behind re.compile, to look at a pattern's structure before matching with it
-    from re import _parser as _regex_parser  # Python ≥ 3.11
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_parse as _regex_parser
-
-_REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
-
-
-def _backtracks_exponentially(parsed) -> bool:
-    """Whether matching a pattern can take exponential (or high polynomial) time: a group that
-    repeats something that itself repeats or alternates, like ``(a+)+`` or ``(a|a)*``, or more than
-    three open-ended repeats, like ``.*.*.*.*x``. PEFT matches rank_pattern keys with ``re.match``,
-    and such a key from a stranger's config can make one match run for hours on a long module name."""
-    open_ended = 0
-
-    def walk(items, inside_repeat: bool) -> bool:
-        nonlocal open_ended
-        for op, arg in items:
-            name = str(op)
-            if name in _REPEATS:
-                low, high, body = arg
-                variable = low != high
-                open_ended += variable
-                if (inside_repeat and variable) or walk(body, inside_repeat or high > 1):
-                    return True
-            elif name == "BRANCH":
-                if inside_repeat or any(walk(branch, inside_repeat) for branch in arg[1]):
-                    return True
-            elif name in ("SUBPATTERN", "ASSERT", "ASSERT_NOT", "ATOMIC_GROUP"):
-                if walk(arg if name == "ATOMIC_GROUP" else arg[-1], inside_repeat):
-                    return True
-        return False
-
-    return walk(parsed, False) or open_ended > 3
-
 
 def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConfig:
     """Parse the math-relevant fields of an ``adapter_config.json`` dict.
@@ -595,10 +561,10 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
     alpha_pattern = {k: number(f"alpha_pattern[{k!r}]", v) for k, v in mapping("alpha_pattern").items()}
     for key in (*rank_pattern, *alpha_pattern):
         try:
-            parsed = _regex_parser.parse(key)
+            slow = backtracks_exponentially(key)
         except (re.error, RecursionError, OverflowError):
             raise fail("rank_pattern/alpha_pattern key", key, "a valid regular expression") from None
-        if _backtracks_exponentially(parsed):
+        if slow:
             raise fail(
                 "rank_pattern/alpha_pattern key",
                 key,
