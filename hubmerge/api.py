@@ -77,19 +77,24 @@ def load_adapters(
     if max_adapters is not None and len(sources) > max_adapters:
         raise LimitExceededError(f"{len(sources)} adapters given; at most {max_adapters} can be merged here")
     parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
-    budget = max_download_bytes
+    resolved = {}
+    if any(isinstance(item, Source) and not item.is_local for item in parsed):
+        from .hub import check_download_size, fetch_adapter, resolve_adapter
+
+        # Every Hub source is resolved before anything is downloaded: a typo in the last one, or a
+        # repo too large for the limit, fails before the first byte.
+        for index, item in enumerate(parsed):
+            if isinstance(item, Source) and not item.is_local:
+                resolved[index] = resolve_adapter(item, token=token, allow_pickle=allow_pickle)
+        check_download_size(list(resolved.values()), max_download_bytes)
     adapters = []
-    for item in parsed:
+    for index, item in enumerate(parsed):
         if isinstance(item, LoraAdapter):
             adapters.append(item)
         elif item.is_local:
             adapters.append(load_adapter(item.path, name=item.name, source=item.text, allow_pickle=allow_pickle))
         else:
-            from .hub import pull_adapter
-
-            pulled = pull_adapter(item, token=token, allow_pickle=allow_pickle, max_bytes=budget)
-            if budget is not None:
-                budget -= pulled.downloaded_bytes
+            pulled = fetch_adapter(resolved[index], token=token)
             adapter = load_adapter(pulled.path, name=item.name, source=item.text, allow_pickle=allow_pickle)
             adapter.repo_id, adapter.subfolder, adapter.commit_sha = item.repo_id, item.subfolder, pulled.commit_sha
             adapter.license, adapter.datasets = pulled.license, pulled.datasets

@@ -29,7 +29,17 @@ from .errors import (
 )
 from .sources import Source
 
-__all__ = ["PulledAdapter", "canonical_repo_id", "pull_adapter", "push_files", "whoami"]
+__all__ = [
+    "PulledAdapter",
+    "ResolvedAdapter",
+    "canonical_repo_id",
+    "check_download_size",
+    "fetch_adapter",
+    "pull_adapter",
+    "push_files",
+    "resolve_adapter",
+    "whoami",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +140,18 @@ _HUB_FAILURES = (
 )
 
 
+@dataclass
+class ResolvedAdapter:
+    """A Hub adapter before its download: where it is, at which commit, and how large its files are."""
+
+    source: Source
+    commit_sha: str | None  # None offline: the cache decides
+    files: list[str]  # the config first, then the weights file (or, offline, the weights files to try)
+    size: int = 0  # bytes to download, from the Hub's metadata (0 offline)
+    license: str | None = None
+    datasets: list[str] = field(default_factory=list)
+
+
 def pull_adapter(
     source: Source,
     *,
@@ -139,10 +161,9 @@ def pull_adapter(
 ) -> PulledAdapter:
     """Resolve ``source`` to a commit and download only its adapter files.
 
-    Online, the revision is first resolved to a commit sha (``model_info``),
-    which also tells whether an adapter exists at the subfolder; then only
-    ``adapter_config.json`` and the weights are fetched into the HF cache.
-    With ``HF_HUB_OFFLINE=1`` the same files are answered from the cache.
+    :func:`resolve_adapter`, the size check, then :func:`fetch_adapter`; a merge of
+    several adapters resolves them all first, so that no byte is downloaded before
+    every source is known to exist and to fit the limit.
 
     Args:
         source: a Hub :class:`~hubmerge.sources.Source`.
@@ -150,44 +171,92 @@ def pull_adapter(
         allow_pickle: fetch ``adapter_model.bin`` when there is no safetensors file.
         max_bytes: refuse before downloading if the adapter files are larger.
 
-    Returns:
-        The :class:`PulledAdapter`: local directory, commit sha, and the
-        licence and datasets of the repo's card when the Hub could be asked.
+    Raises:
+        As :func:`resolve_adapter` and :func:`fetch_adapter`; LimitExceededError: the
+        files are larger than ``max_bytes``.
+    """
+    resolved = resolve_adapter(source, token=token, allow_pickle=allow_pickle)
+    check_download_size([resolved], max_bytes)
+    return fetch_adapter(resolved, token=token)
+
+
+def resolve_adapter(source: Source, *, token: str | bool | None = None, allow_pickle: bool = False) -> ResolvedAdapter:
+    """Ask the Hub which commit ``source`` names and which adapter files it holds there; download nothing.
+
+    Online, ``model_info`` resolves the revision to a commit sha and tells whether an
+    adapter exists at the subfolder, and how large its files are. With
+    ``HF_HUB_OFFLINE=1`` nothing is asked: :func:`fetch_adapter` answers from the cache.
 
     Raises:
         RepoNotFoundError, GatedRepoAccessError, RevisionNotFoundError, HubError:
             the repo, access or revision is the problem.
         AdapterNotFoundError: no adapter at that path of the repo.
         UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
-        LimitExceededError: the files are larger than ``max_bytes``.
     """
     repo_id, revision, where = source.repo_id, source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
-    license_, datasets, size = None, [], 0
     weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
-    if not _offline():
-        try:
-            info = HfApi().model_info(
-                repo_id, revision=revision, token=token, files_metadata=True, timeout=_metadata_timeout()
-            )
-        except _HUB_FAILURES as err:
-            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
-        files = {sibling.rfilename for sibling in info.siblings or []}
-        _check_adapter_files(files, source, info.sha, allow_pickle)
-        weights = [w for w in weights if w in files][:1]
-        sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
-        size = sum(sizes.get(name, 0) for name in (f"{prefix}{CONFIG_NAME}", *weights))
-        if max_bytes is not None and size > max_bytes:
-            raise LimitExceededError(
-                f"{where}: the adapter files are {size:,} bytes, more than the {max_bytes:,} bytes allowed; "
-                "check the repo id, or raise the download limit"
-            )
-        if info.card_data is not None:
-            license_ = info.card_data.get("license")
-            found = info.card_data.get("datasets") or []
-            datasets = [found] if isinstance(found, str) else list(found)
-    snapshots = set()
     config_name = f"{prefix}{CONFIG_NAME}"
+    if _offline():
+        return ResolvedAdapter(source, None, [config_name, *weights])
+    try:
+        info = HfApi().model_info(
+            repo_id, revision=revision, token=token, files_metadata=True, timeout=_metadata_timeout()
+        )
+    except _HUB_FAILURES as err:
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+    files = {sibling.rfilename for sibling in info.siblings or []}
+    _check_adapter_files(files, source, info.sha, allow_pickle)
+    weights = [w for w in weights if w in files][:1]
+    sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+    license_, datasets = None, []
+    if info.card_data is not None:
+        license_ = info.card_data.get("license")
+        found = info.card_data.get("datasets") or []
+        datasets = [found] if isinstance(found, str) else list(found)
+    wanted = [config_name, *weights]
+    return ResolvedAdapter(source, info.sha, wanted, sum(sizes.get(n, 0) for n in wanted), license_, datasets)
+
+
+def check_download_size(resolved: list[ResolvedAdapter], max_bytes: int | None) -> None:
+    """Refuse, before any download, adapters whose files together exceed ``max_bytes``.
+
+    Raises:
+        LimitExceededError: one adapter alone, or all of them together, are too large.
+    """
+    if max_bytes is None:
+        return
+    for item in resolved:
+        if item.size > max_bytes:
+            raise LimitExceededError(
+                f"{item.source.text}: the adapter files are {item.size:,} bytes, more than the {max_bytes:,} bytes "
+                "allowed; check the repo id, or raise the download limit"
+            )
+    total = sum(item.size for item in resolved)
+    if total > max_bytes:
+        parts = ", ".join(f"{item.source.text} {item.size:,}" for item in resolved)
+        raise LimitExceededError(
+            f"the adapter files of the {len(resolved)} Hub sources are {total:,} bytes together ({parts}), more "
+            f"than the {max_bytes:,} bytes allowed; check the repo ids, or raise the download limit"
+        )
+
+
+def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None) -> PulledAdapter:
+    """Download the files :func:`resolve_adapter` found (or, offline, find them in the HF cache).
+
+    Returns:
+        The :class:`PulledAdapter`: local directory, commit sha, and the
+        licence and datasets of the repo's card when the Hub could be asked.
+
+    Raises:
+        HubError: the download failed, or the revision moved since it was resolved.
+        AdapterNotFoundError: the cached snapshot holds no adapter config.
+    """
+    source = resolved.source
+    repo_id, revision, where = source.repo_id, source.revision, source.text
+    prefix = f"{source.subfolder}/" if source.subfolder else ""
+    config_name, *weights = resolved.files
+    snapshots = set()
     for filename in (config_name, *weights):
         try:
             path = hf_hub_download(repo_id, filename, revision=revision, token=token, etag_timeout=_metadata_timeout())
@@ -207,7 +276,7 @@ def pull_adapter(
             raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
         # hf_hub_download answers <cache>/snapshots/<commit sha>/<filename>
         snapshots.add(Path(path).parents[len(Path(filename).parts) - 1])
-    if len(snapshots) != 1 or (not _offline() and next(iter(snapshots)).name != info.sha):
+    if len(snapshots) != 1 or (resolved.commit_sha is not None and next(iter(snapshots)).name != resolved.commit_sha):
         raise HubError(f"{where}: {repo_id}@{revision or 'main'} moved while downloading; run the command again")
     snapshot = snapshots.pop()
     commit_sha = snapshot.name
@@ -217,7 +286,11 @@ def pull_adapter(
             f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder"
         )
     return PulledAdapter(
-        path=directory, commit_sha=commit_sha, license=license_, datasets=datasets, downloaded_bytes=size
+        path=directory,
+        commit_sha=commit_sha,
+        license=resolved.license,
+        datasets=resolved.datasets,
+        downloaded_bytes=resolved.size,
     )
 
 

@@ -66,15 +66,22 @@ def test_download_limit_refuses_before_any_byte_is_fetched(capsys, hub, two_repo
     assert not Path("out").exists()
 
 
-def test_download_limit_counts_every_adapter(hub, two_repos):
+def test_download_limit_counts_every_adapter_before_fetching_any(hub, two_repos):
     (repo_a, dir_a, _), repo_b = two_repos["a"], two_repos["b"][0]
     first_size = sum((dir_a / name).stat().st_size for name in test_hub.ADAPTER_FILES)
     before = len(hub.requests)
-    # room for the first adapter, not for both
-    with pytest.raises(hubmerge.LimitExceededError, match=f"{repo_b}/sub@v1: the adapter files"):
+    # room for either adapter, not for both: refused from the metadata, before the first byte of either
+    with pytest.raises(hubmerge.LimitExceededError, match=r"the 2 Hub sources are [\d,]+ bytes together") as err:
         hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_download_bytes=first_size + 100)
-    assert {path.rsplit("/", 1)[1] for _, path in downloads(hub, before)} == set(test_hub.ADAPTER_FILES)
-    assert not [path for _, path in downloads(hub, before) if repo_b in path], "nothing of the second adapter"
+    assert f"{repo_a} {first_size:,}" in str(err.value), "names each source with its size"
+    assert downloads(hub, before) == [], "nothing of either adapter"
+
+
+def test_a_bad_last_source_fails_before_the_first_is_downloaded(hub, two_repos):
+    before = len(hub.requests)
+    with pytest.raises(hubmerge.RepoNotFoundError):
+        hubmerge.merge([two_repos["a"][0], f"alice/{unique('typo')}"], report_only=True)
+    assert downloads(hub, before) == []
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
