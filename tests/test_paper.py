@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +18,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from experiments.paper.__main__ import main
+from experiments.paper.calibrate import TOLERANCE, calibrate, round_down
 from experiments.paper.data import DOMAINS, load_domain
 from experiments.paper.model import ByteTokenizer
-from experiments.paper.report import change, fit, pearson, perplexity, spearman
+from experiments.paper.report import change, correlation, fit, pearson, perplexity, spearman
 from experiments.paper.train import score
+from hubmerge import Thresholds
+
+PAGE_DIR = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +89,31 @@ def test_statistics_by_hand():
     assert pearson(x, y) == pytest.approx(statistics.correlation(x, y))
     assert spearman(x, y) == pytest.approx(0.8)  # ranks 0,1,2,3 vs 0,2,1,3: 1 − 6·2/(4·15)
     assert fit([0, 1, 2], [1, 3, 5]) == pytest.approx((1.0, 2.0))
+
+
+def test_calibration_reads_the_threshold_off_the_fitted_line():
+    rows = [{"rms_cosine": c, "change": -5 + 100 * c, "condition": "independent", "a_overlap": 0.1} for c in
+            (0.02, 0.05, 0.1, 0.2, 0.3)]  # fmt: skip
+    rows += [{"rms_cosine": 0.3, "change": 25.0, "condition": "shared", "a_overlap": 0.9}]
+    stats = correlation(rows)
+    found = calibrate(rows, stats)
+    assert found["tolerance_percent"] == TOLERANCE == 10.0
+    a, b = stats["fit"]
+    assert found["rms_cosine"]["value"] == round_down((TOLERANCE - a) / b)
+    assert found["rms_cosine"]["value"] <= (TOLERANCE - a) / b < found["rms_cosine"]["value"] + 0.01
+    assert found["a_overlap"]["value"] == 0.5  # midpoint of 0.1 and 0.9
+    # No relation (a flat cloud) and overlapping A groups: nothing is calibrated.
+    flat = [{**r, "change": (-1) ** i, "a_overlap": 0.5} for i, r in enumerate(rows)]
+    found = calibrate(flat, correlation(flat))
+    assert found["rms_cosine"]["value"] is None and found["a_overlap"]["value"] is None
+    assert round_down(0.01789) == 0.017 and round_down(0.8349) == 0.83
+
+
+def test_hubmerge_default_thresholds_are_the_calibrated_ones():
+    """The committed real-model results set hubmerge's defaults wherever they could set one."""
+    summary = json.loads((PAGE_DIR / "results" / "summary.json").read_text())
+    defaults = Thresholds()
+    for key, found in summary["calibration"].items():
+        if isinstance(found, dict) and found["value"] is not None:
+            assert getattr(defaults, key) == found["value"], (key, found["why"])
+    assert "| `rms_cosine` | " in (PAGE_DIR / "RESULTS.md").read_text()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -156,6 +157,14 @@ def run(args, argv) -> int:
         page, plot = page_paths(args, settings)
         write_report(args.out, page, plot, settings=settings, command=command)
         print(f"wrote {page} and {plot}")
+        if not settings["quick"] and args.page is None:
+            # The raw results travel with the page (kilobytes): the thresholds test reads them, and
+            # `report --out experiments/paper` redraws the page without retraining.
+            kept = page.parent / "results"
+            if kept.resolve() != (args.out / "results").resolve():
+                shutil.copytree(args.out / "results", kept, dirs_exist_ok=True)
+                shutil.copy2(args.out / "settings.json", page.parent / "settings.json")
+            print(f"copied the results to {kept}")
     if args.stage in ("export-examples", "all"):
         from .cards import export_examples
 
