@@ -164,7 +164,7 @@ def run(args, argv) -> int:
             if kept.resolve() != (args.out / "results").resolve():
                 shutil.copytree(args.out / "results", kept, dirs_exist_ok=True)
                 shutil.copy2(args.out / "settings.json", page.parent / "settings.json")
-            print(f"copied the results to {kept}")
+                print(f"copied the results to {kept}")
     if args.stage in ("export-examples", "all"):
         from .cards import export_examples
 

@@ -141,6 +141,33 @@ def layer_groups(per_module: dict[str, dict], n_layers: int) -> dict[str, float]
     return {k: math.sqrt(statistics.fmean(v)) for k, v in sums.items()}
 
 
+def verdict(rows: list[dict], stats: dict) -> str:
+    """What the points say, in words: written from the numbers, whichever way they fall."""
+    if stats["n"] < 3 or math.isnan(stats["p"]):
+        return "Too few points to say anything."
+    by_combo = {}
+    for r in rows:
+        by_combo.setdefault(r["combo"], []).append(r["change"])
+    means = sorted(((statistics.fmean(v), c) for c, v in by_combo.items()), reverse=True)
+    ranking = ", ".join(f"`{c}` {m:+.1f}%" for m, c in means)
+    if stats["p"] <= 0.05 and stats["pearson"] > 0:
+        head = (f"**In these runs the RMS cosine does track the perplexity change** (r = {stats['pearson']:.2f}, "
+                f"p = {stats['p']:.2g}).")  # fmt: skip
+    else:
+        head = (f"**In these runs the RMS cosine does not predict the perplexity change** (r = {stats['pearson']:.2f}, "
+                f"p = {stats['p']:.2g}).")  # fmt: skip
+    conditions = {c: [r for r in rows if r["condition"] == c] for c in ("shared", "independent")}
+    if all(conditions.values()):
+        cos = {c: statistics.fmean(r["rms_cosine"] for r in v) for c, v in conditions.items()}
+        loss = {c: statistics.fmean(r["change"] for r in v) for c, v in conditions.items()}
+        head += (
+            f" Starting the adapters from the same seed multiplies the RMS cosine by "
+            f"{cos['shared'] / cos['independent']:.0f} ({cos['independent']:.3f} → {cos['shared']:.3f}) while the "
+            f"mean change goes from {loss['independent']:+.1f}% to {loss['shared']:+.1f}%."
+        )
+    return f"{head} By combination (mean over seeds and initialisations): {ranking}."
+
+
 def _fmt(values: list[float], digits: int = 2, sign: bool = False) -> str:
     spec = f"{'+' if sign else ''}.{digits}f"
     if len(values) == 1:
@@ -387,6 +414,8 @@ Spearman ρ = {own["spearman"]:.3f}, permutation p = {own["p"]:.3g}.
 Within the shared initialisation: r = {by_condition["shared"]["pearson"]:.3f} (n = {by_condition["shared"]["n"]},
 p = {by_condition["shared"]["p"]:.3g}); within the independent one: r = {by_condition["independent"]["pearson"]:.3f}
 (n = {by_condition["independent"]["n"]}, p = {by_condition["independent"]["p"]:.3g}).
+
+{verdict(rows, stats)}
 
 How strong is this? The points are not independent: the seeds repeat the same four combinations, the triple
 shares adapters with the pairs, and the two initialisations share the math adapter. The effective number of
