@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def test_quick_run_writes_page_plot_results_and_cards(quick_run):
     page = (quick_run / "RESULTS.md").read_text()
     for combo in ("math+medicine", "math+finance", "medicine+finance", "math+medicine+finance"):
         assert f"`{combo}`" in page
-    assert "Pearson r = " in page and "nan" not in page.split("## Does the RMS cosine")[1].split("##")[0]
+    section = page.split("## Does the RMS cosine")[1].split("##")[0]
+    assert "Pearson r = " in section and not re.search(r"\bnan\b", section)
+    assert "In these runs the RMS cosine does" in section, "the page says what the points show"
     assert (quick_run / "cosine_vs_perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((quick_run / "results" / "summary.json").read_text())
     assert len(summary["points"]) == 8  # 4 combinations × 2 initialisations, one seed
