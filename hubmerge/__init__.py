@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 # Public name → the module that defines it. Imported on first use, so that
 # `hubmerge --help` and argument errors answer without importing torch.
 _EXPORTS = {
-    "AdapterConfig": "adapter",
+    "AdapterConfig": "config",
     "AdapterError": "errors",
     "AdapterFormatError": "errors",
     "AdapterNotFoundError": "errors",
@@ -50,9 +50,10 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .adapter import AdapterConfig, LoraAdapter, load_adapter
+    from .adapter import LoraAdapter, load_adapter
     from .api import load_adapters, merge, similarity
     from .compat import Compatibility, check_compatibility
+    from .config import AdapterConfig
     from .errors import (
         AdapterError,
         AdapterFormatError,

@@ -16,7 +16,8 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
 from huggingface_hub import errors as hf_errors
 
-from .adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .adapter import PICKLE_NAME, SAFETENSORS_NAME
+from .config import CONFIG_NAME
 from .errors import (
     AdapterNotFoundError,
     GatedRepoAccessError,

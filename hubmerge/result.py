@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save, save_file
 
 from . import __version__
-from .adapter import CONFIG_NAME, SAFETENSORS_NAME, LoraAdapter
+from .adapter import SAFETENSORS_NAME, LoraAdapter
+from .config import CONFIG_NAME
 from .errors import InvalidArgumentError
 from .output import write_directory
 from .report import REPORT_NAME, dtype_name

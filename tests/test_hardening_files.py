@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hubmerge
-from hubmerge.adapter import MAX_CONFIG_BYTES
 from hubmerge.cli import main
+from hubmerge.config import MAX_CONFIG_BYTES
 from hubmerge.errors import (
     AdapterFormatError,
     AdapterNotFoundError,

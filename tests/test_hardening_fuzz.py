@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from hubmerge.adapter import MAX_RANK, AdapterConfig, load_adapter, parse_config
+from hubmerge.adapter import load_adapter
+from hubmerge.config import MAX_RANK, AdapterConfig, parse_config
 from hubmerge.errors import AdapterFormatError, HubmergeError
 
 # Derandomized: CI runs the same examples every time, and a failure reproduces.
