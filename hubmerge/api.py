@@ -75,7 +75,9 @@ def load_adapters(
     if not sources:
         raise InvalidArgumentError("no adapters given: pass one or more sources")
     if max_adapters is not None and len(sources) > max_adapters:
-        raise LimitExceededError(f"{len(sources)} adapters given; at most {max_adapters} can be merged here")
+        raise LimitExceededError(
+            f"{len(sources)} adapters given; at most {max_adapters} can be merged here", limit="max_adapters"
+        )
     parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
     resolved = {}
     if any(isinstance(item, Source) and not item.is_local for item in parsed):

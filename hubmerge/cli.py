@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
     except LimitExceededError as err:
-        _fail(f"{err} (raise the limit with --max-adapters / --max-download-size)", debug)
+        flag = {"max_adapters": "--max-adapters N", "max_download_bytes": "--max-download-size SIZE"}[err.limit]
+        _fail(f"{err} (set with {flag}, or none for no limit)", debug)
         return EXIT_ERROR
     except HubmergeError as err:
         _fail(str(err), debug)
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err), debug)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("hubmerge: interrupted; nothing was written", file=sys.stderr)
+        # Outputs are written whole or not at all, and a push this run created a repo for deletes it again.
+        print("hubmerge: interrupted; nothing was left half-written", file=sys.stderr)
         return 130
 
 

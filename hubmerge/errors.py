@@ -99,7 +99,11 @@ class OutputExistsError(HubmergeError, FileExistsError):
 class LimitExceededError(HubmergeError, ValueError):
     """Raised when a merge would pass a configured limit: more adapters than
     ``max_adapters``, or more bytes to download than ``max_download_bytes``
-    (a mistyped repo id must not fill the disk)."""
+    (a mistyped repo id must not fill the disk). :attr:`limit` names which."""
+
+    def __init__(self, message: str, *, limit: str):
+        super().__init__(message)
+        self.limit = limit  # "max_adapters" or "max_download_bytes": the argument that raises it
 
 
 class HubError(HubmergeError, OSError):

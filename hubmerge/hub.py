@@ -36,7 +36,6 @@ __all__ = [
     "canonical_repo_id",
     "check_download_size",
     "fetch_adapter",
-    "pull_adapter",
     "push_files",
     "resolve_adapter",
     "whoami",
@@ -62,7 +61,6 @@ class PulledAdapter:
     commit_sha: str
     license: str | None = None
     datasets: list[str] = field(default_factory=list)
-    downloaded_bytes: int = 0
 
 
 def _offline() -> bool:
@@ -153,34 +151,6 @@ class ResolvedAdapter:
     datasets: list[str] = field(default_factory=list)
 
 
-def pull_adapter(
-    source: Source,
-    *,
-    token: str | bool | None = None,
-    allow_pickle: bool = False,
-    max_bytes: int | None = None,
-) -> PulledAdapter:
-    """Resolve ``source`` to a commit and download only its adapter files.
-
-    :func:`resolve_adapter`, the size check, then :func:`fetch_adapter`; a merge of
-    several adapters resolves them all first, so that no byte is downloaded before
-    every source is known to exist and to fit the limit.
-
-    Args:
-        source: a Hub :class:`~hubmerge.sources.Source`.
-        token: a Hub token; ``None`` uses the logged-in one, ``False`` none.
-        allow_pickle: fetch ``adapter_model.bin`` when there is no safetensors file.
-        max_bytes: refuse before downloading if the adapter files are larger.
-
-    Raises:
-        As :func:`resolve_adapter` and :func:`fetch_adapter`; LimitExceededError: the
-        files are larger than ``max_bytes``.
-    """
-    resolved = resolve_adapter(source, token=token, allow_pickle=allow_pickle)
-    check_download_size([resolved], max_bytes)
-    return fetch_adapter(resolved, token=token)
-
-
 def resolve_adapter(source: Source, *, token: str | bool | None = None, allow_pickle: bool = False) -> ResolvedAdapter:
     """Ask the Hub which commit ``source`` names and which adapter files it holds there; download nothing.
 
@@ -231,14 +201,16 @@ def check_download_size(resolved: list[ResolvedAdapter], max_bytes: int | None) 
         if item.size > max_bytes:
             raise LimitExceededError(
                 f"{item.source.text}: the adapter files are {item.size:,} bytes, more than the {max_bytes:,} bytes "
-                "allowed; check the repo id, or raise the download limit"
+                "allowed; check the repo id, or raise the download limit",
+                limit="max_download_bytes",
             )
     total = sum(item.size for item in resolved)
     if total > max_bytes:
         parts = ", ".join(f"{item.source.text} {item.size:,}" for item in resolved)
         raise LimitExceededError(
             f"the adapter files of the {len(resolved)} Hub sources are {total:,} bytes together ({parts}), more "
-            f"than the {max_bytes:,} bytes allowed; check the repo ids, or raise the download limit"
+            f"than the {max_bytes:,} bytes allowed; check the repo ids, or raise the download limit",
+            limit="max_download_bytes",
         )
 
 
@@ -291,7 +263,6 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
         commit_sha=commit_sha,
         license=resolved.license,
         datasets=resolved.datasets,
-        downloaded_bytes=resolved.size,
     )
 
 

@@ -2,13 +2,15 @@
 
 A mistyped repo id can point at a repository of any size; the limits stop a
 merge before it downloads, judged from the file sizes the Hub reports. They
-apply to the Python API, the CLI (``--max-adapters``, ``--max-download-size``,
-or ``HUBMERGE_MAX_ADAPTERS`` / ``HUBMERGE_MAX_DOWNLOAD_SIZE``) and the Space.
+apply to the Python API and the CLI (``--max-adapters``, ``--max-download-size``,
+or ``HUBMERGE_MAX_ADAPTERS`` / ``HUBMERGE_MAX_DOWNLOAD_SIZE``); the Space passes
+its own, smaller ceilings to the same arguments (``spaces/app.py``).
 """
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 __all__ = ["DEFAULT_MAX_ADAPTERS", "DEFAULT_MAX_DOWNLOAD_BYTES", "parse_size"]
 
@@ -37,4 +39,4 @@ def parse_size(text: str) -> int | None:
     unit = match.group(2).upper() if match else None
     if unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: write e.g. 500MB, 20GB, 1.5GiB, or none")
-    return int(float(match.group(1)) * _UNITS[unit])
+    return int(Fraction(match.group(1)) * _UNITS[unit])  # exact, and no float overflow for long numbers

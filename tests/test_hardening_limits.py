@@ -30,7 +30,7 @@ def downloads(hub, since: int) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     "text, expected",
     [("1000", 1000), ("500MB", 500 * 10**6), ("20 gb", 20 * 10**9), ("1.5GiB", 3 * 2**29), ("2KiB", 2048)]
-    + [("none", None), (" Unlimited ", None)],
+    + [("none", None), (" Unlimited ", None), ("0.1GB", 10**8), ("9" * 400 + "TB", (10**400 - 1) * 10**12)],
 )
 def test_sizes_are_read_in_the_hubs_units(text, expected):
     assert parse_size(text) == expected
@@ -61,7 +61,8 @@ def test_download_limit_refuses_before_any_byte_is_fetched(capsys, hub, two_repo
     code, out, err = cli(capsys, repo_a, f"{two_repos['b'][0]}/sub@v1", "-o", "out", *limit)
     assert code == 1 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"hubmerge: error: {repo_a}: the adapter files are ") and "2,000 bytes allowed" in err
-    assert "--max-download-size" in err, "says how to raise it"
+    assert "(set with --max-download-size SIZE, or none for no limit)" in err, "says how to raise it"
+    assert "--max-adapters" not in err, "names only the limit that was passed"
     assert downloads(hub, before) == [], "refused from the Hub's metadata alone"
     assert not Path("out").exists()
 
@@ -91,7 +92,8 @@ def test_adapter_count_limit_refuses_before_any_request(capsys, hub, two_repos, 
         monkeypatch.setenv("HUBMERGE_MAX_ADAPTERS", "1")
     before = len(hub.requests)
     code, _, err = cli(capsys, two_repos["a"][0], f"{two_repos['b'][0]}/sub@v1", "--report-only", *limit)
-    assert code == 1 and "2 adapters given; at most 1" in err and "--max-adapters" in err, err
+    assert code == 1 and "2 adapters given; at most 1" in err and "(set with --max-adapters N," in err, err
+    assert "--max-download-size" not in err, "names only the limit that was passed"
     assert hub.requests[before:] == []
 
 

@@ -67,7 +67,7 @@ def interrupted(tensors, path, metadata=None):
     "crash, code, message",
     [
         pytest.param(disk_full, 1, "hubmerge: error: No space left on device (", id="write-disk-full"),
-        pytest.param(interrupted, 130, "hubmerge: interrupted; nothing was written", id="write-interrupted"),
+        pytest.param(interrupted, 130, "hubmerge: interrupted; nothing was left half-written", id="write-interrupted"),
     ],
 )
 def test_crash_mid_write_leaves_the_old_state(capsys, tmp_path, adapters, monkeypatch, crash, code, message, existing):
