@@ -81,8 +81,8 @@ model = PeftModel.from_pretrained(base, "examples/adapters/{domain}")
 
 ## Licence and attribution
 
-The adapter is released under {licence_note}. Data: {dataset["name"]}; see `../shared/data/README.md` of the
-project for sources, commits, the conversion and caveats. The base model SmolLM2-135M-Instruct is Apache-2.0.
+The adapter is released under {licence_note}. Data: {dataset["name"]} on GitHub; `experiments/paper/` in the
+hubmerge repository shows how the pairs were drawn and formatted. The base model SmolLM2-135M-Instruct is Apache-2.0.
 """
     if domain == "medicine":
         body += (
