@@ -19,7 +19,7 @@ import time
 import torch
 
 from hubmerge import load_adapters, similarity
-from hubmerge.similarity import module_gram
+from hubmerge.interference import module_gram
 
 
 def rank_space(modules, scales) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from hubmerge import load_adapter
-from hubmerge.similarity import module_gram
+from hubmerge.interference import module_gram
 
 
 def adapter_dir(path: str) -> Path:

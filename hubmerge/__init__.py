@@ -5,12 +5,10 @@
 >>> result.save_pretrained("merged")
 """
 
-__version__ = "0.1.0"
-
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
+
+from ._version import __version__
 
 # Public name → the module that defines it. Imported on first use, so that
 # `hubmerge --help` and argument errors answer without importing torch.
@@ -31,14 +29,14 @@ _EXPORTS = {
     "MergeMethod": "methods",
     "MergeResult": "result",
     "MethodParams": "methods",
-    "Notice": "report",
+    "Notice": "notice",
     "OutputExistsError": "errors",
     "PushError": "errors",
     "RepoNotFoundError": "errors",
     "RevisionNotFoundError": "errors",
     "Source": "sources",
     "SourceError": "errors",
-    "Thresholds": "similarity",
+    "Thresholds": "interference",
     "UnsafeAdapterError": "errors",
     "check_compatibility": "compat",
     "get_method": "methods",
@@ -71,10 +69,10 @@ if TYPE_CHECKING:
         SourceError,
         UnsafeAdapterError,
     )
+    from .interference import Thresholds
     from .methods import METHODS, MergeMethod, MethodParams, get_method
-    from .report import Notice
+    from .notice import Notice
     from .result import MergeResult
-    from .similarity import Thresholds
     from .sources import Source, parse_source
 
 
@@ -88,23 +86,6 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """``hubmerge.merge`` and ``hubmerge.similarity`` are the API functions.
-
-    Importing the submodules of the same names (which :mod:`hubmerge.api` does)
-    would otherwise bind the modules there; they stay reachable as
-    ``sys.modules["hubmerge.merge"]`` and through ``from hubmerge.merge import ...``.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == "api":
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -18,14 +18,16 @@ import torch
 
 from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, nonfinite_factors, normalize_base_model
+from .config import build_config
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
+from .interference import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
-from .merge import build_config, concat_factors, pad_rank
 from .methods import MethodParams, get_method
 from .methods.combine import ModuleInput
-from .report import DTYPE_CHOICES, Notice, build_report, dtype_name, output_summary
+from .methods.exact import concat_factors, pad_rank
+from .notice import Notice
+from .report import DTYPE_CHOICES, build_report, dtype_name, output_summary
 from .result import MergeResult, build_recipe
-from .similarity import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .sources import Source, parse_source
 
 __all__ = ["load_adapters", "merge", "similarity"]

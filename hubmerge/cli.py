@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from . import __version__
+from ._version import __version__
 from .errors import HubError, HubmergeError, InvalidArgumentError, LimitExceededError, SourceError
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
 from .methods import MAJORITY_SIGN_CHOICES, METHODS

@@ -17,7 +17,7 @@ import torch
 
 from .adapter import LoraAdapter
 from .errors import IncompatibleAdaptersError
-from .report import Notice
+from .notice import Notice
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 

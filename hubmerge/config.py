@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from .errors import AdapterFormatError
 from .patterns import backtracks_exponentially
 
-__all__ = ["CONFIG_NAME", "AdapterConfig", "parse_config", "read_config"]
+__all__ = ["CONFIG_NAME", "AdapterConfig", "build_config", "parse_config", "read_config"]
 
 CONFIG_NAME = "adapter_config.json"
 MAX_RANK = 1 << 16
@@ -223,3 +224,56 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
         revision=optional_str("revision"),
         unsupported=unsupported,
     )
+
+
+def build_config(
+    modules: Sequence[str],
+    rank: int,
+    *,
+    base_model_name_or_path: str | None,
+    revision: str | None,
+    task_type: str | None,
+    fan_in_fan_out: bool,
+    modules_to_save: Sequence[str] = (),
+) -> dict:
+    """The merged adapter's ``adapter_config.json``, built from an allow-list.
+
+    Nothing is copied from the inputs' configs: every field is decided here,
+    so input-only settings (rsLoRA, patterns, dropout, init schemes) cannot
+    leak into the result and change its scale.
+
+    Every module is stored with one rank (``r = lora_alpha = rank``, scale
+    exactly 1; smaller modules are zero-padded) and ``target_modules`` lists
+    the modules' short names. No per-module patterns and no full module keys:
+    those break on loading when a key is a dotted suffix of another, when PEFT
+    renames an older checkpoint layout's keys, or with older PEFT pattern rules.
+    Same-named modules the inputs did not adapt get a LoRA whose B is zero.
+
+    Args:
+        modules: the merged module keys.
+        rank: the stored rank of every module.
+        base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
+        modules_to_save: full modules carried over from one input.
+    """
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": revision,
+        "r": rank,
+        "lora_alpha": rank,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": False,
+        "target_modules": sorted({key.rsplit(".", 1)[-1] for key in modules}),
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "fan_in_fan_out": fan_in_fan_out,
+        "modules_to_save": list(modules_to_save) or None,
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "lora_bias": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }

@@ -7,24 +7,12 @@ takes, and renders the readable summary the CLI prints (:func:`render_text`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from . import __version__
+from ._version import __version__
+from .notice import Notice
 
 __all__ = ["Notice", "build_report", "dtype_name", "output_summary", "render_text"]
 
 REPORT_NAME = "hubmerge_report.json"
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A warning for the user: a stable ``code`` for machines, a ``message`` for people."""
-
-    code: str
-    message: str
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
 
 
 # The output dtypes a merge can be asked for, by name (as ``--dtype`` takes them).

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save, save_file
 
-from . import __version__
+from ._version import __version__
 from .adapter import SAFETENSORS_NAME, LoraAdapter
 from .config import CONFIG_NAME
 from .errors import InvalidArgumentError

@@ -36,12 +36,13 @@ def test_importing_the_package_does_not_import_torch():
     assert out.stdout.split() == ["dare_linear", "False"], out.stderr
 
 
-def test_api_functions_are_not_shadowed_by_submodules():
-    # hubmerge.api imports the submodules hubmerge.merge and hubmerge.similarity.
+def test_no_submodule_shares_a_name_with_a_public_function():
+    # A module named like an API function (hubmerge.merge) would rebind the package attribute on import.
     probe = (
-        "import hubmerge.api, hubmerge.merge, hubmerge.similarity, hubmerge, sys\n"
-        "print(hubmerge.merge is hubmerge.api.merge, hubmerge.similarity is hubmerge.api.similarity,\n"
-        "      sys.modules['hubmerge.merge'].__name__)"
+        "import pkgutil, hubmerge, hubmerge.api, hubmerge.cli\n"
+        "mods = {m.name for m in pkgutil.walk_packages(hubmerge.__path__)}\n"
+        "print(sorted(mods & set(hubmerge.__all__)), hubmerge.merge is hubmerge.api.merge,"
+        " hubmerge.similarity is hubmerge.api.similarity)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["True", "True", "hubmerge.merge"], out.stderr
+    assert out.stdout.split() == ["[]", "True", "True"], out.stderr

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..merge import concat_factors
 from . import MethodParams
 from .dense import dare, disjoint_merge, magnitude_trim, weighted_sum
+from .exact import concat_factors
 from .lowrank import LowRank, dense_to_lowrank, truncate
 
 __all__ = ["ModuleInput"]

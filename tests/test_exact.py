@@ -15,7 +15,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import hubmerge
-from hubmerge.merge import concat_factors
+from hubmerge.methods.exact import concat_factors
 from tests.factory import BASES, input_ids, make_adapter, peft_logits, reference_logits
 
 # fp32 logits of a 2-layer model: the merge rounds once per factor, the

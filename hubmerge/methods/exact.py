@@ -1,11 +1,12 @@
-"""The exact sum, by rank concatenation, and the merged adapter's config.
+"""The exact sum, by rank concatenation.
 
 For one module with factors (Aᵢ, Bᵢ) and coefficients cᵢ = wᵢ·sᵢ::
 
     Σ cᵢ·Bᵢ·Aᵢ = [B₁ B₂ … Bₙ] · [c₁A₁; c₂A₂; …; cₙAₙ]
 
 so the merged module has rank R = Σ rᵢ and scale 1 (lora_alpha = r = R,
-no rsLoRA). Nothing here touches files or the network.
+no rsLoRA; the config is :func:`hubmerge.config.build_config`). Nothing here
+touches files or the network.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["build_config", "concat_factors", "pad_rank"]
+__all__ = ["concat_factors", "pad_rank"]
 
 
 def concat_factors(
@@ -76,56 +77,3 @@ def pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor,
         torch.cat([a, a.new_zeros(extra, a.shape[1])], dim=0),
         torch.cat([b, b.new_zeros(b.shape[0], extra)], dim=1),
     )
-
-
-def build_config(
-    modules: Sequence[str],
-    rank: int,
-    *,
-    base_model_name_or_path: str | None,
-    revision: str | None,
-    task_type: str | None,
-    fan_in_fan_out: bool,
-    modules_to_save: Sequence[str] = (),
-) -> dict:
-    """The merged adapter's ``adapter_config.json``, built from an allow-list.
-
-    Nothing is copied from the inputs' configs: every field is decided here,
-    so input-only settings (rsLoRA, patterns, dropout, init schemes) cannot
-    leak into the result and change its scale.
-
-    Every module is stored with one rank (``r = lora_alpha = rank``, scale
-    exactly 1; smaller modules are zero-padded) and ``target_modules`` lists
-    the modules' short names. No per-module patterns and no full module keys:
-    those break on loading when a key is a dotted suffix of another, when PEFT
-    renames an older checkpoint layout's keys, or with older PEFT pattern rules.
-    Same-named modules the inputs did not adapt get a LoRA whose B is zero.
-
-    Args:
-        modules: the merged module keys.
-        rank: the stored rank of every module.
-        base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
-        modules_to_save: full modules carried over from one input.
-    """
-    return {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model_name_or_path,
-        "revision": revision,
-        "r": rank,
-        "lora_alpha": rank,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_rslora": False,
-        "target_modules": sorted({key.rsplit(".", 1)[-1] for key in modules}),
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "fan_in_fan_out": fan_in_fan_out,
-        "modules_to_save": list(modules_to_save) or None,
-        "bias": "none",
-        "lora_dropout": 0.0,
-        "lora_bias": False,
-        "use_dora": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-    }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hubmerge
-from hubmerge.similarity import SimilarityAccumulator, Thresholds, module_gram
+from hubmerge.interference import SimilarityAccumulator, Thresholds, module_gram
 from tests.factory import make_adapter
 
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .report import Notice
+from .notice import Notice
 
 __all__ = ["ModuleGram", "SimilarityAccumulator", "Thresholds", "concat_gram", "module_gram"]
 
