@@ -194,10 +194,11 @@ def merge(
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
     names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
     broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
-    scratch = _scratch_buffers(adapters, compat.coverage)
+    scratch = _scratch_buffers(adapters, compat)
     for key, owners in compat.coverage.items():
-        factors = [adapters[i].factors(key) for i in owners]
-        scales = [adapters[i].scale(key) for i in owners]
+        own = [compat.own_key(i, key) for i in owners]  # an adapter in an older layout names it differently
+        factors = [adapters[i].factors(k) for i, k in zip(owners, own)]
+        scales = [adapters[i].scale(k) for i, k in zip(owners, own)]
         weights_here = [coefficients_w[i] for i in owners]
         # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
         work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
@@ -206,7 +207,7 @@ def merge(
         )
         stats = concat_gram(a_all, b_all, [a.shape[0] for a, _ in factors], owners, len(adapters))
         if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
-            broken.extend(p for i in owners for p in nonfinite_factors(adapters[i], key))
+            broken.extend(p for i, k in zip(owners, own) for p in nonfinite_factors(adapters[i], k))
             continue
         accumulator.add(key, stats)
         if report_only:
@@ -215,7 +216,7 @@ def merge(
         merged = chosen.combine(module, params)
         a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
         kept[key] = (merged.energy, merged.kept)
-        kind = adapters[owners[0]].modules[key].kind
+        kind = adapters[owners[0]].modules[own[0]].kind
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
         )
@@ -236,8 +237,10 @@ def merge(
     if not report_only:
         for group, owners in (("saved_modules", compat.saved_modules), ("base_layers", compat.base_layers)):
             for key, owner in owners.items():
-                for name in getattr(adapters[owner], group)[key]:
-                    tensors[name] = adapters[owner].tensor(name)
+                own_key = compat.own_key(owner, key)
+                for name in getattr(adapters[owner], group)[own_key]:
+                    # Written under the merge's layout: the rest of the name follows the module key.
+                    tensors[KEY_PREFIX + key + name[len(KEY_PREFIX) + len(own_key) :]] = adapters[owner].tensor(name)
 
     similarity_summary, similarity_notes = accumulator.summary()
     tasks = {a.config.task_type for a in adapters}
@@ -360,11 +363,11 @@ def _kept_energy(kept: dict[str, tuple[float, float]]) -> dict:
     }
 
 
-def _scratch_buffers(adapters: Sequence[LoraAdapter], coverage: dict[str, list[int]]) -> dict:
+def _scratch_buffers(adapters: Sequence[LoraAdapter], compat) -> dict:
     """One float32 buffer, sized for the largest module, that every module's analysis copy reuses."""
-    largest = 0
+    largest, coverage = 0, compat.coverage
     for key, owners in coverage.items():
-        spec = adapters[owners[0]].modules[key]
-        rank = sum(adapters[i].modules[key].rank for i in owners)
+        spec = adapters[owners[0]].modules[compat.own_key(owners[0], key)]
+        rank = sum(adapters[i].modules[compat.own_key(i, key)].rank for i in owners)
         largest = max(largest, rank * (spec.in_features + spec.out_features))
     return {torch.float32: torch.empty(largest, dtype=torch.float32)}

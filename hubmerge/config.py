@@ -243,11 +243,12 @@ def build_config(
     leak into the result and change its scale.
 
     Every module is stored with one rank (``r = lora_alpha = rank``, scale
-    exactly 1; smaller modules are zero-padded) and ``target_modules`` lists
-    the modules' short names. No per-module patterns and no full module keys:
-    those break on loading when a key is a dotted suffix of another, when PEFT
-    renames an older checkpoint layout's keys, or with older PEFT pattern rules.
-    Same-named modules the inputs did not adapt get a LoRA whose B is zero.
+    exactly 1; smaller modules are zero-padded) and ``target_modules`` is one
+    regular expression that selects exactly the merged modules (see
+    :mod:`hubmerge.peft_releases`). Only the fields some supported PEFT
+    release needs are written: releases 0.6 to 0.13 refuse keys they do not
+    know, and every field left out defaults, in every supported release, to
+    the value written here.
 
     Args:
         modules: the merged module keys.
@@ -255,25 +256,27 @@ def build_config(
         base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
         modules_to_save: full modules carried over from one input.
     """
-    return {
+    from .peft_releases import select_fields, target_modules_pattern
+
+    wanted = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "revision": revision,
         "r": rank,
         "lora_alpha": rank,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_rslora": False,
-        "target_modules": sorted({key.rsplit(".", 1)[-1] for key in modules}),
-        "layers_to_transform": None,
-        "layers_pattern": None,
+        "target_modules": target_modules_pattern(modules),
         "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(modules_to_save) or None,
         "bias": "none",
         "lora_dropout": 0.0,
-        "lora_bias": False,
-        "use_dora": False,
         "init_lora_weights": True,
-        "inference_mode": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": False,
+        "use_dora": False,
+        "lora_bias": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
     }
+    return select_fields(wanted, always=("peft_type", "r", "lora_alpha", "target_modules"))
