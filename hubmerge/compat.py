@@ -102,14 +102,15 @@ def check_compatibility(
         raise IncompatibleAdaptersError(["no adapters given"])
 
     for adapter in adapters:
-        problems.extend(adapter.problems)
         config = adapter.config
+        # The config says why first (DoRA, lora_bias …); the tensors it explains come after.
         if (config.peft_type or "").upper() != "LORA":
             problems.append(
                 f"{adapter.source}: peft_type is {config.peft_type!r}, not 'LORA'; only LoRA adapters can be merged"
             )
         for key, reason in config.unsupported.items():
             problems.append(f"{adapter.source}: {key} is set: {reason}")
+        problems.extend(adapter.problems)
         if not adapter.modules and not adapter.problems:  # else the problems say why none could be used
             problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
 

@@ -1,0 +1,87 @@
+"""One module under two checkpoint layouts is one module (hubmerge/layouts.py).
+
+An adapter saved against transformers' older Llava / Qwen2-VL layout is made
+here by renaming a current adapter's keys the way those releases named the
+modules (written out by hand, not with hubmerge's table); PEFT renames them
+back at load. Merged with an adapter in the current layout, the result must be
+exact against PEFT applying both and against base + Σ ΔWᵢ.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from hubmerge.cli import main
+from hubmerge.layouts import LAYOUT_RENAMES, layout_keymaps
+from tests.arch_zoo import make_adapter
+from tests.test_sweep import assert_exact
+
+PREFIX = "base_model.model."
+# How transformers before 4.52 named these modules (the current name's prefix → the old one).
+OLD_NAMES = {
+    "llava": [
+        ("model.language_model.", "language_model.model."),
+        ("model.vision_tower.", "vision_tower.vision_model."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ],
+    "qwen2_vl": [("model.language_model.", "model."), ("model.visual.", "visual.")],
+}
+
+
+def to_old_layout(directory: Path, arch: str) -> Path:
+    path = directory / "adapter_model.safetensors"
+    renamed = {}
+    for key, tensor in load_file(path).items():
+        rel = key.removeprefix(PREFIX)
+        for new, old in OLD_NAMES[arch]:
+            if rel.startswith(new):
+                rel = old + rel[len(new) :]
+                break
+        renamed[PREFIX + rel] = tensor
+    save_file(renamed, path)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "arch, old_targets",
+    [
+        ("llava", ["q_proj", "fc1", "linear_1"]),  # language model, vision tower, projector
+        ("qwen2_vl", ["q_proj", "qkv", "down_proj"]),
+    ],
+)
+def test_old_and_new_layout_merge_exactly(tmp_path, capsys, arch, old_targets):
+    new = make_adapter(tmp_path / "new", arch, seed=1, target_modules="all-linear")
+    twin = make_adapter(tmp_path / "twin", arch, seed=2, target_modules=old_targets)
+    old = to_old_layout(Path(shutil.copytree(twin, tmp_path / "old")), arch)
+    assert not (set(load_file(old / "adapter_model.safetensors")) & set(load_file(new / "adapter_model.safetensors")))
+    out = tmp_path / "out"
+    assert main([str(new), str(old), "--weights", "1,-0.5", "-o", str(out)]) == 0
+    # The references load the old adapter's current-layout twin (the same tensors): PEFT 0.21 itself drops
+    # old keys whose new name only adds "model." in front (multi_modal_projector., visual.) when it loads them.
+    assert_exact(arch, [(new, 1.0), (twin, -0.5)], out)
+    report = json.loads((out / "hubmerge_report.json").read_text())
+    assert [w["code"] for w in report["warnings"]].count("layout_renamed") == 1
+    shared = report["modules"]["shared_by_all"]
+    assert shared > 0 and all(not k.startswith(("language_model.", "visual.")) for k in report["modules"]["coverage"])
+
+
+def test_one_layout_alone_is_left_as_it_is(tmp_path):
+    # BLIP-2's current layout looks like Llava's old one: without an adapter in the new layout, nothing is renamed.
+    keys = [["language_model.model.layers.0.self_attn.q_proj"], ["language_model.model.layers.1.self_attn.q_proj"]]
+    keymaps, renamed = layout_keymaps(keys)
+    assert keymaps == [{}, {}] and renamed == []
+    keymaps, renamed = layout_keymaps([*keys, ["model.language_model.layers.0.self_attn.v_proj"]])
+    assert keymaps[0] == {keys[0][0]: "model.language_model.layers.0.self_attn.q_proj"}
+    assert [family for _, family in renamed] == ["llava", "llava"]
+
+
+def test_every_family_says_where_it_comes_from():
+    for family in LAYOUT_RENAMES:
+        assert family.origin and family.model_types and family.markers
+        for pattern, _ in family.renames:
+            assert pattern.startswith("^"), "renames apply to the start of a key, as transformers' do"
