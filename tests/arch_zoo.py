@@ -18,8 +18,8 @@ The references never use hubmerge:
 from __future__ import annotations
 
 import copy
-import json
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +75,8 @@ ARCHS: dict[str, Arch] = {
     arch.name: arch
     for arch in (
         Arch("llama", lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**_LLAMA_TEXT))),
-        Arch("gpt2", lambda: tf.GPT2LMHeadModel(
-            tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False))),
+        Arch("gpt2", lambda: tf.GPT2LMHeadModel(tf.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False))),
         Arch("gpt_neox", lambda: tf.GPTNeoXForCausalLM(
             tf.GPTNeoXConfig(**_SMALL, max_position_embeddings=64, tie_word_embeddings=False))),
         Arch("bloom", lambda: tf.BloomForCausalLM(

@@ -33,10 +33,12 @@ CASES: dict[str, tuple[str, list[dict], list[float], str]] = {
         "llama", [dict(target_modules=r".*\.(k_proj|o_proj)", use_rslora=True, r=8, lora_alpha=4),
                   dict(target_modules=["o_proj", "up_proj"])], [0.5, -1.0], "exact"),
     "llama: rank/alpha patterns, layers_to_transform": (
-        "llama", [dict(target_modules=["q_proj", "down_proj"], rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 3}),
+        "llama", [dict(target_modules=["q_proj", "down_proj"], rank_pattern={"down_proj": 2},
+                       alpha_pattern={"q_proj": 3}),
                   dict(target_modules=["q_proj"], layers_to_transform=[1], r=3)], [1.0, 2.0], "exact"),
     "llama: exclude_modules": (
-        "llama", [dict(_LM_ALL, exclude_modules=["down_proj"]), dict(target_modules=["down_proj"])], [1.0, 1.0], "exact"),
+        "llama", [dict(_LM_ALL, exclude_modules=["down_proj"]), dict(target_modules=["down_proj"])], [1.0, 1.0],
+        "exact"),
     "llama: embedding LoRA + lm_head in modules_to_save": (
         "llama", [dict(target_modules=["embed_tokens", "q_proj"]),
                   dict(target_modules=["v_proj"], modules_to_save=["lm_head"])], [1.0, 0.5], "exact"),
