@@ -102,6 +102,8 @@ def target_modules_pattern(keys: Iterable[str]) -> str:
     config short; the folding only groups keys that are all present.
     """
     names = sorted({alt for key in keys for alt in alternative_keys(key)})
+    if not names:
+        return "(?!)"  # selects nothing (a report without a merged module)
     by_slot: dict[tuple[str, str], set[str]] = {}
     plain: list[str] = []
     for name in names:

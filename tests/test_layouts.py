@@ -70,6 +70,20 @@ def test_old_and_new_layout_merge_exactly(tmp_path, capsys, arch, old_targets):
     assert shared > 0 and all(not k.startswith(("language_model.", "visual.")) for k in report["modules"]["coverage"])
 
 
+def test_all_in_the_old_layout_stays_old_and_loads(tmp_path):
+    # Nothing to reconcile: the keys stay as saved (PEFT renames them at load), and target_modules also
+    # names each module in the current layout, since PEFT matches it against the model's current names.
+    # (Language model and vision tower only: PEFT 0.21 drops old multi_modal_projector. keys by itself.)
+    specs = ((1, ["q_proj", "fc1"]), (2, ["v_proj", "fc2"]))
+    twins = [make_adapter(tmp_path / f"twin{i}", "llava", seed=i, target_modules=t) for i, t in specs]
+    old = [to_old_layout(Path(shutil.copytree(t, tmp_path / f"old{i}")), "llava") for i, t in enumerate(twins)]
+    out = tmp_path / "out"
+    assert main([*map(str, old), "--weights", "1,-1", "-o", str(out)]) == 0
+    keys = load_file(out / "adapter_model.safetensors")
+    assert all(k.startswith(("base_model.model.language_model.", "base_model.model.vision_tower.")) for k in keys)
+    assert_exact("llava", [(twins[0], 1.0), (twins[1], -1.0)], out)
+
+
 def test_one_layout_alone_is_left_as_it_is(tmp_path):
     # BLIP-2's current layout looks like Llava's old one: without an adapter in the new layout, nothing is renamed.
     keys = [["language_model.model.layers.0.self_attn.q_proj"], ["language_model.model.layers.1.self_attn.q_proj"]]
