@@ -44,6 +44,7 @@ class Arch:
     build: Callable[[], torch.nn.Module]
     task_type: str | None = None
     seq2seq: bool = False
+    extra_inputs: Callable[[], dict[str, torch.Tensor]] | None = None  # replaces input_ids (audio, images)
 
 
 def _llava():
@@ -70,6 +71,40 @@ def _qwen2_vl():
     return tf.Qwen2VLForConditionalGeneration(config)
 
 
+def _gemma3():
+    text = dict(_LLAMA_TEXT, head_dim=8, sliding_window=16)
+    vision = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=8,
+                  patch_size=4)  # fmt: skip
+    config = tf.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+        boi_token_index=VOCAB - 2, eoi_token_index=VOCAB - 3, tie_word_embeddings=False,
+    )  # fmt: skip
+    return tf.Gemma3ForConditionalGeneration(config)
+
+
+def _idefics3():
+    vision = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=8,
+                  patch_size=4)  # fmt: skip
+    config = tf.Idefics3Config(
+        text_config=tf.LlamaConfig(**_LLAMA_TEXT).to_dict(), vision_config=vision, scale_factor=1,
+        image_token_id=VOCAB - 1, tie_word_embeddings=False,
+    )  # fmt: skip
+    return tf.Idefics3ForConditionalGeneration(config)
+
+
+def _whisper():
+    return tf.WhisperForConditionalGeneration(tf.WhisperConfig(
+        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=32, decoder_start_token_id=0, pad_token_id=0, bos_token_id=0, eos_token_id=1,
+        suppress_tokens=None, begin_suppress_tokens=None, tie_word_embeddings=False,
+    ))  # fmt: skip
+
+
+def _noise(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
 _SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 ARCHS: dict[str, Arch] = {
     arch.name: arch
@@ -93,6 +128,28 @@ ARCHS: dict[str, Arch] = {
             max_position_embeddings=64)), task_type="SEQ_CLS"),
         Arch("llava", _llava),
         Arch("qwen2_vl", _qwen2_vl),
+        Arch("gemma3_vlm", _gemma3),
+        Arch("idefics3", _idefics3),
+        Arch("phi3", lambda: tf.Phi3ForCausalLM(tf.Phi3Config(
+            **_LLAMA_TEXT, pad_token_id=0))),
+        Arch("opt", lambda: tf.OPTForCausalLM(tf.OPTConfig(
+            vocab_size=VOCAB, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, word_embed_proj_dim=32, tie_word_embeddings=False))),
+        Arch("falcon", lambda: tf.FalconForCausalLM(tf.FalconConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False))),
+        Arch("mamba", lambda: tf.MambaForCausalLM(tf.MambaConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2, conv_kernel=2,
+            tie_word_embeddings=False))),
+        Arch("gpt2_tied", lambda: tf.GPT2LMHeadModel(tf.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))),
+        Arch("bart", lambda: tf.BartForConditionalGeneration(tf.BartConfig(
+            vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+            tie_word_embeddings=False)), seq2seq=True),
+        Arch("whisper", _whisper, seq2seq=True, extra_inputs=lambda: {"input_features": _noise(2, 8, 32)}),
+        Arch("vit_cls", lambda: tf.ViTForImageClassification(tf.ViTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=8,
+            patch_size=4, num_labels=3)), extra_inputs=lambda: {"pixel_values": _noise(2, 3, 8, 8)}),
     )
 }  # fmt: skip
 
@@ -128,7 +185,8 @@ def make_adapter(directory: Path, arch: str, *, seed: int = 1, **lora_kwargs) ->
 
 def inputs(arch: str) -> dict[str, torch.Tensor]:
     ids = torch.arange(3, 3 + 2 * 12).remainder(VOCAB - 3).reshape(2, 12)
-    feed = {"input_ids": ids}
+    extra = ARCHS[arch].extra_inputs
+    feed = extra() if extra is not None else {"input_ids": ids}
     if ARCHS[arch].seq2seq:
         feed["decoder_input_ids"] = ids[:, :6]
     return feed

@@ -70,6 +70,38 @@ CASES: dict[str, tuple[str, list[dict], list[float], str]] = {
         "llava", [dict(_LM_ALL), dict(target_modules=["q_proj", "linear_1"])], [1.0, 1.0], "exact"),
     "qwen2_vl: all-linear (merger mlp.0 / mlp.2) + list": (
         "qwen2_vl", [dict(_LM_ALL), dict(target_modules=["q_proj"])], [1.0, 0.5], "exact"),
+    "gemma3 VLM: all-linear + list": (
+        "gemma3_vlm", [dict(_LM_ALL), dict(target_modules=["q_proj", "fc2"])], [1.0, 1.0], "exact"),
+    "idefics3: all-linear + list": (
+        "idefics3", [dict(_LM_ALL), dict(target_modules=["v_proj", "proj"])], [1.0, -1.0], "exact"),
+    "phi3: fused qkv_proj / gate_up_proj": (
+        "phi3", [dict(target_modules=["qkv_proj", "gate_up_proj"]), dict(_LM_ALL, r=2)], [1.0, 1.0], "exact"),
+    "opt: three adapters": (
+        "opt", [dict(_LM_ALL), dict(target_modules=["q_proj", "v_proj"], r=8, lora_alpha=32),
+                dict(target_modules=["fc1"], use_rslora=True)], [1.0, 0.5, -0.25], "exact"),
+    "falcon: saved embeddings (word_embeddings)": (
+        "falcon", [dict(target_modules=["query_key_value"], save_embedding_layers=True),
+                   dict(target_modules=["dense_h_to_4h"])], [1.0, 1.0], "exact"),
+    "mamba: in_proj / x_proj": (
+        "mamba", [dict(target_modules=["in_proj", "x_proj"]), dict(target_modules=["x_proj", "in_proj"], r=2)],
+        [1.0, 1.0], "exact"),
+    "gpt2, tied embeddings: saved embeddings": (
+        "gpt2_tied", [dict(target_modules=["c_attn"], save_embedding_layers=True),
+                      dict(target_modules=["c_fc"])], [1.0, 1.0], "exact"),
+    "gpt2: layers_to_transform with layers_pattern h": (
+        "gpt2", [dict(target_modules=["c_attn"], layers_to_transform=[0], layers_pattern="h"),
+                 dict(target_modules=["c_attn", "c_proj"])], [1.0, 1.0], "exact"),
+    "bart: encoder-decoder, all-linear + list": (
+        "bart", [dict(_LM_ALL), dict(target_modules=["q_proj", "fc2"])], [1.0, 1.0], "exact"),
+    "whisper: audio encoder-decoder": (
+        "whisper", [dict(target_modules=["q_proj", "v_proj"]), dict(target_modules=["fc1", "q_proj"])],
+        [1.0, 1.0], "exact"),
+    "vit: image classifier head carried + LoRA": (
+        "vit_cls", [dict(target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]),
+                    dict(target_modules=["fc1"])], [1.0, 1.0], "exact"),
+    "llama: lm_head saved in full by one, LoRA on it in another": (
+        "llama", [dict(target_modules=["q_proj"], modules_to_save=["lm_head"]), dict(target_modules=["lm_head"])],
+        [1.0, 1.0], "is saved in full (modules_to_save)"),
     "llama: DoRA": (
         "llama", [dict(use_dora=True), dict()], [1.0, 1.0], "use_dora is set"),
 }  # fmt: skip
