@@ -182,7 +182,7 @@ def merge(
     )
     if out_dtype is None:
         out_dtype, dtype_notes = _inputs_dtype(adapters)
-    canonical = _canonical_base_models(adapters, resolve_base_model, token)
+    canonical, base_notes = _canonical_base_models(adapters, resolve_base_model, token)
     compat = check_compatibility(
         adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical, scan_factors=False
     )
@@ -257,7 +257,7 @@ def merge(
     exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
     report = build_report(
         adapters, coefficients_w, compat, similarity_summary,
-        [*compat.warnings, *dtype_notes, *similarity_notes],
+        [*compat.warnings, *base_notes, *dtype_notes, *similarity_notes],
         output=None if report_only else output_summary(ranks, out_dtype),
         canonical=canonical,
         method={**chosen.to_dict(), "exact": exact, "parameters": used},
@@ -335,23 +335,36 @@ def _inputs_dtype(adapters: list[LoraAdapter]) -> tuple[torch.dtype, list[Notice
     return chosen, [Notice("mixed_dtypes", message)]
 
 
-def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, str]:
+def _canonical_base_models(adapters, resolve: bool | None, token) -> tuple[dict[str, str], list[Notice]]:
+    """Base model name → the model whose weights it holds (canonical id, quantized mirrors followed to
+    their root), where the Hub was asked; and a notice per quantized mirror saying who trained on it."""
     names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
     if resolve is None:
         from_hub = any(a.repo_id for a in adapters)
         resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
     if not resolve:
-        return {}
-    from .hub import canonical_repo_id
+        return {}, []
+    from .hub import resolve_base_model
 
-    found = {}
+    found, notes = {}, []
     for name in sorted(names):
         if Path(name).expanduser().is_dir():
             continue  # a local base model: nothing to ask the Hub
-        canonical = canonical_repo_id(name, token=token)
-        if canonical is not None:
-            found[name] = canonical
-    return found
+        info = resolve_base_model(name, token=token)
+        if info is None:
+            continue
+        found[name] = info.root
+        if info.quantized_from:
+            users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
+            notes.append(
+                Notice(
+                    "quantized_base",
+                    f"{users}: trained on {info.repo_id!r}, a quantized mirror "
+                    f"({info.quantization or 'quantization_config'}) of {info.root!r}; compared as {info.root!r}, "
+                    "so its delta was learnt against the quantized weights",
+                )
+            )
+    return found, notes
 
 
 def _kept_energy(kept: dict[str, tuple[float, float]]) -> dict:

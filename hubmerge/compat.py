@@ -186,9 +186,16 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
     for adapter in named[1:]:
         theirs = adapter.config.base_model_name_or_path
         if identity(theirs) != identity(base):
+            unresolved = [n for n in (base, theirs) if n not in canonical]
             message = (
                 f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"
+                + (
+                    f" ({', '.join(map(repr, unresolved))} not resolved on the Hub, so compared by name: a renamed "
+                    "repo or a quantized mirror of the same model is only recognised online)"
+                    if unresolved
+                    else ""
+                )
             )
             if allow_mismatch:
                 warnings.append(Notice("base_model_mismatch", message + " (allowed by --allow-base-mismatch)"))
