@@ -119,6 +119,8 @@ ARCHS: dict[str, Arch] = {
         Arch("t5", lambda: tf.T5ForConditionalGeneration(tf.T5Config(
             vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, decoder_start_token_id=0,
             tie_word_embeddings=False)), seq2seq=True),
+        Arch("llama_cls", lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(
+            **_LLAMA_TEXT, num_labels=3, pad_token_id=0)), task_type="SEQ_CLS"),
         Arch("bert_cls", lambda: tf.BertForSequenceClassification(
             tf.BertConfig(**_SMALL, num_labels=3, max_position_embeddings=64)), task_type="SEQ_CLS"),
         Arch("roberta_cls", lambda: tf.RobertaForSequenceClassification(
