@@ -132,6 +132,11 @@ ARCHS: dict[str, Arch] = {
         Arch("qwen2_vl", _qwen2_vl),
         Arch("gemma3_vlm", _gemma3),
         Arch("idefics3", _idefics3),
+        Arch("mixtral", lambda: tf.MixtralForCausalLM(tf.MixtralConfig(
+            **_LLAMA_TEXT, num_local_experts=2, num_experts_per_tok=1))),
+        Arch("qwen2_moe", lambda: tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(
+            **_LLAMA_TEXT, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16))),
         Arch("phi3", lambda: tf.Phi3ForCausalLM(tf.Phi3Config(
             **_LLAMA_TEXT, pad_token_id=0))),
         Arch("opt", lambda: tf.OPTForCausalLM(tf.OPTConfig(

@@ -113,6 +113,12 @@ CASES: dict[str, tuple[str, list[dict], list[float], str]] = {
     "t5: saved embeddings (shared)": (
         "t5", [dict(target_modules=["q"], save_embedding_layers=True), dict(target_modules=["wo"])],
         [1.0, 1.0], "exact"),
+    "mixtral: attention (experts left to target_parameters)": (
+        "mixtral", [dict(target_modules=["q_proj", "o_proj"]), dict(target_modules=["v_proj"], r=2)],
+        [1.0, 1.0], "exact"),
+    "qwen2_moe: attention + shared expert": (
+        "qwen2_moe", [dict(target_modules=["q_proj", "shared_expert.up_proj"]),
+                      dict(target_modules=["k_proj", "shared_expert.down_proj"])], [1.0, -1.0], "exact"),
     "llama: DoRA": (
         "llama", [dict(use_dora=True), dict()], [1.0, 1.0], "use_dora is set"),
 }  # fmt: skip
