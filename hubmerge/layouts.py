@@ -129,6 +129,9 @@ def layout_keymaps(key_sets: Sequence[Sequence[str]]) -> tuple[list[dict[str, st
             if not others_new or _in_new_layout(keys, family):
                 continue
             mapping = {key: new for key in keys if (new := family.rename(key)) is not None and new != key}
+            unchanged = set(keys) - set(mapping)
+            if len(set(mapping.values())) < len(mapping) or unchanged & set(mapping.values()):
+                continue  # two of its own keys would become one: not a layout this family knows
             if mapping:
                 keymaps[index] = mapping
                 renamed.append((index, family.name))

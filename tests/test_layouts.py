@@ -99,3 +99,9 @@ def test_every_family_says_where_it_comes_from():
         assert family.origin and family.model_types and family.markers
         for pattern, _ in family.renames:
             assert pattern.startswith("^"), "renames apply to the start of a key, as transformers' do"
+
+
+def test_a_rename_that_would_merge_two_of_one_adapters_keys_is_not_applied():
+    own = ["vision_tower.vision_model.encoder.layers.0.q_proj", "vision_tower.encoder.layers.0.q_proj"]
+    keymaps, renamed = layout_keymaps([own, ["model.language_model.layers.0.q_proj"]])
+    assert keymaps[0] == {} and renamed == []
