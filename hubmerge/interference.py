@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .notice import Notice
+from .report import Matrix, ModuleSimilarity, SimilarityReport
 
 __all__ = ["ModuleGram", "SimilarityAccumulator", "Thresholds", "concat_gram", "module_gram"]
 
@@ -71,7 +72,7 @@ class Thresholds:
     a_overlap: float = 0.53
     max_listed: int = 5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -167,7 +168,8 @@ class SimilarityAccumulator:
 
     names: list[str]
     thresholds: Thresholds = field(default_factory=Thresholds)
-    per_module: dict[str, dict] = field(default_factory=dict)
+    weights: Sequence[float] | None = None  # the merge weights: a zero-weight delta is zero on purpose
+    per_module: dict[str, ModuleSimilarity] = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.names)
@@ -202,16 +204,16 @@ class SimilarityAccumulator:
         self._total += float(stats.gram.sum())
         self._energy += float(diag.sum())
         for i in stats.present:
-            if diag[i] == 0:
+            if diag[i] == 0 and (self.weights is None or self.weights[i] != 0):
                 self._zero[i] = self._zero.get(i, 0) + 1
-        self.per_module[module] = {
-            "adapters": [self.names[i] for i in stats.present],
-            "norms": [round_float(float(stats.norms[i])) for i in stats.present],
-            "cosine": _pairs(cos, stats.present, self.names),
-            "interference": round_float(stats.interference),
-        }
+        self.per_module[module] = ModuleSimilarity(
+            adapters=tuple(self.names[i] for i in stats.present),
+            norms=tuple(round_float(float(stats.norms[i])) for i in stats.present),
+            cosine=_pairs(cos, stats.present, self.names),
+            interference=round_float(stats.interference),
+        )
 
-    def summary(self) -> tuple[dict, list[Notice]]:
+    def summary(self) -> tuple[SimilarityReport, list[Notice]]:
         """The pair matrices, the interference ratio and the warnings."""
         count = self._defined.to(torch.float64)
         with torch.no_grad():
@@ -223,17 +225,17 @@ class SimilarityAccumulator:
                 self._overlap_count > 0, self._overlap_sum / self._overlap_count.clamp_min(1), torch.nan
             )
         overall = self._total / self._energy if self._energy > 0 else None
-        result = {
-            "adapters": list(self.names),
-            "rms_cosine": _matrix(rms),
-            "mean_cosine": _matrix(mean),
-            "norm_weighted_cosine": _matrix(weighted),
-            "shared_modules": self._count.tolist(),
-            "a_overlap": _matrix(overlap),
-            "interference_ratio": round_float(overall),
-            "thresholds": self.thresholds.to_dict(),
-            "per_module": self.per_module,
-        }
+        result = SimilarityReport(
+            adapters=tuple(self.names),
+            rms_cosine=_matrix(rms),
+            mean_cosine=_matrix(mean),
+            norm_weighted_cosine=_matrix(weighted),
+            shared_modules=tuple(tuple(row) for row in self._count.tolist()),
+            a_overlap=_matrix(overlap),
+            interference_ratio=round_float(overall),
+            thresholds=self.thresholds.to_dict(),
+            per_module=dict(self.per_module),
+        )
         return result, self._warnings(rms, mean, overlap)
 
     def _warnings(self, rms, mean, overlap) -> list[Notice]:
@@ -273,9 +275,7 @@ class SimilarityAccumulator:
         cancelling = [
             key
             for key, stats in self.per_module.items()
-            if len(stats["adapters"]) > 1
-            and stats["interference"] is not None
-            and stats["interference"] < t.cancel_ratio
+            if len(stats.adapters) > 1 and stats.interference is not None and stats.interference < t.cancel_ratio
         ]
         if cancelling:
             shown = ", ".join(cancelling[: t.max_listed]) + (" …" if len(cancelling) > t.max_listed else "")
@@ -304,8 +304,8 @@ def round_float(value: float | None, digits: int = 6) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
-def _matrix(values: torch.Tensor) -> list[list[float | None]]:
-    return [[round_float(float(v)) for v in row] for row in values]
+def _matrix(values: torch.Tensor) -> Matrix:
+    return tuple(tuple(round_float(float(v)) for v in row) for row in values)
 
 
 def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:
