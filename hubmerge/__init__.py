@@ -6,7 +6,7 @@
 """
 
 import importlib
-from typing import TYPE_CHECKING
+import typing
 
 from ._version import __version__
 
@@ -54,7 +54,7 @@ _EXPORTS = {
     "similarity": "api",
 }
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .adapter import LoraAdapter, load_adapter
     from .api import merge, similarity
     from .compat import Compatibility, check_compatibility

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -103,7 +104,7 @@ class LoraAdapter:
         counts: dict[torch.dtype, int] = {}
         for spec in self.modules.values():
             counts[dtypes[spec.a_name]] = counts.get(dtypes[spec.a_name], 0) + 1
-        self.dtype = max(counts, key=counts.get) if counts else torch.float32
+        self.dtype = max(counts, key=lambda d: counts[d]) if counts else torch.float32
 
     def __repr__(self) -> str:
         return f"LoraAdapter(name={self.name!r}, source={self.source!r}, modules={len(self.modules)})"
@@ -214,7 +215,7 @@ class LoraAdapter:
         if a_name is None or b_name is None:
             present, missing = ("lora_A", "lora_B") if b_name is None else ("lora_B", "lora_A")
             self.problems.append(
-                f"{self._where(a_name or b_name)}: module {module!r} has {present} but no {missing} "
+                f"{self._where(a_name or b_name or module)}: module {module!r} has {present} but no {missing} "
                 "(the file is incomplete)"
             )
             return None
@@ -276,7 +277,7 @@ class _TensorReader:
     def __init__(self, path: Path, tensors: dict[str, torch.Tensor] | None = None):
         self._path = path
         self._tensors = tensors
-        self._handle = None  # opened on first read: parsing the header once, not per tensor
+        self._handle: Any = None  # opened on first read: parsing the header once, not per tensor
 
     def get(self, name: str) -> torch.Tensor:
         if self._tensors is not None:

@@ -31,7 +31,7 @@ from .methods import MergeMethod, MethodParams, get_method
 from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
 from .notice import Notice
-from .provenance import HubOrigin
+from .provenance import HubOrigin, LocalOrigin
 from .recipe import RecipeSource, recipe_of
 from .report import (
     DTYPE_CHOICES,
@@ -411,6 +411,7 @@ def _source_summary(adapter: LoraAdapter, name: str, weight: float) -> SourceSum
     ranks = [spec.rank for spec in adapter.modules.values()] or [0]
     origin = adapter.origin
     hub = origin if isinstance(origin, HubOrigin) else None
+    local = origin if isinstance(origin, LocalOrigin) else None
     config = adapter.config
     targets = config.target_modules
     return SourceSummary(
@@ -434,7 +435,7 @@ def _source_summary(adapter: LoraAdapter, name: str, weight: float) -> SourceSum
         task_type=config.task_type,
         base_model=config.base_model_name_or_path,
         target_modules=tuple(targets) if isinstance(targets, list) else targets,
-        files_sha256=None if hub else dict(origin.files_sha256),
+        files_sha256=dict(local.files_sha256) if local else None,
     )
 
 

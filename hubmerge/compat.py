@@ -154,8 +154,8 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
             )
     base = named[0].config.base_model_name_or_path if named else None
     for adapter in named[1:]:
-        theirs = adapter.config.base_model_name_or_path
-        if identity(theirs) != identity(base):
+        theirs = adapter.config.base_model_name_or_path or ""
+        if identity(theirs) != identity(base or ""):
             message = (
                 f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"

@@ -51,9 +51,9 @@ try:  # huggingface_hub 2.x talks HTTP through its own httpx fork
     from httpx2 import TimeoutException as _TimeoutError
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover - older huggingface_hub
-    from httpx import ConnectError as _ConnectError
-    from httpx import TimeoutException as _TimeoutError
-    from httpx import TransportError as _TransportError
+    from httpx import ConnectError as _ConnectError  # type: ignore[assignment]
+    from httpx import TimeoutException as _TimeoutError  # type: ignore[assignment]
+    from httpx import TransportError as _TransportError  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,12 @@ class PulledAdapter:
     origin: HubOrigin
 
 
+def _hub_repo(source: Source) -> str:
+    if source.repo_id is None:
+        raise ValueError(f"{source.text!r} is a local source, not a Hub one")  # a caller's bug
+    return source.repo_id
+
+
 def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
@@ -106,7 +112,7 @@ def _has_token(token) -> bool:
     return get_token() is not None
 
 
-def _explain(err: Exception, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
+def _explain(err: BaseException, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
     """Turn a huggingface_hub/transport error into a one-line HubError (raise it ``from err``)."""
     url = f"{constants.ENDPOINT}/{repo_id}"
     fields: dict[str, Any] = {"source": where, "repo_id": repo_id or None, "revision": revision}
@@ -199,7 +205,7 @@ def resolve_adapter(source: Source, *, token: str | bool | None = None, allow_pi
         AdapterNotFoundError: no adapter at that path of the repo.
         UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
     """
-    repo_id, revision, where = source.repo_id, source.revision, source.text
+    repo_id, revision, where = _hub_repo(source), source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
     weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
     config_name = f"{prefix}{CONFIG_NAME}"
@@ -261,7 +267,7 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
         AdapterNotFoundError: the cached snapshot holds no adapter config.
     """
     source = resolved.source
-    repo_id, revision, where = source.repo_id, source.revision, source.text
+    repo_id, revision, where = _hub_repo(source), source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
     config_name, *weights = resolved.files
     snapshots = set()
@@ -322,9 +328,9 @@ def _metadata_timeout() -> float:
     return constants.HF_HUB_ETAG_TIMEOUT
 
 
-def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle: bool) -> None:
+def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow_pickle: bool) -> None:
     prefix = f"{source.subfolder}/" if source.subfolder else ""
-    at = f"{source.repo_id}@{sha[:7]}"
+    at = f"{source.repo_id}@{(sha or 'head')[:7]}"
     if f"{prefix}{CONFIG_NAME}" not in files:
         found = sorted(name[: -len(CONFIG_NAME)].rstrip("/") or "." for name in files if name.endswith(CONFIG_NAME))
         place = f"subfolder {source.subfolder!r}" if source.subfolder else "the repo root"

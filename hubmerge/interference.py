@@ -119,13 +119,14 @@ def module_gram(
     Returns:
         The :class:`ModuleGram`; ``gram[i, j] = ⟨cᵢBᵢAᵢ, cⱼBⱼAⱼ⟩_F``.
     """
-    present = [i for i, f in enumerate(factors) if f is not None]
-    if not present:
+    given = [(i, f) for i, f in enumerate(factors) if f is not None]
+    present = [i for i, _ in given]
+    if not given:
         return concat_gram(None, None, [], [], len(factors))
-    work = torch.float64 if any(factors[i][0].dtype == torch.float64 for i in present) else torch.float32
-    a_all = torch.cat([factors[i][0].to(work) * coefficients[i] for i in present], dim=0)
-    b_all = torch.cat([factors[i][1].to(work) for i in present], dim=1)
-    return concat_gram(a_all, b_all, [factors[i][0].shape[0] for i in present], present, len(factors))
+    work = torch.float64 if any(a.dtype == torch.float64 for _, (a, _) in given) else torch.float32
+    a_all = torch.cat([a.to(work) * coefficients[i] for i, (a, _) in given], dim=0)
+    b_all = torch.cat([b.to(work) for _, (_, b) in given], dim=1)
+    return concat_gram(a_all, b_all, [a.shape[0] for _, (a, _) in given], present, len(factors))
 
 
 def concat_gram(
@@ -142,7 +143,7 @@ def concat_gram(
     """
     gram = torch.zeros(n, n, dtype=torch.float64)
     overlap = torch.full((n, n), math.nan, dtype=torch.float64)
-    if not present:
+    if not present or a_all is None or b_all is None:
         return ModuleGram(gram, overlap, present)
     a_gram = (a_all @ a_all.T).double()  # R×R
     b_gram = (b_all.T @ b_all).double()

@@ -19,7 +19,7 @@ from .errors import OutputExistsError
 __all__ = ["check_writable", "write_directory"]
 
 # name → a function that writes that file to the given path
-FileWriter = Callable[[Path], None]
+FileWriter = Callable[[Path], object]
 
 
 def check_writable(directory: str | Path, *, overwrite: bool = False) -> Path:

@@ -274,7 +274,7 @@ def _from_json(kind: Any, value: Any, where: str) -> Any:
                 args[spec.name] = _from_json(hints[spec.name], value[key], f"{where}.{key}")
             elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise ValueError(f"{where}: missing field {key!r}")
-        return kind(**args)
+        return typing.cast(Any, kind)(**args)
     if origin is tuple:
         items = typing.get_args(kind)
         if not isinstance(value, list):

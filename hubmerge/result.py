@@ -104,8 +104,7 @@ class MergeResult:
             # straight from the tensors to the file: no second in-memory copy of the weights
             SAFETENSORS_NAME: lambda path: save_file(dict(self.tensors), str(path), metadata=_metadata()),
         }
-        for name, data in small.items():
-            writers[name] = lambda path, data=data: path.write_bytes(data)
+        writers.update({name: _writer(data) for name, data in small.items()})
         return write_directory(save_directory, writers, overwrite=overwrite)
 
     def _small_files(self, repo_id: str | None, figure: bool) -> dict[str, Callable[[], bytes]]:
@@ -190,6 +189,10 @@ class MergeResult:
         if not repo_id or "/" not in repo_id:
             repo_id = f"{whoami(token=token)}/{repo_id or self.default_repo_name()}"
         return check_repo_id(repo_id)
+
+
+def _writer(data: bytes) -> Callable[[Path], object]:
+    return lambda path: path.write_bytes(data)
 
 
 def _metadata() -> dict[str, str]:

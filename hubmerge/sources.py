@@ -51,8 +51,9 @@ class Source:
         """A short readable name (the last path or subfolder component)."""
         if self.path is not None:
             return self.path.resolve().name or str(self.path)
-        leaf = self.subfolder.rsplit("/", 1)[-1] if self.subfolder else self.repo_id.split("/")[-1]
-        return leaf
+        if self.subfolder:
+            return self.subfolder.rsplit("/", 1)[-1]
+        return (self.repo_id or self.text).split("/")[-1]
 
     def __str__(self) -> str:
         return self.text
