@@ -404,6 +404,7 @@ def _read_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
             reason="recipe",
         ) from err
     recipe = Recipe.from_dict(data, where=f"--recipe {args.recipe}")
+    recipe.check_local_sources()
     # What the original merge needed consent for needs the consent of whoever replays it, not of the file.
     needed = [
         flag

@@ -19,6 +19,7 @@ import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
@@ -112,6 +113,39 @@ class Recipe:
             "--allow-pickle"
         ] * self.needs_allow_pickle
         return shlex.join(words)
+
+    def check_local_sources(self) -> None:
+        """Check that each local source's folder holds the files the recipe pinned (by sha256).
+
+        A recipe names a local folder only by its name, so a replay finds it relative to the
+        working directory; this makes sure it is the same adapter, not another of that name.
+
+        Raises:
+            InvalidArgumentError: a folder is missing, or a file's sha256 differs from the recorded one.
+        """
+        from .provenance import local_origin
+
+        for index, item in enumerate(self.sources):
+            if not item.files_sha256:
+                continue
+            folder = Path(item.source).expanduser()
+            files = tuple(folder / name for name in item.files_sha256)
+            if not all(path.is_file() for path in files):
+                raise InvalidArgumentError(
+                    f"recipe source {index} {item.source!r}: no folder with {', '.join(item.files_sha256)} "
+                    "here; run the replay where the recipe's local folders are",
+                    reason="recipe_source_missing",
+                    source=item.source,
+                )
+            found = dict(local_origin(folder, files).files_sha256)
+            for name, digest in item.files_sha256.items():
+                if found[name] != digest:
+                    raise InvalidArgumentError(
+                        f"recipe source {index} {item.source!r}: {name} has sha256 {found[name][:12]}…, not the "
+                        f"recorded {digest[:12]}…; this is not the adapter the recipe was made from",
+                        reason="recipe_source_changed",
+                        source=item.source,
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``hubmerge_recipe.json``."""

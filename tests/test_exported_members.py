@@ -39,7 +39,9 @@ def test_all_is_sorted_and_equals_what_a_fresh_import_exports():
     # Submodules become attributes once imported (resolving the exports imports them): not exports.
     public = {name for name, where in fresh["found"].items() if where != "module"}
     assert fresh["all"] == sorted(fresh["all"])
-    assert public == exported, f"exported but missing: {exported - public}; public but not in __all__: {public - exported}"
+    assert public == exported, (
+        f"exported but missing: {exported - public}; public but not in __all__: {public - exported}"
+    )
     for name, where in fresh["found"].items():
         if name in exported and where is not None:
             assert where.startswith("hubmerge"), f"{name} comes from {where}, not from hubmerge"

@@ -356,3 +356,19 @@ def test_failed_commit_leaves_no_new_repo(capsys, hub, two_repos):
         hub.faults.remove(refuse_commits)
     assert code == 1 and f"cannot commit to {target}" in err and "HTTP 500" in err
     assert target not in hub.list_repos(), "the repo created for the push was removed again"
+
+
+def test_pushing_unchanged_content_says_no_commit_was_made(capsys, hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('twice')}"
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target, "--json")
+    assert code == 0, err
+    first = json.loads(out)["push"]
+    assert first["created_repo"] is True and first["changed"] is True
+    assert f"created and pushed to {constants.ENDPOINT}/{target}" in err
+    commits = len(hub.list_commits(target))
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target)
+    assert code == 0, err
+    assert "already holds exactly these files: no commit was made" in out
+    assert "/commit/" not in out
+    assert len(hub.list_commits(target)) == commits
