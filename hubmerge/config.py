@@ -258,7 +258,7 @@ def build_config(
     """
     from .peft_releases import select_fields, target_modules_pattern
 
-    wanted = {
+    wanted: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,

@@ -49,7 +49,7 @@ def _version(text: str) -> tuple[int, ...]:
 @cache
 def peft_releases() -> dict[str, dict[str, Any]]:
     """Release → its ``LoraConfig`` field → default (non-literal defaults as ``"<factory: …>"`` text)."""
-    text = resources.files("hubmerge").joinpath("data", _DATA).read_text(encoding="utf-8")
+    text = resources.files("hubmerge").joinpath("data").joinpath(_DATA).read_text(encoding="utf-8")
     return json.loads(text)["releases"]
 
 
@@ -115,8 +115,8 @@ def target_modules_pattern(keys: Iterable[str]) -> str:
         head, tail = ".".join(parts[:slot]), ".".join(parts[slot + 1 :])
         by_slot.setdefault((head, tail), set()).add(parts[slot])
     by_numbers: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for (head, tail), numbers in by_slot.items():
-        by_numbers.setdefault((head, tuple(sorted(numbers, key=int))), []).append(tail)
+    for (head, tail), found in by_slot.items():
+        by_numbers.setdefault((head, tuple(sorted(found, key=int))), []).append(tail)
     pieces = list(plain)
     for (head, numbers), tails in sorted(by_numbers.items()):
         piece = (re.escape(head) + r"\.") if head else ""
@@ -130,6 +130,6 @@ def target_modules_pattern(keys: Iterable[str]) -> str:
     return pieces[0] if len(pieces) == 1 else "(?:" + "|".join(pieces) + ")"
 
 
-def _alternation(items, *, escaped: bool = False) -> str:
-    items = list(items) if escaped else [re.escape(i) for i in items]
-    return items[0] if len(items) == 1 else "(?:" + "|".join(items) + ")"
+def _alternation(items: Iterable[str], *, escaped: bool = False) -> str:
+    parts = list(items) if escaped else [re.escape(i) for i in items]
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"

@@ -68,7 +68,7 @@ def test_adapters_on_a_quantized_mirror_and_on_its_root_merge(tmp_path, bases, m
     root = _adapter(tmp_path, "on-root", bases["root"], 1)
     qlora = _adapter(tmp_path, "qlora", bases[mirror], 2)
     result = hubmerge.merge([root, qlora])
-    report = result.report
+    report = result.report.to_dict()
     assert report["base_model"]["resolved"] is True and report["base_model"]["canonical"] == bases["root"]
     notes = [w["message"] for w in report["warnings"] if w["code"] == "quantized_base"]
     assert len(notes) == 1 and str(qlora) in notes[0] and bases[mirror] in notes[0] and bases["root"] in notes[0]
