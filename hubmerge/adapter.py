@@ -18,6 +18,7 @@ report together; files that cannot be parsed at all raise at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
-from .provenance import HubOrigin, LocalOrigin, Origin, local_origin
+from .provenance import HubOrigin, LocalOrigin, Origin, local_origin_soon
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -93,7 +94,7 @@ class LoraAdapter:
         self.config = config
         self.weights_file = weights_file
         self.hub_origin = hub_origin
-        self._local_origin: LocalOrigin | None = None
+        self._local_origin: Future[LocalOrigin] | None = None
         self._reader = reader
         self._dtypes = dtypes
         self._shapes = shapes
@@ -114,8 +115,14 @@ class LoraAdapter:
         if self.hub_origin is not None:
             return self.hub_origin
         if self._local_origin is None:
-            self._local_origin = local_origin(self.path, (self.path / CONFIG_NAME, self.weights_file))
-        return self._local_origin
+            self.hash_files()
+        assert self._local_origin is not None
+        return self._local_origin.result()
+
+    def hash_files(self) -> None:
+        """Start computing a local adapter's sha256 digests in the background (see :attr:`origin`)."""
+        if self.hub_origin is None and self._local_origin is None:
+            self._local_origin = local_origin_soon(self.path, (self.path / CONFIG_NAME, self.weights_file))
 
     # -- reading -----------------------------------------------------------------
     def tensor(self, name: str) -> torch.Tensor:

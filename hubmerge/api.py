@@ -172,6 +172,8 @@ def merge(
         max_adapters=max_adapters,
         max_download_bytes=max_download_bytes,
     )
+    for adapter in adapters:
+        adapter.hash_files()  # local sources' digests (for the recipe and card), beside the merge
     names = display_names([a.name for a in adapters])
     dtype_notes: list[Notice] = []
     if out_dtype is None:

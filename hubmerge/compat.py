@@ -27,7 +27,7 @@ _MISMATCH_ALLOWED = " (merged anyway: the base-model check was switched off)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compatibility:
     """What the check learned about a set of adapters that can be merged.
 

@@ -181,7 +181,7 @@ _HUB_FAILURES = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResolvedAdapter:
     """A Hub adapter before its download: where it is, at which commit, and how large its files are."""
 

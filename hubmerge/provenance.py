@@ -10,10 +10,12 @@ of the two files a merge reads.
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HubOrigin", "LocalOrigin", "Origin", "local_origin"]
+__all__ = ["HubOrigin", "LocalOrigin", "Origin", "local_origin", "local_origin_soon"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,20 @@ def local_origin(directory: Path, files: tuple[Path, ...]) -> LocalOrigin:
                 digest.update(block)
         digests.append((path.name, digest.hexdigest()))
     return LocalOrigin(folder=directory.resolve().name or str(directory), files_sha256=tuple(digests))
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def local_origin_soon(directory: Path, files: tuple[Path, ...]) -> Future[LocalOrigin]:
+    """:func:`local_origin` in a background thread, so hashing overlaps the merge's own reads.
+
+    hashlib releases the GIL while it hashes, so on a second core the digests cost the merge
+    almost no time; the result is waited for only when a card or recipe needs it.
+    """
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubmerge-sha256")
+    return _executor.submit(local_origin, directory, files)
