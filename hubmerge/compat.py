@@ -281,9 +281,14 @@ def _check_saved_modules(adapters, views, problems) -> dict[str, int]:
         if lora:
             listing = ", ".join(f"{source} ({inner!r})" for source, inner in lora.items())
             problems.append(
-                f"module {key!r} is saved in full (modules_to_save) by {adapters[owners[0]].source} and "
-                f"LoRA-adapted by {listing}; PEFT loads the full copy and drops the LoRA delta inside it, "
-                "so the sum would not be exact; drop the module from modules_to_save or from the LoRA targets"
+                Problem(
+                    f"module {key!r} is saved in full (modules_to_save) by {adapters[owners[0]].source} and "
+                    f"LoRA-adapted by {listing}; PEFT loads the full copy and drops the LoRA delta inside it, "
+                    "so the sum would not be exact; drop the module from modules_to_save or from the LoRA targets",
+                    code="saved_module_adapted",
+                    source=adapters[owners[0]].source,
+                    module=key,
+                )
             )
     return carried
 

@@ -28,9 +28,11 @@ OLD_NAMES = {
         ("model.language_model.", "language_model.model."),
         ("model.vision_tower.", "vision_tower.vision_model."),
         ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("lm_head.", "language_model.lm_head."),
     ],
     "qwen2_vl": [("model.language_model.", "model."), ("model.visual.", "visual.")],
 }
+OLD_NAMES["gemma3_vlm"] = OLD_NAMES["llava"]  # Gemma3ForConditionalGeneration was built like Llava
 
 
 def to_old_layout(directory: Path, arch: str) -> Path:
@@ -48,15 +50,17 @@ def to_old_layout(directory: Path, arch: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "arch, old_targets",
+    "arch, old_spec",
     [
-        ("llava", ["q_proj", "fc1", "linear_1"]),  # language model, vision tower, projector
-        ("qwen2_vl", ["q_proj", "qkv", "down_proj"]),
+        ("llava", dict(target_modules=["q_proj", "fc1", "linear_1"])),  # language model, vision tower, projector
+        ("llava", dict(target_modules=["v_proj"], modules_to_save=["lm_head"])),  # language_model.lm_head saved
+        ("gemma3_vlm", dict(target_modules=["q_proj", "fc2"])),
+        ("qwen2_vl", dict(target_modules=["q_proj", "qkv", "down_proj"])),
     ],
 )
-def test_old_and_new_layout_merge_exactly(tmp_path, capsys, arch, old_targets):
+def test_old_and_new_layout_merge_exactly(tmp_path, capsys, arch, old_spec):
     new = make_adapter(tmp_path / "new", arch, seed=1, target_modules="all-linear")
-    twin = make_adapter(tmp_path / "twin", arch, seed=2, target_modules=old_targets)
+    twin = make_adapter(tmp_path / "twin", arch, seed=2, **old_spec)
     old = to_old_layout(Path(shutil.copytree(twin, tmp_path / "old")), arch)
     assert not (set(load_file(old / "adapter_model.safetensors")) & set(load_file(new / "adapter_model.safetensors")))
     out = tmp_path / "out"
