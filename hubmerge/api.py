@@ -365,7 +365,12 @@ def _output_tensors(
             own = compat.own_key(owner, key)
             for name in getattr(adapters[owner], group)[own]:
                 # Written under the merge's layout: the rest of the name follows the module key.
-                tensors[KEY_PREFIX + key + name[len(KEY_PREFIX) + len(own) :]] = adapters[owner].tensor(name)
+                rest = name[len(KEY_PREFIX) + len(own) :]
+                if group == "base_layers":
+                    # A full embedding sits under the LoRA wrapper when the merge adapts that module (another
+                    # adapter may have), beside it otherwise: PEFT loads `X.weight` into a wrapped X nowhere.
+                    rest = ".base_layer.weight" if key in modules else ".weight"
+                tensors[KEY_PREFIX + key + rest] = adapters[owner].tensor(name)
     return tensors
 
 

@@ -18,6 +18,7 @@ import re
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from hubmerge.cli import main
 from tests.arch_zoo import base_model, dense_reference, logits, make_adapter, merged_weights, peft_all_at_once
@@ -177,3 +178,21 @@ def test_sweep(tmp_path, capsys, case):
     selected = {n for n in names if re.fullmatch(config["target_modules"], n)}
     report = json.loads((out / "hubmerge_report.json").read_text())
     assert selected == set(report["modules"]["coverage"])
+
+
+def test_a_saved_embedding_goes_under_the_lora_another_adapter_puts_on_it(tmp_path, capsys):
+    # One adapter saves GPT-2's lm_head in full (save_embedding_layers; changed here, as a resized or retrained
+    # head would be); another puts a LoRA on lm_head. PEFT loads a full weight of a LoRA-wrapped module only as
+    # `lm_head.base_layer.weight`.
+    saved = make_adapter(tmp_path / "saved", "gpt2", seed=1, target_modules=["c_attn"], save_embedding_layers=True)
+    path = saved / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = "base_model.model.lm_head.weight"
+    tensors[key] = tensors[key] + 0.5
+    save_file(tensors, path)
+    lora = make_adapter(tmp_path / "lora", "gpt2", seed=2, target_modules=["lm_head"], save_embedding_layers=False)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, saved, lora, "-o", out)
+    assert code == 0, err
+    assert "base_model.model.lm_head.base_layer.weight" in load_file(out / "adapter_model.safetensors")
+    assert_exact("gpt2", [(saved, 1.0), (lora, 1.0)], out)
