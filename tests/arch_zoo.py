@@ -261,10 +261,3 @@ def peft_all_at_once(arch: str, sources: list[tuple[Path, float]]) -> PeftModel:
         if isinstance(copies, torch.nn.ModuleDict) and len(copies):
             module.set_adapter([n for n in names if n in copies][:1])
     return model.eval()
-
-
-@torch.no_grad()
-def merged_weights(arch: str, directory: Path) -> dict[str, torch.Tensor]:
-    """The base weights with the adapter in ``directory`` merged in by PEFT."""
-    model = PeftModel.from_pretrained(base_model(arch), str(directory)).merge_and_unload()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
