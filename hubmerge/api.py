@@ -178,9 +178,13 @@ def merge(
     dtype_notes: list[Notice] = []
     if out_dtype is None:
         out_dtype, dtype_notes = _inputs_dtype(adapters, names)
-    canonical, base_notes = _canonical_base_models(adapters, resolve_base_model, token)
+    canonical, model_types, base_notes = _canonical_base_models(adapters, resolve_base_model, token)
     compat = check_compatibility(
-        adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical, scan_factors=False
+        adapters,
+        allow_base_mismatch=allow_base_mismatch,
+        canonical=canonical,
+        model_types=model_types,
+        scan_factors=False,
     )
 
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds(), weights=coefficients)
@@ -504,18 +508,20 @@ def _inputs_dtype(adapters: Sequence[LoraAdapter], names: Sequence[str]) -> tupl
 
 def _canonical_base_models(
     adapters: Sequence[LoraAdapter], resolve: bool | None, token
-) -> tuple[dict[str, str], list[Notice]]:
-    """Base model name → the model whose weights it holds (canonical id, quantized mirrors followed to
-    their root), where the Hub was asked; and a notice per quantized mirror saying who trained on it."""
+) -> tuple[dict[str, str], dict[str, str], list[Notice]]:
+    """Where the Hub was asked: base model name → the model whose weights it holds (canonical id,
+    quantized mirrors followed to their root), name → its model_type, and a notice per quantized
+    mirror saying who trained on it."""
     names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
     if resolve is None:
         from_hub = any(a.hub_origin is not None for a in adapters)
         resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
     if not resolve:
-        return {}, []
+        return {}, {}, []
     from .hub import resolve_base_model
 
     found: dict[str, str] = {}
+    model_types: dict[str, str] = {}
     notes: list[Notice] = []
     for name in sorted(names):
         if Path(name).expanduser().is_dir():
@@ -524,6 +530,8 @@ def _canonical_base_models(
         if info is None:
             continue
         found[name] = info.root
+        if info.model_type:
+            model_types[name] = info.model_type
         if info.quantized_from:
             users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
             notes.append(
@@ -534,7 +542,7 @@ def _canonical_base_models(
                     "so its delta was learnt against the quantized weights",
                 )
             )
-    return found, notes
+    return found, model_types, notes
 
 
 def _kept_energy(modules: dict[str, _MergedModule]) -> KeptEnergy:

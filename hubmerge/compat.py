@@ -74,6 +74,7 @@ def check_compatibility(
     check_values: bool = True,
     scan_factors: bool = True,
     canonical: Mapping[str, str] | None = None,
+    model_types: Mapping[str, str] | None = None,
 ) -> Compatibility:
     """Check that ``adapters`` can be summed exactly.
 
@@ -86,6 +87,8 @@ def check_compatibility(
             the factors detects NaN/Inf itself, from the Gram diagonals.
         canonical: base model name → its canonical Hub id, where the Hub was
             asked (so ``gpt2`` and ``openai-community/gpt2`` compare equal).
+        model_types: base model name → its ``model_type``, where the Hub told it; it
+            decides which checkpoint layout renames apply (:mod:`hubmerge.layouts`).
 
     Returns:
         A :class:`Compatibility` with the module coverage and the warnings.
@@ -118,7 +121,8 @@ def check_compatibility(
 
     base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
     _check_fields(adapters, problems, warnings)
-    views = _layout_views(adapters, warnings)
+    known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
+    views = _layout_views(adapters, warnings, known.pop() if len(known) == 1 else None)
     coverage = _check_modules(adapters, views, problems)
     saved_modules = _check_saved_modules(adapters, views, problems)
     base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
@@ -149,10 +153,12 @@ def check_compatibility(
     )
 
 
-def _layout_views(adapters, warnings) -> list[dict]:
+def _layout_views(adapters, warnings, model_type: str | None) -> list[dict]:
     """Each adapter's modules, saved modules and saved base layers under the merge's layout keys."""
     attributes = ("modules", "saved_modules", "base_layers")
-    keymaps, renamed = layout_keymaps([[k for a in attributes for k in getattr(adapter, a)] for adapter in adapters])
+    keymaps, renamed = layout_keymaps(
+        [[k for a in attributes for k in getattr(adapter, a)] for adapter in adapters], model_type=model_type
+    )
     for index, family in renamed:
         warnings.append(
             Notice(

@@ -373,12 +373,14 @@ class BaseModelInfo:
             ``base_model`` with ``base_model_relation: quantized``, followed to the end.
         quantized_from: the mirrors followed on the way, starting with ``repo_id``.
         quantization: the ``quant_method`` of the first mirror's ``quantization_config``, where it has one.
+        model_type: the ``model_type`` of its ``config.json``, where the Hub shows one.
     """
 
     repo_id: str
     root: str
     quantized_from: tuple[str, ...] = ()
     quantization: str | None = None
+    model_type: str | None = None
 
 
 # A chain of quantized mirrors longer than this is not a chain of mirrors.
@@ -399,7 +401,7 @@ def resolve_base_model(name: str, *, token: str | bool | None = None) -> BaseMod
     if _offline():
         return None
     chain: list[str] = []
-    quantization = None
+    quantization = model_type = None
     current = name
     while True:
         try:
@@ -409,11 +411,13 @@ def resolve_base_model(name: str, *, token: str | bool | None = None) -> BaseMod
             if not chain:
                 return None
             # The mirror names a base the Hub does not have: stop at the mirror.
-            return BaseModelInfo(chain[0], chain[-1], tuple(chain[:-1]), quantization)
+            return BaseModelInfo(chain[0], chain[-1], tuple(chain[:-1]), quantization, model_type)
         chain.append(info.id)
+        config = info.config if isinstance(info.config, dict) else {}
+        model_type = model_type or (config.get("model_type") if isinstance(config.get("model_type"), str) else None)
         parent, method = _quantized_parent(info)
         if parent is None or parent in chain or len(chain) > _MAX_MIRRORS:
-            return BaseModelInfo(chain[0], info.id, tuple(chain[:-1]), quantization)
+            return BaseModelInfo(chain[0], info.id, tuple(chain[:-1]), quantization, model_type)
         quantization = quantization or method
         current = parent
 

@@ -12,7 +12,8 @@ load both onto one module, one overwriting the other.
 comes from. Keys here are module keys without PEFT's ``base_model.model.``
 prefix. A family's renames are applied to an adapter only when another adapter
 of the same merge is in that family's new layout (it has a key under one of
-the family's ``markers``): key shapes alone cannot tell an old Llava layout
+the family's ``markers``), or when the Hub says the base model is of one of
+the family's model types: key shapes alone cannot tell an old Llava layout
 from a model whose current layout looks the same (BLIP-2 still has
 ``language_model.model.layers``), but two adapters of one base that disagree
 can only be two layouts of it.
@@ -109,24 +110,36 @@ def _in_new_layout(keys: Sequence[str], family: LayoutFamily) -> bool:
     return any(key.startswith(family.markers) for key in keys)
 
 
-def layout_keymaps(key_sets: Sequence[Sequence[str]]) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+def layout_keymaps(
+    key_sets: Sequence[Sequence[str]], *, model_type: str | None = None
+) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
     """Map every adapter's keys into one layout.
 
     Args:
         key_sets: per adapter, all its module keys (LoRA modules, saved modules,
             saved base layers), without PEFT's ``base_model.model.`` prefix.
+        model_type: the base model's ``model_type``, where the Hub told it. A family
+            that lists it renames every adapter in its old layout to the current one;
+            a known type that no family lists renames nothing. Unknown: a family
+            renames an adapter only when another one is in its current layout.
 
     Returns:
         ``(keymaps, renamed)``: per adapter, own key → key in the merge's layout
         (only the keys that change); and ``(adapter index, family name)`` for
         each adapter whose keys were renamed.
     """
+    if model_type is not None:
+        families = tuple(f for f in LAYOUT_RENAMES if model_type in f.model_types)
+    else:
+        families = LAYOUT_RENAMES
     keymaps: list[dict[str, str]] = [{} for _ in key_sets]
     renamed: list[tuple[int, str]] = []
     for index, keys in enumerate(key_sets):
-        for family in LAYOUT_RENAMES:
-            others_new = any(_in_new_layout(other, family) for j, other in enumerate(key_sets) if j != index)
-            if not others_new or _in_new_layout(keys, family):
+        for family in families:
+            evidence = model_type is not None or any(
+                _in_new_layout(other, family) for j, other in enumerate(key_sets) if j != index
+            )
+            if not evidence or _in_new_layout(keys, family):
                 continue
             mapping = {key: new for key in keys if (new := family.rename(key)) is not None and new != key}
             unchanged = set(keys) - set(mapping)

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+import hubmerge
 from hubmerge.cli import main
 from hubmerge.layouts import LAYOUT_RENAMES, layout_keymaps
-from tests.arch_zoo import make_adapter
+from tests.arch_zoo import base_id, make_adapter
+from tests.conftest import TOKENS
 from tests.test_sweep import assert_exact
 
 PREFIX = "base_model.model."
@@ -88,11 +90,35 @@ def test_all_in_the_old_layout_stays_old_and_loads(tmp_path):
     assert_exact("llava", [(twins[0], 1.0), (twins[1], -1.0)], out)
 
 
+def test_the_base_models_type_on_the_hub_decides_the_layout(tmp_path, hub):
+    # Every adapter in the old Qwen2-VL layout: PEFT 0.21 itself drops such keys at load (see
+    # test_all_in_the_old_layout_stays_old_and_loads), but once the Hub says the base is a qwen2_vl model,
+    # the merge is written in the current layout, which PEFT loads as it is.
+    repo = base_id("qwen2_vl")
+    if repo not in hub.list_repos():
+        hub.create_repo(repo, owner_token=TOKENS["alice"])
+        hub.commit_files(repo, {"config.json": json.dumps({"model_type": "qwen2_vl"}).encode()})
+    specs = ((1, ["q_proj", "qkv"]), (2, ["v_proj", "fc1"]))
+    twins = [make_adapter(tmp_path / f"twin{i}", "qwen2_vl", seed=i, target_modules=t) for i, t in specs]
+    old = [to_old_layout(Path(shutil.copytree(t, tmp_path / f"old{i}")), "qwen2_vl") for i, t in enumerate(twins)]
+    result = hubmerge.merge(old, weights=[1.0, 0.5], resolve_base_model=True)
+    out = result.save_pretrained(tmp_path / "out")
+    keys = load_file(out / "adapter_model.safetensors")
+    assert all(k.startswith(("base_model.model.model.language_model.", "base_model.model.model.visual.")) for k in keys)
+    assert [w.code for w in result.report.warnings].count("layout_renamed") == 2
+    assert_exact("qwen2_vl", [(twins[0], 1.0), (twins[1], 0.5)], out)
+
+
 def test_one_layout_alone_is_left_as_it_is(tmp_path):
     # BLIP-2's current layout looks like Llava's old one: without an adapter in the new layout, nothing is renamed.
     keys = [["language_model.model.layers.0.self_attn.q_proj"], ["language_model.model.layers.1.self_attn.q_proj"]]
     keymaps, renamed = layout_keymaps(keys)
     assert keymaps == [{}, {}] and renamed == []
+    assert layout_keymaps(keys, model_type="blip-2") == ([{}, {}], [])
+    keymaps, _ = layout_keymaps(keys, model_type="llava")
+    assert keymaps[1] == {keys[1][0]: "model.language_model.layers.1.self_attn.q_proj"}
+    # a known type that no family lists renames nothing, even beside an adapter in a "new" layout
+    assert layout_keymaps([*keys, ["model.language_model.layers.0.v_proj"]], model_type="blip-2")[1] == []
     keymaps, renamed = layout_keymaps([*keys, ["model.language_model.layers.0.self_attn.v_proj"]])
     assert keymaps[0] == {keys[0][0]: "model.language_model.layers.0.self_attn.q_proj"}
     assert [family for _, family in renamed] == ["llava", "llava"]
