@@ -193,8 +193,15 @@ class LoraAdapter:
             if spec is not None:
                 modules[module] = spec
         widths = {w for spec in modules.values() for w in (spec.in_features, spec.out_features)}
+        under: dict[str, int] = {}  # module → how many tensors lie under it (one pass, not one per candidate)
+        for name in names:
+            parts = name[len(KEY_PREFIX) :].split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                if prefix in candidates:
+                    under[prefix] = under.get(prefix, 0) + 1
         for module, tensors in candidates.items():
-            if self._is_saved_embedding(module, tensors, widths, names):
+            if self._is_saved_embedding(tensors, widths, alone=under.get(module, 0) == 1):
                 base_layers.setdefault(module, []).extend(tensors)
             else:
                 for name in tensors:
@@ -207,7 +214,7 @@ class LoraAdapter:
             "no entry of modules_to_save and no saved embedding layer"
         )
 
-    def _is_saved_embedding(self, module: str, tensors: list[str], widths: set[int], names: list[str]) -> bool:
+    def _is_saved_embedding(self, tensors: list[str], widths: set[int], *, alone: bool) -> bool:
         """Whether ``module.weight`` is a full embedding PEFT saved (``save_embedding_layers``, a resized vocabulary).
 
         PEFT saves the model's input and output embeddings under whatever name the
@@ -215,9 +222,9 @@ class LoraAdapter:
         ``word_embeddings``, ``lm_head``, ``embed_out`` …), so they are recognised by
         what is saved, not by name: one 2-D float ``weight`` and nothing else of that
         module (no bias, no LoRA inside it), as wide as the hidden size the adapter's
-        factors show.
+        factors show. ``alone``: no other tensor lies under the module.
         """
-        if len(tensors) != 1 or any(n.startswith(f"{KEY_PREFIX}{module}.") and n not in tensors for n in names):
+        if len(tensors) != 1 or not alone:
             return False
         shape, dtype = self._shapes[tensors[0]], self._dtypes[tensors[0]]
         return len(shape) == 2 and dtype.is_floating_point and (not widths or shape[1] in widths)
