@@ -74,8 +74,11 @@ def test_adapters_on_a_quantized_mirror_and_on_its_root_merge(tmp_path, bases, m
     assert len(notes) == 1 and str(qlora) in notes[0] and bases[mirror] in notes[0] and bases["root"] in notes[0]
     method = {"bnb": "bitsandbytes", "gptq-of-bnb": "gptq"}.get(mirror, "gptq")
     assert method in notes[0]
-    card = str(build_card(report, repo_id="alice/merged", command="hubmerge on-root qlora"))
-    assert bases[mirror] in card and "quantized mirror" in card
+    card = build_card(report, repo_id="alice/merged", command="hubmerge on-root qlora")
+    assert bases[mirror] in str(card) and "quantized mirror" in str(card)
+    assert card.data.base_model == bases["root"]
+    # the mirror first: the merge is still compared, and listed, as the root
+    assert hubmerge.merge([qlora, root]).report.to_dict()["base_model"]["canonical"] == bases["root"]
 
 
 def test_a_fine_tune_is_not_its_base(tmp_path, bases):
