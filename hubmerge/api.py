@@ -330,7 +330,11 @@ def _merge_module(
     module = ModuleInput(key, factors, weights, scales, concat=(a_all, b_all), out_dtype=out_dtype)
     combined = method.combine(module, params)
     a, b = combined.a.to(out_dtype).contiguous(), combined.b.to(out_dtype).contiguous()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+    # A finite Gram bounds every entry (its diagonal sums their squares), so only a dtype narrower than the
+    # work dtype can overflow here: float16, or anything but float64 after a float64 pass. (isfinite over every
+    # factor of every module would cost more than the sum itself.)
+    narrower = out_dtype == torch.float16 or (work == torch.float64 and out_dtype != torch.float64)
+    if narrower and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise InvalidArgumentError(
             f"module {key!r}: after scaling by the weights its factors overflow {dtype_name(out_dtype)}",
             reason="dtype_overflow",
