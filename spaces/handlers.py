@@ -153,11 +153,14 @@ def read_form(references: Sequence[str | None], weights: Sequence[float | None],
             )
         values.append(_weight(text, weight))
         sources.append(source)
-    if rank not in (None, "") and (not _is_number(rank) or rank != int(rank) or not 1 <= rank <= 1_000_000):
+    # An empty gr.Number with precision=0 arrives as 0: both mean "the method's default".
+    if rank in (None, "", 0):
+        rank = None
+    elif not _is_number(rank) or rank != int(rank) or not 1 <= rank <= 1_000_000:
         raise SpaceError(f"Rank {rank!r} must be a whole number of at least 1 (or empty: the method's default).")
     if not _is_number(density) or not 0 < density <= 1:
         raise SpaceError(f"Density {density!r} must be more than 0 and at most 1.")
-    return Form(sources, values, method, int(rank) if rank not in (None, "") else None, float(density))
+    return Form(sources, values, method, None if rank is None else int(rank), float(density))
 
 
 def analyse(
