@@ -173,10 +173,10 @@ def deploy(
         raise InvalidArgumentError(f"{repo_id!r} is not a valid Space id ({err})") from None
     if "/" not in repo_id:
         raise InvalidArgumentError(f"{repo_id!r}: give the Space as user/name")
-    examples = None
+    files = space_files(space_dir)  # a bad Space folder stops here, before anything is uploaded
     if examples_dir is not None and Path(examples_dir).is_dir():
         examples = publish_examples(repo_id.split("/")[0], Path(examples_dir), token=token)
-    files = space_files(space_dir, examples=examples)  # built before the Space is created
+        files = space_files(space_dir, examples=examples)
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)

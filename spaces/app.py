@@ -220,7 +220,10 @@ def build_demo(*, sign_in: bool = True, limits: Limits | None = None, examples: 
             if not stored or len(stored.get("fields", [])) != len(fields):
                 return gr.skip(), *(gr.skip() for _ in rows), *(gr.skip() for _ in fields)
             shown = max(2, min(int(stored["count"]), slots))
-            return shown, *(gr.Row(visible=i < shown) for i in range(slots)), *stored["fields"]
+            values = list(stored["fields"])
+            rank_at = fields.index(rank_box)
+            values[rank_at] = values[rank_at] or None  # an empty rank box reads 0: show it empty again
+            return shown, *(gr.Row(visible=i < shown) for i in range(slots)), *values
 
         def fill(example: dict):
             def on_example():
@@ -254,7 +257,9 @@ def build_demo(*, sign_in: bool = True, limits: Limits | None = None, examples: 
             _greeting, None, who, **private_api
         ).then(on_target, [repo_name, default_name], target, **private_api)
 
-        def analyse_endpoint(adapters: list[str], weights: list[float] | None = None, method: str = DEFAULT_METHOD):
+        def analyse_endpoint(
+            adapters: list[str], weights: list[float] | None = None, method: str = DEFAULT_METHOD
+        ) -> dict:
             """Analyse public adapters: whether they can be merged exactly, and how much they interfere.
 
             Args:

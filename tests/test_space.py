@@ -493,6 +493,8 @@ def test_the_page_builds_with_sign_in_one_method_list_and_the_limits_given(app, 
     # (Gradio's LoginButton adds its own "_check_login_status")
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name[0] != "_"}
     assert public == {"analyse"}, "Analyse is the one public endpoint; the rest is the page's"
+    (endpoint,) = [fn for fn in demo.fns.values() if fn.api_name == "analyse"]
+    assert len(endpoint.inputs) == 3 and len(endpoint.outputs) == 1, "adapters, weights, method -> the answer"
     assert demo._queue is not None and demo._queue.max_size == 32
     textboxes = [b.label for b in blocks if isinstance(b, gr.Textbox)]
     assert [label for label in textboxes if label.startswith("Adapter ")] == ["Adapter 1", "Adapter 2", "Adapter 3"]
@@ -547,3 +549,15 @@ def test_the_same_merge_gives_the_same_bytes():
     first, second = (hubmerge.merge(sources).files(repo_id="u/m", card=True) for _ in range(2))
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_the_form_reads_an_empty_rank_as_the_methods_default():
+    # gr.Number(precision=0) sends 0 for an empty box
+    assert handlers.read_form(["a/b", "c/d"], [1, 1], "svd", 0, 0.5).rank is None
+    assert handlers.read_form(["a/b", "c/d"], [1, 1], "svd", None, 0.5).rank is None
+    assert handlers.read_form(["a/b", "c/d"], [1, -2.5], "svd", 3, 0.25) == handlers.Form(
+        [hubmerge.parse_source("a/b"), hubmerge.parse_source("c/d")], [1.0, -2.5], "svd", 3, 0.25
+    )
+    for rank, density in ((-1, 0.5), (2.5, 0.5), (2, 0), (2, 1.5), (2, float("nan"))):
+        with pytest.raises(SpaceError):
+            handlers.read_form(["a/b", "c/d"], [1, 1], "svd", rank, density)
