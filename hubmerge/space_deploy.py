@@ -108,14 +108,13 @@ def publish_examples(namespace: str, examples_dir: Path, *, token: str | bool | 
         token: Hub token; default the logged-in one.
 
     Returns:
-        The example forms, references pinned to the commit: one with every adapter, one per pair.
+        The example forms, references pinned to the commit: all the adapters summed, and (with three or more)
+        the first minus the second.
 
     Raises:
         InvalidArgumentError: fewer than two adapters in ``examples_dir``.
-        HubError, PushError: the Hub refused.
+        PushError: the Hub refused.
     """
-    from .hub import push_files
-
     folders = sorted(p for p in Path(examples_dir).iterdir() if (p / "adapter_config.json").is_file())
     if len(folders) < 2:
         raise InvalidArgumentError(f"{examples_dir} holds fewer than two adapters to use as examples")
@@ -126,7 +125,7 @@ def publish_examples(namespace: str, examples_dir: Path, *, token: str | bool | 
         if (folder / name).is_file()
     }
     repo_id = f"{namespace}/{EXAMPLES_REPO_NAME}"
-    commit = push_files(repo_id, files, token=token, commit_message="Example adapters for the hubmerge Space")
+    commit = _upload(repo_id, files, repo_type="model", token=token, message="Example adapters for the hubmerge Space")
     refs = [f"{repo_id}/{folder.name}@{commit.oid}" for folder in folders]
     names = [folder.name for folder in folders]
     forms = [{"label": " + ".join(names), "adapters": refs, "weights": [1.0] * len(refs), "method": "sum"}]
@@ -161,34 +160,37 @@ def deploy(
         InvalidArgumentError: a bad repo id or Space folder.
         HubError, PushError: the Hub refused.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from .errors import PushError
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise InvalidArgumentError(f"{repo_id!r} is not a valid Space id ({err})") from None
+        raise InvalidArgumentError(f"{repo_id!r} is not a valid Space id ({err})", reason="bad_repo_id") from None
     if "/" not in repo_id:
-        raise InvalidArgumentError(f"{repo_id!r}: give the Space as user/name")
+        raise InvalidArgumentError(f"{repo_id!r}: give the Space as user/name", reason="bad_repo_id")
     files = space_files(space_dir)  # a bad Space folder stops here, before anything is uploaded
     if examples_dir is not None and Path(examples_dir).is_dir():
         examples = publish_examples(repo_id.split("/")[0], Path(examples_dir), token=token)
         files = space_files(space_dir, examples=examples)
+    message = commit_message or f"Deploy hubmerge {__version__}"
+    return _upload(repo_id, files, repo_type="space", token=token, private=private, message=message)
+
+
+def _upload(repo_id: str, files: dict[str, bytes], *, repo_type: str, token, message: str, private=None):
+    """Create ``repo_id`` if needed and commit ``files`` to it at once (unchanged files: no commit)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .errors import PushError
+
     api = HfApi()
+    sdk = "gradio" if repo_type == "space" else None
     try:
-        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)
-        return api.create_commit(
-            repo_id,
-            repo_type="space",
-            operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()],
-            commit_message=commit_message or f"Deploy hubmerge {__version__}",
-            token=token,
-        )
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token, space_sdk=sdk)
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
+        return api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, token=token)
     except (HfHubHTTPError, OSError) as err:
-        raise PushError(f"deploying the Space {repo_id} was refused: {err}") from err
+        raise PushError(f"uploading to the {repo_type} repo {repo_id} was refused: {err}", repo_id=repo_id) from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import html
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,6 +50,7 @@ __all__ = [
     "Progress",
     "analyse",
     "analyse_api",
+    "default_repo_name",
     "merge_and_push",
     "push_target",
     "read_form",
@@ -199,12 +201,13 @@ def analyse(
     step(0.5, f"Analysing {len(form.sources)} adapters")
     with _user_errors(limits):
         try:
-            result = _merge(form, token, limits, report_only=True)
+            report = _merge(form, token, limits, report_only=True).to_dict()
         except hubmerge.IncompatibleAdaptersError as err:
-            return Analysis(views.incompatible_verdict(err.problems), "", None, None, None, None)
-    _check_measurable(result.report, form)
+            return Analysis(views.incompatible_verdict(_problems(err)), "", None, None, None, None)
+    _check_measurable(report, form)
     step(0.9, "Drawing the heatmap")
-    return _analysis(result.report, repo_id=result.default_repo_name(), merged=False, name=result.default_repo_name())
+    name = default_repo_name(report)
+    return _analysis(report, repo_id=name, merged=False, name=name)
 
 
 def analyse_api(
@@ -226,13 +229,13 @@ def analyse_api(
     form = read_form(adapters, weights if weights is not None else [1.0] * len(adapters), method, None, 0.5)
     with _user_errors(limits):
         try:
-            result = _merge(form, False, limits, report_only=True)
+            report = _merge(form, False, limits, report_only=True).to_dict()
         except hubmerge.IncompatibleAdaptersError as err:
-            problems = list(err.problems)
+            problems = _problems(err)
             return {"compatible": False, "problems": problems, "verdict": views.incompatible_verdict(problems)}
-    _check_measurable(result.report, form)
-    text = views.verdict(result.report, repo_id=result.default_repo_name(), merged=False)
-    return {"compatible": True, "problems": [], "verdict": text, "report": result.report}
+    _check_measurable(report, form)
+    text = views.verdict(report, repo_id=default_repo_name(report), merged=False)
+    return {"compatible": True, "problems": [], "verdict": text, "report": report}
 
 
 def merge_and_push(
@@ -273,7 +276,8 @@ def merge_and_push(
     step(0.4, f"Merging {len(form.sources)} adapters with {form.method}")
     with _user_errors(limits):
         result = _merge(form, token, limits, report_only=False)
-    _check_measurable(result.report, form)
+    report = result.report.to_dict()
+    _check_measurable(report, form)
     name = name or result.default_repo_name()
     if username is None:
         step(0.8, "Writing the model card, the heatmap and the zip")
@@ -285,16 +289,14 @@ def merge_and_push(
             f"account. The zip holds what a push uploads (adapter, model card, heatmap, report, recipe): unzip it "
             f'and load the folder with `PeftModel.from_pretrained(base_model, "{html.escape(name)}")`.'
         )
-        analysis = _analysis(result.report, repo_id=name, merged=True, name=result.default_repo_name())
+        analysis = _analysis(report, repo_id=name, merged=True, name=result.default_repo_name())
         return Merged(*analysis, status, str(path))
     repo_id = f"{username}/{name}"
-    step(0.75, f"Checking {repo_id}")
-    before = _head(repo_id, token)
     step(0.8, f"Pushing to {repo_id}")
     with _user_errors(limits):
-        commit = result.push_to_hub(repo_id, token=token, private=bool(private))
-    analysis = _analysis(result.report, repo_id=repo_id, merged=True, name=result.default_repo_name())
-    return Merged(*analysis, _push_status(repo_id, before, commit, private), None)
+        pushed = result.push_to_hub(repo_id, token=token, private=bool(private))
+    analysis = _analysis(report, repo_id=repo_id, merged=True, name=result.default_repo_name())
+    return Merged(*analysis, _push_status(pushed, private), None)
 
 
 def push_target(repo_name: str | None, default_name: str | None, username: str | None, token) -> str:
@@ -328,6 +330,17 @@ def push_target(repo_name: str | None, default_name: str | None, username: str |
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def default_repo_name(report: dict) -> str:
+    """The repo name ``MergeResult.default_repo_name`` gives, from a report alone (an analysis has no result)."""
+    stem = "-".join(re.sub(r"[^A-Za-z0-9_]+", "-", s["name"]).strip("-") for s in report["sources"])
+    stem = re.sub(r"-{2,}", "-", stem)[:80].strip("-")  # the Hub refuses "--" and ".."
+    return (stem or "adapters") + "-merged"
+
+
+def _problems(err: hubmerge.IncompatibleAdaptersError) -> list[str]:
+    return [problem.message for problem in err.problems]
 
 
 def _no_progress(fraction: float, description: str) -> None:
@@ -392,7 +405,7 @@ def _download(form: Form, token, limits: Limits, step: Progress) -> None:
         )
 
 
-def _merge(form: Form, token, limits: Limits, *, report_only: bool) -> hubmerge.MergeResult:
+def _merge(form: Form, token, limits: Limits, *, report_only: bool):
     return hubmerge.merge(
         form.sources,
         weights=form.weights,
@@ -447,23 +460,23 @@ def _head(repo_id: str, token) -> str | None:
         return None
 
 
-def _push_status(repo_id: str, before: str | None, commit, private: bool) -> str:
+def _push_status(pushed: hubmerge.PushResult, private: bool) -> str:
     """After the push: what happened to the repo, in words, with the links that are true."""
-    repo = f"[{html.escape(repo_id)}]({commit.repo_url})"
+    repo = f"[{html.escape(pushed.repo_id)}]({pushed.repo_url})"
     files = "the adapter, its model card, the report, the recipe and the heatmap"
-    if before is None:
+    if pushed.created_repo:
         what = f"New {'private' if private else 'public'} repository {repo}, with one commit holding {files}"
-        return f"### ✓ Pushed to {repo}\n{what} · [view the commit]({commit.commit_url})"
-    if commit.oid == before:
+        return f"### ✓ Pushed to {repo}\n{what} · [view the commit]({pushed.commit_url})"
+    if not pushed.changed:
         return (
             f"### ✓ {repo} already holds this merge\n"
-            f"The repository existed and its files are identical to this merge, so no commit was made; "
-            f"it is unchanged at [{before[:7]}]({commit.commit_url})."
+            "The repository existed and its files are identical to this merge, so no commit was made; "
+            f"it is unchanged at [its head commit]({pushed.commit_url})."
         )
     return (
         f"### ✓ Pushed to {repo}\n"
-        f"The repository existed: one commit was added on top of {before[:7]}, holding {files} "
-        f"(nothing was deleted) · [view the commit]({commit.commit_url})"
+        f"The repository existed: one commit was added, holding {files} (nothing was deleted) · "
+        f"[view the commit]({pushed.commit_url})"
     )
 
 
@@ -479,7 +492,7 @@ def _zip(result: hubmerge.MergeResult, name: str) -> Path:
     for old in root.iterdir():  # Gradio serves its own copy of each file; ours are only needed briefly
         if time.time() - old.stat().st_mtime > DOWNLOAD_TTL_S:
             shutil.rmtree(old, ignore_errors=True)
-    files = result.files(repo_id=name, card=True)
+    files = result.files(repo_id=name)
     folder = Path(tempfile.mkdtemp(prefix="merge-", dir=root))
     path = folder / f"{name}.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -2,8 +2,8 @@
 
 hubmerge's messages say what is wrong; the next step depends on the front end. The command line can offer
 flags, this page cannot: it offers sign-in, the form's fields and nothing else. So each message is hubmerge's
-first line, with any advice written for the command line taken out (:func:`without_cli_advice`), followed by
-one hint per exception type from :data:`HINTS`, in the Space's words.
+first line (with any advice written for the command line taken out, :func:`without_cli_advice`), followed by
+one hint per exception type and reason code from :data:`HINTS`, in the Space's words.
 
 No Gradio here: these are plain strings, turned into ``gr.Error`` by the page.
 """
@@ -14,34 +14,52 @@ import re
 
 import hubmerge
 
-__all__ = ["HINTS", "REFERENCE_HINT", "SpaceError", "explain", "space_words", "without_cli_advice"]
+__all__ = ["HINTS", "REFERENCE_HINT", "SpaceError", "explain", "hint_for", "space_words", "without_cli_advice"]
 
 REFERENCE_HINT = "user/repo[/subfolder][@revision]"
 
-# Exception type -> the next step on this page. Looked up along the exception's class hierarchy, so a new
-# subclass of one of these gets its parent's hint until it has its own row.
-HINTS: dict[type[BaseException], str] = {
-    hubmerge.SourceError: f"Write each adapter as {REFERENCE_HINT}.",
-    hubmerge.UnsafeAdapterError: (
+# (exception type, reason) -> the next step on this page, as the CLI's table is for the command line. Looked up
+# along the exception's class hierarchy, its reason first (an IncompatibleAdaptersError: any of its problems'
+# codes), then None for the type as a whole; so a new subclass or reason gets its parent's hint until it has
+# its own row.
+HINTS: dict[tuple[type[BaseException], str | None], str] = {
+    (hubmerge.SourceError, None): f"Write each adapter as {REFERENCE_HINT}.",
+    (hubmerge.UnsafeAdapterError, None): (
         "This Space only reads adapter_model.safetensors: convert the adapter's weights to safetensors "
         "and add them to its repo."
     ),
-    hubmerge.AdapterNotFoundError: (
+    (hubmerge.AdapterNotFoundError, None): (
         "Check the repo id and the subfolder: each adapter needs adapter_config.json and adapter_model.safetensors."
     ),
-    hubmerge.AdapterFormatError: "Check that this repo holds a PEFT LoRA adapter saved with save_pretrained.",
-    hubmerge.AdapterError: "Check that this repo holds a PEFT LoRA adapter.",
-    hubmerge.IncompatibleAdaptersError: "Choose adapters trained on the same base model, with the same settings.",
-    hubmerge.InvalidArgumentError: "Change the value named above in the form.",
-    hubmerge.GatedRepoAccessError: (
+    (hubmerge.AdapterFormatError, None): "Check that this repo holds a PEFT LoRA adapter saved with save_pretrained.",
+    (hubmerge.AdapterError, None): "Check that this repo holds a PEFT LoRA adapter.",
+    (hubmerge.IncompatibleAdaptersError, "base_model_mismatch"): (
+        "This Space merges adapters of one base model only: choose adapters trained on the same one."
+    ),
+    (hubmerge.IncompatibleAdaptersError, None): (
+        "Choose adapters trained on the same base model, with the same settings."
+    ),
+    (hubmerge.InvalidArgumentError, "weight_overflow"): "Use smaller weights.",
+    (hubmerge.InvalidArgumentError, "dtype_overflow"): "Use smaller weights.",
+    (hubmerge.InvalidArgumentError, None): "Change the value named above in the form.",
+    (hubmerge.GatedRepoAccessError, None): (
         "Ask for access on the repo's page, then sign in with Hugging Face with the account that has it."
     ),
-    hubmerge.RepoNotFoundError: (
+    (hubmerge.RepoNotFoundError, None): (
         "Check the spelling; if the repo is private, sign in with Hugging Face with an account that can read it."
     ),
-    hubmerge.RevisionNotFoundError: "Check the branch, tag or commit after @, or leave @… out for the default branch.",
-    hubmerge.PushError: ("Sign in with an account that may write there, or choose another output repo name."),
-    hubmerge.HubError: "The Hub did not answer as expected: try again in a minute.",
+    (hubmerge.RevisionNotFoundError, None): (
+        "Check the branch, tag or commit after @, or leave @… out for the default branch."
+    ),
+    (hubmerge.PushError, "public_repo"): (
+        "Make the repo private in its settings on the Hub first, or untick Private repository, or type another "
+        "repo name."
+    ),
+    (hubmerge.PushError, None): "Sign in with an account that may write there, or type another output repo name.",
+    (hubmerge.HubError, "moved"): "Someone pushed to that repo meanwhile: press Merge & push again.",
+    (hubmerge.HubError, "not_logged_in"): "Sign in with Hugging Face to publish.",
+    (hubmerge.HubError, "token_rejected"): "Sign out and sign in with Hugging Face again.",
+    (hubmerge.HubError, None): "The Hub did not answer as expected: try again in a minute.",
 }
 
 # Command-line advice: an option, an `hf` command, a token variable, a keyword of the Python API, a local path.
@@ -113,13 +131,25 @@ def explain(err: hubmerge.HubmergeError, *, limits_text: str | None = None) -> S
     Returns:
         A :class:`SpaceError` whose message is one line.
     """
+    # The library's messages say what is wrong without command-line advice; the filter stays as a safety net.
     first = without_cli_advice(str(err).splitlines()[0].strip() if str(err).strip() else type(err).__name__)
     if isinstance(err, hubmerge.LimitExceededError):
         return SpaceError(f"{_sentence(first)} This Space allows {limits_text}.", title="Over the limit")
     if isinstance(err, hubmerge.IncompatibleAdaptersError):  # every problem, on one line
-        first = f"{first.rstrip(':')}: " + " · ".join(without_cli_advice(p) for p in err.problems)
-    hint = next((HINTS[kind] for kind in type(err).__mro__ if kind in HINTS), "")
-    return SpaceError(f"{_sentence(first)} {hint}".strip())
+        first = f"{first.rstrip(':')}: " + " · ".join(without_cli_advice(p.message) for p in err.problems)
+    return SpaceError(f"{_sentence(first)} {hint_for(err)}".strip())
+
+
+def hint_for(err: hubmerge.HubmergeError) -> str:
+    """The Space's next step for ``err``, from :data:`HINTS` (empty if none applies)."""
+    reasons = getattr(err, "reasons", None) or {getattr(err, "reason", None)}
+    for kind in type(err).__mro__:
+        for reason in sorted(r for r in reasons if r):
+            if (kind, reason) in HINTS:
+                return HINTS[(kind, reason)]
+        if (kind, None) in HINTS:
+            return HINTS[(kind, None)]
+    return ""
 
 
 def _sentence(text: str) -> str:
