@@ -43,7 +43,7 @@ def test_the_bundle_holds_the_space_hubmerge_and_its_dependencies():
     files = space_deploy.space_files(SPACE)
     package = {f"hubmerge/{p.relative_to(ROOT / 'hubmerge').as_posix()}" for p in (ROOT / "hubmerge").rglob("*.py")}
     assert package <= files.keys(), "hubmerge's whole source goes next to app.py"
-    for name in ("app.py", "handlers.py", "views.py", "messages.py", "README.md", "requirements.txt"):
+    for name in ("app.py", "handlers.py", "form.py", "publish.py", "views.py", "messages.py", "README.md"):
         assert name in files
     assert files["app.py"] == (SPACE / "app.py").read_bytes()
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
