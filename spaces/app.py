@@ -1,8 +1,9 @@
 """hubmerge's Gradio Space: analyse, merge and publish LoRA adapters from a browser.
 
 The page only: layout and wiring. What the buttons do is in ``handlers.py`` (plain functions, no Gradio
-components), what they show in ``views.py`` (hubmerge's own card and heatmap renderers), what they say when
-something stops them in ``messages.py``. A ``SpaceError`` from a handler becomes a ``gr.Error`` here.
+components), with the input policy in ``form.py`` and the repo / zip side in ``publish.py``; what they show in
+``views.py`` (hubmerge's own card and heatmap renderers); what they say when something stops them in
+``messages.py``. A ``SpaceError`` from a handler becomes a ``gr.Error`` here.
 
 Tokens. A visitor's OAuth token reaches a handler as a ``gr.OAuthToken`` argument, is passed on to hubmerge for
 that one request, and is never stored, logged or returned. On a Space, a signed-out visitor talks to the Hub
@@ -27,7 +28,8 @@ import gradio as gr
 from gradio.utils import get_space
 from huggingface_hub import get_token
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # handlers, views, messages sit next to this file
+# handlers, form, publish, views and messages sit next to this file (on a Space, so does the hubmerge package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import handlers  # noqa: E402
 from handlers import DEFAULT_METHOD, MERGE_METHODS, Limits  # noqa: E402
