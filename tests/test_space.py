@@ -547,14 +547,6 @@ def test_heatmap_is_the_png_hubmerge_renders(hub, repos):
     assert result.heatmap.tobytes() == Image.open(io.BytesIO(expected)).tobytes()
 
 
-def test_the_same_merge_gives_the_same_bytes():
-    """A re-push of an unchanged merge must be recognised as unchanged: every file is byte-identical."""
-    sources = [ROOT / "examples" / "adapters" / "math", ROOT / "examples" / "adapters" / "medicine"]
-    first, second = (hubmerge.merge(sources).files(repo_id="u/m") for _ in range(2))
-    assert first.keys() == second.keys()
-    assert [name for name in first if first[name] != second[name]] == []
-
-
 def test_the_form_reads_an_empty_rank_as_the_methods_default():
     # gr.Number(precision=0) sends 0 for an empty box
     assert handlers.read_form(["a/b", "c/d"], [1, 1], "svd", 0, 0.5).rank is None
