@@ -164,6 +164,7 @@ def error_toast(page) -> str:
     expect(toast).to_be_visible()
     text = toast.inner_text()
     page.locator(".toast-close").last.click()
+    expect(page.locator(".toast-body")).to_have_count(0)  # gone, so the next call reads the next message
     return text
 
 
