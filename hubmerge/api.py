@@ -25,9 +25,11 @@ from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .methods import MethodParams, get_method
 from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
+from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .report import DTYPE_CHOICES, build_report, dtype_name, output_summary
 from .result import MergeResult, build_recipe
+from .serving import serving_facts, serving_section
 from .sources import Source, parse_source
 
 __all__ = ["load_adapters", "merge", "similarity"]
@@ -132,6 +134,8 @@ def merge(
     resolve_base_model: bool | None = None,
     max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
     max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+    max_rank: int | None = None,
+    fit: str | None = None,
 ) -> MergeResult:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
@@ -153,6 +157,12 @@ def merge(
             (so renamed repos compare equal). Default: when a source comes from
             the Hub or the names differ; never with ``HF_HUB_OFFLINE=1``.
         max_adapters, max_download_bytes: limits, see :func:`load_adapters`.
+        max_rank: cap every module's rank at this; a module whose true rank fits stays
+            exact (refactored at its true rank when that is below its stacked rank), one
+            above is truncated by SVD and its kept energy reported.
+        fit: ``"vllm"`` or ``"vllm=MAX"``: cap at MAX (default 16, a legal vLLM
+            ``--max-lora-rank``) and name the smallest legal ``--max-lora-rank`` that holds
+            the result; see :mod:`hubmerge.methods.fit`.
 
     Returns:
         A :class:`MergeResult`; ``result.save_pretrained(dir)`` writes it.
@@ -171,6 +181,7 @@ def merge(
     # Bad options fail before any download.
     chosen = get_method(method)
     params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()
+    target = parse_fit(fit, max_rank)
     coefficients_w = [w * chosen.weight_scale(len(sources)) for w in _check_weights(weights, len(sources))]
     out_dtype, dtype_notes = _parse_dtype(dtype), []
     adapters = load_adapters(
@@ -192,6 +203,8 @@ def merge(
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
+    fits: dict[str, ModuleFit] = {}  # module → how it was fitted to the rank cap
+    method_kept: list[float] = []  # the method's own share, before any cap
     names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
     broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
     scratch = _scratch_buffers(adapters, compat.coverage)
@@ -213,6 +226,9 @@ def merge(
             continue
         module = ModuleInput(key, factors, weights_here, scales, concat=(a_all, b_all), out_dtype=out_dtype)
         merged = chosen.combine(module, params)
+        method_kept.append(merged.kept)
+        if target is not None:  # the exact methods' stacked factors are the float32 concatenation
+            merged, fits[key] = apply_fit(merged, target.max_rank, stacked=(a_all, b_all) if chosen.exact else None)
         a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
         kept[key] = (merged.energy, merged.kept)
         kind = adapters[owners[0]].modules[key].kind
@@ -251,7 +267,8 @@ def merge(
         modules_to_save=list(compat.saved_modules),
     )
     used = {name: getattr(params, name) for name in chosen.parameters}
-    exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
+    exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for share in method_kept))
+    exact = exact and not any(f.truncated for f in fits.values())
     report = build_report(
         adapters, coefficients_w, compat, similarity_summary,
         [*compat.warnings, *dtype_notes, *similarity_notes],
@@ -259,14 +276,19 @@ def merge(
         canonical=canonical,
         method={**chosen.to_dict(), "exact": exact, "parameters": used},
         exact=exact,
-        kept_energy=None if chosen.exact or report_only else _kept_energy(kept),
+        kept_energy=None if (chosen.exact and not fits) or report_only else _kept_energy(kept),
     )  # fmt: skip
+    facts = serving_facts(report, config, full_weights=[] if report_only else list(compat.base_layers))
+    report["serving"] = serving_section(facts, rank_fit=summarize_fits(fits, target, stored_rank))
     for note in report["warnings"]:
         logger.warning(note["message"])
     recipe = build_recipe(
         adapters, [w / chosen.weight_scale(len(adapters)) for w in coefficients_w], out_dtype,
         method=chosen.name, params=used, allow_base_mismatch=allow_base_mismatch, allow_pickle=allow_pickle,
     )  # fmt: skip
+    if target is not None:  # the rank cap is part of what reproduces the merge
+        recipe["rank_limit"] = {"max_rank": max_rank, "fit": fit}
+        recipe["command"] += "".join(f" --{n}={v}" for n, v in (("max-rank", max_rank), ("fit", fit)) if v is not None)
     return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe, adapters=adapters)
 
 

@@ -16,6 +16,8 @@ from urllib.parse import quote
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .serving import render_card as render_serving
+
 __all__ = ["build_card"]
 
 HUB_URL = "https://huggingface.co"
@@ -84,6 +86,7 @@ def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | 
             "## Method\n\n" + _method(report),
             "## Interference\n\n" + _interference(report, heatmap_path),
             "## Usage\n\n" + _usage(report, base, repo_id),
+            *(["## Serving\n\n" + render_serving(report["serving"], adapter=repo_id)] if report.get("serving") else []),
             "## Reproduce\n\n" + _reproduce(command),
         ]
     )

@@ -20,6 +20,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ._version import __version__
 from .errors import HubError, HubmergeError, InvalidArgumentError, LimitExceededError, SourceError
+from .gguf_export import GGUF_TYPES
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
 from .methods import MAJORITY_SIGN_CHOICES, METHODS
 from .output import check_writable
@@ -67,6 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--density", type=float, default=0.5, help="share of entries kept (ties, dare_*, …)")
     methods.add_argument("--majority-sign", choices=MAJORITY_SIGN_CHOICES, default="total", help="TIES sign election")
     methods.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
+    serving = parser.add_argument_group("serving (docs/serving.md)")
+    serving.add_argument(
+        "--max-rank",
+        type=int,
+        metavar="K",
+        help="cap every module's rank at K: exact where the "
+        "sum's true rank fits, else truncated by SVD (kept energy reported)",
+    )
+    serving.add_argument(
+        "--fit",
+        metavar="vllm[=MAX]",
+        help="fit vLLM's --max-lora-rank MAX (default 16; 1, 8, 16, "
+        "32, 64, 128, 256, 320 or 512): the smallest legal rank holding the exact merge, up to MAX",
+    )
+    serving.add_argument(
+        "--gguf",
+        nargs="?",
+        const="f32",
+        choices=GGUF_TYPES,
+        metavar="TYPE",
+        help="also write adapter_model.gguf for llama.cpp / Ollama (TYPE: f32 (default), f16, bf16)",
+    )
+    serving.add_argument(
+        "--gguf-base",
+        metavar="DIR_OR_REPO",
+        help="with --gguf: the base model's config.json, "
+        "from a local directory or a Hub repo (default: the adapters' base model)",
+    )
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./merged-<names>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--report-only", action="store_true", help="analyse only; write nothing")
@@ -211,8 +240,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
     pushing = args.push is not None
     if (args.dry_run or args.private or args.create_pr or args.commit_message) and not pushing:
         parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
-    if args.report_only and (pushing or args.output):
-        parser.error("--report-only writes nothing; it cannot be combined with --push or -o")
+    if args.gguf_base and not args.gguf:
+        parser.error("--gguf-base goes with --gguf")
+    if args.report_only and (pushing or args.output or args.gguf):
+        parser.error("--report-only writes nothing; it cannot be combined with --push, -o or --gguf")
     if pushing:
         _check_push_target(args, parser, argv)
     output = None
@@ -237,7 +268,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         token=token,
         max_adapters=args.max_adapters,
         max_download_bytes=args.max_download_size,
+        max_rank=args.max_rank,
+        fit=args.fit,
     )
+    if args.gguf and not args.report_only:
+        from .gguf_export import attach_gguf
+
+        attach_gguf(result, base=args.gguf_base, outtype=args.gguf, token=token)
     report = dict(result.report)
     lines = []
     if output is not None:
@@ -270,7 +307,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         for line in lines:
             print(line, file=sys.stderr)
     else:
-        print(render_text(result.report))
+        print(render_text(report))
         if lines:
             print()
         for line in lines:

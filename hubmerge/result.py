@@ -54,6 +54,8 @@ class MergeResult:
         self.report = report
         self.recipe = recipe
         self.adapters = adapters
+        # Files written and pushed next to the adapter's own, e.g. the llama.cpp GGUF (hubmerge.gguf_export).
+        self.extra_files: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         names = ", ".join(a.name for a in self.adapters)
@@ -88,6 +90,7 @@ class MergeResult:
             CONFIG_NAME: _json(self.config),
             REPORT_NAME: _json(self.report),
             RECIPE_NAME: _json(self.recipe),
+            **self.extra_files,
         }
         if card:
             from .card import build_card  # matplotlib and the card are only needed for the Hub
@@ -124,6 +127,7 @@ class MergeResult:
             CONFIG_NAME: lambda path: path.write_bytes(_json(self.config)),
             REPORT_NAME: lambda path: path.write_bytes(_json(self.report)),
             RECIPE_NAME: lambda path: path.write_bytes(_json(self.recipe)),
+            **{name: (lambda path, data=data: path.write_bytes(data)) for name, data in self.extra_files.items()},
         }
         return write_directory(save_directory, writers, overwrite=overwrite)
 

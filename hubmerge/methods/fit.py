@@ -1,0 +1,232 @@
+"""A rank that fits a serving engine: the sum's true rank when it fits, a truncated SVD when it does not.
+
+The exact sum has rank Σ rᵢ per module, but its *true* rank can be lower:
+adapters that share A (or the same adapter given twice) span fewer
+directions than they stack. The QR of the stacked factors and the SVD of the
+small core (:func:`hubmerge.methods.lowrank.core_svd`) give the singular
+values of B·A without forming it; the numerical rank counts those above
+``σ_max · max(in, out) · ε`` (the rule of ``torch.linalg.matrix_rank``, ε of
+the working dtype), so what is dropped is below the working precision.
+
+- true rank ≤ the cap: the module stays exact; it is refactored at its true
+  rank only when that is below its stacked rank.
+- true rank > the cap: it is truncated to the cap by SVD (Eckart–Young, the
+  best rank-K approximation), and the kept energy ‖B·A‖²/‖ΔW‖² is reported.
+
+vLLM only starts with ``--max-lora-rank`` in :data:`VLLM_MAX_LORA_RANKS`
+(default 16) and refuses an adapter whose ``r`` is above it, so
+``fit="vllm=MAX"`` caps every module at MAX and names the smallest legal
+``--max-lora-rank`` that holds the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .lowrank import LowRank, core_svd
+
+__all__ = [
+    "VLLM_DEFAULT_MAX_LORA_RANK",
+    "VLLM_MAX_LORA_RANKS",
+    "FitTarget",
+    "ModuleFit",
+    "apply_fit",
+    "fit_module",
+    "numerical_rank",
+    "parse_fit",
+    "smallest_vllm_rank",
+    "summarize_fits",
+]
+
+# vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]; max_lora_rank = 16.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+FIT_TARGETS = ("vllm",)
+
+
+@dataclass(frozen=True)
+class FitTarget:
+    """What the rank must fit: a plain cap (``max_rank``) and/or a serving engine's limit.
+
+    Attributes:
+        max_rank: the largest rank any module may keep.
+        engine: ``"vllm"`` when fitting vLLM's ``--max-lora-rank``, else ``None``.
+        engine_max: the ``--max-lora-rank`` the user serves with (a legal vLLM rank).
+    """
+
+    max_rank: int
+    engine: str | None = None
+    engine_max: int | None = None
+
+
+def parse_fit(fit: str | None, max_rank: int | None) -> FitTarget | None:
+    """Read ``fit`` (``"vllm"`` or ``"vllm=MAX"``) and ``max_rank`` into one target.
+
+    Args:
+        fit: ``"vllm"`` (MAX = vLLM's default 16) or ``"vllm=MAX"`` with MAX one of
+            :data:`VLLM_MAX_LORA_RANKS`; ``None``: no engine.
+        max_rank: a positive cap on every module's rank; ``None``: none. With both,
+            the smaller cap holds.
+
+    Returns:
+        The target, or ``None`` when neither is given.
+
+    Raises:
+        InvalidArgumentError: an unknown engine, a MAX vLLM refuses, or a cap below 1.
+    """
+    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
+        raise InvalidArgumentError(f"max_rank {max_rank!r} must be a positive integer")
+    if fit is None:
+        return None if max_rank is None else FitTarget(max_rank)
+    engine, _, value = str(fit).partition("=")
+    engine = engine.strip().lower()
+    if engine not in FIT_TARGETS:
+        raise InvalidArgumentError(f"fit {fit!r}: unknown engine {engine!r}; choose one of {', '.join(FIT_TARGETS)}")
+    legal = ", ".join(map(str, VLLM_MAX_LORA_RANKS))
+    try:
+        limit = int(value) if value.strip() else VLLM_DEFAULT_MAX_LORA_RANK
+    except ValueError:
+        raise InvalidArgumentError(f"fit {fit!r}: {value!r} is not a whole number; vLLM takes {legal}") from None
+    if limit not in VLLM_MAX_LORA_RANKS:
+        raise InvalidArgumentError(f"fit {fit!r}: vLLM refuses --max-lora-rank {limit}; it takes one of {legal}")
+    cap = limit if max_rank is None else min(limit, max_rank)
+    return FitTarget(cap, engine=engine, engine_max=limit)
+
+
+def smallest_vllm_rank(rank: int) -> int | None:
+    """The smallest legal vLLM ``--max-lora-rank`` ≥ ``rank`` (``None`` above 512)."""
+    return next((legal for legal in VLLM_MAX_LORA_RANKS if legal >= rank), None)
+
+
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values ``s`` (descending) stand above the working precision.
+
+    Args:
+        s: the singular values of an out×in matrix, descending.
+        shape: ``(out, in)`` of that matrix.
+
+    Returns:
+        The count of values above ``s[0] · max(out, in) · ε`` (0 for a zero matrix).
+    """
+    if s.numel() == 0 or float(s[0]) <= 0:
+        return 0
+    tolerance = float(s[0]) * max(shape) * torch.finfo(s.dtype).eps
+    return int((s > tolerance).sum())
+
+
+@dataclass(frozen=True)
+class ModuleFit:
+    """One module fitted to a cap.
+
+    Attributes:
+        result: the factors (the input's own when nothing changed), with the energy kept.
+        stacked_rank: the rank the factors came in with.
+        true_rank: the numerical rank of their product.
+        truncated: the true rank was above the cap, so directions above the
+            working precision were cut.
+    """
+
+    result: LowRank
+    stacked_rank: int
+    true_rank: int
+    truncated: bool
+
+
+def fit_module(a: torch.Tensor, b: torch.Tensor, cap: int) -> ModuleFit:
+    """Fit ``b @ a`` to at most ``cap`` ranks: exact at its true rank if that fits, else its best rank-``cap`` SVD.
+
+    Args:
+        a: R×in and b: out×R, float32 or float64 (the product is never formed).
+        cap: the largest rank allowed.
+
+    Returns:
+        A :class:`ModuleFit`. Its ``result.kept`` is ‖result‖²/‖b@a‖² and
+        ``result.energy`` is ‖b@a‖²; when the stacked rank is already the true rank
+        and fits, the factors are returned unchanged (bit for bit).
+
+    Example:
+        >>> fit = fit_module(torch.cat([a1, a1]), torch.cat([b1, b2], dim=1), cap=4)  # shared A: rank 4, not 8
+        >>> fit.true_rank, fit.truncated
+        (4, False)
+    """
+    q_b, u, s, vh, q_a = core_svd(a, b)
+    stacked = a.shape[0]
+    true_rank = numerical_rank(s, (b.shape[0], a.shape[1]))
+    energy = float((s.double() ** 2).sum())
+    if true_rank == stacked and stacked <= cap:
+        return ModuleFit(LowRank(a, b, energy, 1.0), stacked, true_rank, False)
+    k = max(1, min(true_rank, cap))  # an all-zero module keeps one (zero) rank: PEFT needs r ≥ 1
+    kept = float((s[:k].double() ** 2).sum()) / energy if energy > 0 else 1.0
+    root = s[:k].sqrt()
+    new_b = (q_b @ u[:, :k]) * root
+    new_a = root[:, None] * (vh[:k] @ q_a.T)
+    return ModuleFit(
+        LowRank(new_a.to(a.dtype).contiguous(), new_b.to(a.dtype).contiguous(), energy, min(kept, 1.0)),
+        stacked,
+        true_rank,
+        true_rank > cap,
+    )
+
+
+def apply_fit(merged: LowRank, cap: int, *, stacked: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Fit one module's merge result to ``cap``, keeping its kept-energy account.
+
+    Args:
+        merged: a method's result for the module.
+        cap: the largest rank allowed.
+        stacked: the float32/float64 factors ``merged`` was built from, for the exact
+            methods (whose ``merged`` may already be rounded to the output dtype); the
+            fit works on these, and ``merged`` is returned as it is when nothing changes.
+
+    Returns:
+        ``(result, fit)``: the fitted :class:`LowRank` (``energy`` the method's target's,
+        ``kept`` the share of it kept after both the method and the cap) and the
+        :class:`ModuleFit`.
+    """
+    a, b = stacked if stacked is not None else (merged.a, merged.b)
+    fit = fit_module(a, b, cap)
+    energy = merged.energy if merged.energy > 0 else fit.result.energy
+    if fit.result.a is a:  # nothing changed: keep the method's own factors, bit for bit
+        return LowRank(merged.a, merged.b, energy, merged.kept), fit
+    kept = merged.kept * fit.result.kept if merged.energy > 0 else fit.result.kept
+    return LowRank(fit.result.a, fit.result.b, energy, kept), fit
+
+
+def summarize_fits(fits: dict[str, ModuleFit], target: FitTarget | None, stored_rank: int) -> dict | None:
+    """The report's ``serving.rank_fit``: the cap, what it did per module, and the vLLM rank to serve with.
+
+    Returns:
+        ``None`` without a target; else ``max_rank``, ``engine``, ``engine_max``,
+        ``rank`` (the stored rank), ``vllm_max_lora_rank`` (smallest legal ≥ ``rank``),
+        ``exact`` (no module truncated), ``modules``, ``reduced`` (refactored at a
+        true rank below the stacked one), ``truncated``, ``kept_energy`` (overall share of
+        ‖ΔW‖² over the fitted modules) and ``per_module`` (stacked rank, true rank, rank, kept).
+    """
+    if target is None:
+        return None
+    total = sum(f.result.energy for f in fits.values())
+    kept = sum(f.result.energy * f.result.kept for f in fits.values())
+    return {
+        "max_rank": target.max_rank,
+        "engine": target.engine,
+        "engine_max": target.engine_max,
+        "rank": stored_rank,
+        "vllm_max_lora_rank": smallest_vllm_rank(stored_rank),
+        "exact": not any(f.truncated for f in fits.values()),
+        "modules": len(fits),
+        "reduced": sum(1 for f in fits.values() if not f.truncated and f.true_rank < f.stacked_rank),
+        "truncated": sum(1 for f in fits.values() if f.truncated),
+        "kept_energy": kept / total if total > 0 else 1.0,
+        "per_module": {
+            key: {
+                "stacked_rank": f.stacked_rank,
+                "true_rank": f.true_rank,
+                "rank": f.result.a.shape[0],
+                "kept": f.result.kept,
+            }
+            for key, f in fits.items()
+        },
+    }
