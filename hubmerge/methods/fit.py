@@ -5,8 +5,10 @@ adapters that share A (or the same adapter given twice) span fewer
 directions than they stack. The QR of the stacked factors and the SVD of the
 small core (:func:`hubmerge.methods.lowrank.core_svd`) give the singular
 values of B·A without forming it; the numerical rank counts those above
-``σ_max · max(in, out) · ε`` (the rule of ``torch.linalg.matrix_rank``, ε of
-the working dtype), so what is dropped is below the working precision.
+``‖B‖_F·‖A‖_F · max(in, out) · ε`` (the rule of ``torch.linalg.matrix_rank``, with
+the factors' norms, a bound on σ_max, in place of σ_max so that terms that cancel
+to rounding noise count as zero; ε of the working dtype), so what is dropped is
+below the working precision.
 
 - true rank ≤ the cap: the module stays exact; it is refactored at its true
   rank only when that is below its stacked rank.
@@ -101,19 +103,25 @@ def smallest_vllm_rank(rank: int) -> int | None:
     return next((legal for legal in VLLM_MAX_LORA_RANKS if legal >= rank), None)
 
 
-def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int], scale: float | None = None) -> int:
     """How many singular values ``s`` (descending) stand above the working precision.
 
     Args:
         s: the singular values of an out×in matrix, descending.
         shape: ``(out, in)`` of that matrix.
+        scale: the size the rounding errors scale with; default ``s[0]``. For a
+            product B·A pass ‖B‖_F·‖A‖_F (≥ σ_max): when the terms cancel, ``s[0]`` is
+            itself rounding noise and must not set the bar.
 
     Returns:
-        The count of values above ``s[0] · max(out, in) · ε`` (0 for a zero matrix).
+        The count of values above ``scale · max(out, in) · ε`` (0 for a zero matrix).
     """
-    if s.numel() == 0 or float(s[0]) <= 0:
+    if s.numel() == 0:
         return 0
-    tolerance = float(s[0]) * max(shape) * torch.finfo(s.dtype).eps
+    scale = max(float(s[0]), scale or 0.0)
+    if scale <= 0:
+        return 0
+    tolerance = scale * max(shape) * torch.finfo(s.dtype).eps
     return int((s > tolerance).sum())
 
 
@@ -154,7 +162,7 @@ def fit_module(a: torch.Tensor, b: torch.Tensor, cap: int) -> ModuleFit:
     """
     q_b, u, s, vh, q_a = core_svd(a, b)
     stacked = a.shape[0]
-    true_rank = numerical_rank(s, (b.shape[0], a.shape[1]))
+    true_rank = numerical_rank(s, (b.shape[0], a.shape[1]), scale=float(a.norm()) * float(b.norm()))
     energy = float((s.double() ** 2).sum())
     if true_rank == stacked and stacked <= cap:
         return ModuleFit(LowRank(a, b, energy, 1.0), stacked, true_rank, False)
