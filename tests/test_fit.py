@@ -73,7 +73,9 @@ def test_a_duplicated_source_is_exact_at_its_own_rank(adapters, tmp_path):
     fit = result.report["serving"]["rank_fit"]
     assert fit["exact"] and fit["rank"] == 4 and fit["vllm_max_lora_rank"] == 8
     expected = reference_logits("llama", [(adapters["one"], 2.0)])
-    torch.testing.assert_close(peft_logits("llama", result.save_pretrained(tmp_path / "m")), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        peft_logits("llama", result.save_pretrained(tmp_path / "m")), expected, atol=2e-5, rtol=1e-5
+    )
 
 
 def test_truncation_keeps_the_best_rank_k_and_reports_its_energy(adapters, tmp_path):

@@ -1,0 +1,68 @@
+"""llama.cpp for the tests: its own LoRA converter (from the llama-cpp-python sdist on PyPI) and, for the slow
+test, llama.cpp itself built from that sdist. Both are cached outside the repository, in ~/.cache/hubmerge-llama.
+
+The sdist is fetched with pip from the package registry (code, not model data); nothing of llama.cpp is
+copied into this repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+VERSION = "0.3.36"  # llama-cpp-python, which vendors llama.cpp and its gguf-py
+CACHE = Path.home() / ".cache" / "hubmerge-llama"
+SDIST = CACHE / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz"
+SOURCE = CACHE / "sdist" / f"llama_cpp_python-{VERSION}"
+VENV = CACHE / "venv"
+
+
+def llama_cpp_source() -> Path:
+    """The vendored llama.cpp tree (with convert_lora_to_gguf.py and gguf-py), downloaded once."""
+    tree = SOURCE / "vendor" / "llama.cpp"
+    if (tree / "convert_lora_to_gguf.py").is_file():
+        return tree
+    SDIST.parent.mkdir(parents=True, exist_ok=True)
+    if not SDIST.is_file():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={VERSION}", "--no-deps",
+             "--no-binary", ":all:", "-d", str(SDIST.parent)],
+            check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+    with tarfile.open(SDIST) as archive:
+        archive.extractall(SDIST.parent, filter="data")
+    return tree
+
+
+def run_converter(adapter: Path, base: Path, out: Path, outtype: str = "f32") -> Path:
+    """llama.cpp's own convert_lora_to_gguf.py on a PEFT adapter, with the base's config.json from ``base``."""
+    script = llama_cpp_source() / "convert_lora_to_gguf.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), "--base", str(base), "--outfile", str(out), "--outtype", outtype, str(adapter)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_lora_to_gguf.py failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+def llama_cpp_python() -> Path:
+    """A Python with llama-cpp-python built from source (about 6+ minutes on 2 cores, then cached)."""
+    python = VENV / "bin" / "python"
+    probe = [str(python), "-c", "import llama_cpp"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    llama_cpp_source()
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    env = {
+        **os.environ,
+        "CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF "
+        "-DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON",
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+    }
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", str(SDIST)], check=True, env=env)
+    return python
