@@ -18,6 +18,7 @@ _EXPORTS = {
     "AdapterFormatError": "errors",
     "AdapterNotFoundError": "errors",
     "Compatibility": "compat",
+    "GGUFExportError": "errors",
     "GatedRepoAccessError": "errors",
     "HubError": "errors",
     "HubmergeError": "errors",
@@ -39,11 +40,13 @@ _EXPORTS = {
     "Thresholds": "interference",
     "UnsafeAdapterError": "errors",
     "check_compatibility": "compat",
+    "convert_to_gguf": "gguf_export",
     "get_method": "methods",
     "load_adapter": "adapter",
     "load_adapters": "api",
     "merge": "api",
     "parse_source": "sources",
+    "servability": "serving",
     "similarity": "api",
 }
 
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
         AdapterFormatError,
         AdapterNotFoundError,
         GatedRepoAccessError,
+        GGUFExportError,
         HubError,
         HubmergeError,
         IncompatibleAdaptersError,
@@ -69,10 +73,12 @@ if TYPE_CHECKING:
         SourceError,
         UnsafeAdapterError,
     )
+    from .gguf_export import convert_to_gguf
     from .interference import Thresholds
     from .methods import METHODS, MergeMethod, MethodParams, get_method
     from .notice import Notice
     from .result import MergeResult
+    from .serving import servability
     from .sources import Source, parse_source
 
 
@@ -94,6 +100,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "Compatibility",
+    "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
     "HubmergeError",
@@ -116,10 +123,12 @@ __all__ = [
     "UnsafeAdapterError",
     "__version__",
     "check_compatibility",
+    "convert_to_gguf",
     "get_method",
     "load_adapter",
     "load_adapters",
     "merge",
     "parse_source",
+    "servability",
     "similarity",
 ]

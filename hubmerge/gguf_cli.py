@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
-        from .gguf_export import convert_directory
+        from .gguf_export import convert_to_gguf
 
-        path = convert_directory(
+        path = convert_to_gguf(
             args.directory, base=args.base, outtype=args.outtype, token=args.token, overwrite=args.overwrite
         )
     except SystemExit as exit_:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .result import MergeResult
 
 __all__ = ["ARCHITECTURES", "DEFAULT_GGUF_TYPE", "GGUF_NAME", "GGUF_TYPES", "attach_gguf", "build_gguf",
-           "convert_directory", "read_base_config"]  # fmt: skip
+           "convert_to_gguf", "read_base_config"]  # fmt: skip
 
 GGUF_NAME = "adapter_model.gguf"
 # f32 by default: the merged factors are float32 sums rounded once to the output dtype, and every input dtype
@@ -244,7 +244,7 @@ def _base_of(config_base: str | None, base: str | Path | None) -> str | Path:
     return chosen
 
 
-def convert_directory(
+def convert_to_gguf(
     directory: str | Path,
     *,
     base: str | Path | None = None,

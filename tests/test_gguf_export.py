@@ -26,7 +26,7 @@ import hubmerge
 from hubmerge.cli import main
 from hubmerge.errors import GGUFExportError
 from hubmerge.gguf_cli import main as gguf_main
-from hubmerge.gguf_export import GGUF_NAME, convert_directory
+from hubmerge.gguf_export import GGUF_NAME, convert_to_gguf
 from tests.factory import BASES, dense_deltas, make_adapter, tiny_gpt2, tiny_llama
 from tests.llamacpp import run_converter
 
@@ -92,7 +92,7 @@ def _check_structure(path, config: dict, arch: str) -> None:
 def test_llama_equals_llama_cpps_converter_tensor_by_tensor(tmp_path, outtype):
     targets = ATTENTION + ["gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
     merged, base = _merged(tmp_path, tiny_llama, targets)
-    ours = convert_directory(merged, base=base, outtype=outtype)
+    ours = convert_to_gguf(merged, base=base, outtype=outtype)
     reference = run_converter(merged, base, tmp_path / "ref.gguf", outtype)
     mine, theirs = _tensors(ours), _tensors(reference)
     assert sorted(mine) == sorted(theirs) and len(mine) == 2 * (7 * 2 + 2)
@@ -111,7 +111,7 @@ def test_other_architectures_equal_the_converter(tmp_path, family):
         return model_class(config_class(**SMALL)).eval()
 
     merged, base = _merged(tmp_path, build, targets)
-    ours, reference = convert_directory(merged, base=base), run_converter(merged, base, tmp_path / "ref.gguf")
+    ours, reference = convert_to_gguf(merged, base=base), run_converter(merged, base, tmp_path / "ref.gguf")
     mine, theirs = _tensors(ours), _tensors(reference)
     assert sorted(mine) == sorted(theirs)
     assert all(mine[n][0] == theirs[n][0] and np.array_equal(mine[n][1], theirs[n][1]) for n in mine)
@@ -123,7 +123,7 @@ def test_unpermuted_modules_carry_peft_deltas(tmp_path):
     # Independent of the converter: v_proj and down_proj are written without any reordering,
     # so B·A read back from the GGUF (ggml: ne = [in, out]) must be PEFT's own delta.
     merged, base = _merged(tmp_path, tiny_llama, ["q_proj", "v_proj", "down_proj"])
-    tensors = _tensors(convert_directory(merged, base=base))
+    tensors = _tensors(convert_to_gguf(merged, base=base))
     deltas = dense_deltas("llama", merged)
     for layer in range(2):
         for hf, ll in (("self_attn.v_proj", "attn_v"), ("mlp.down_proj", "ffn_down")):
@@ -137,7 +137,7 @@ def test_gpt2_keeps_peft_layout_where_llama_cpps_converter_swaps_a_and_b(tmp_pat
     a2 = make_adapter(tmp_path / "a2", base="gpt2", seed=2, target_modules=["c_attn", "c_proj"])
     merged = hubmerge.merge([a1, a2]).save_pretrained(tmp_path / "merged")
     base = _save_base(tiny_gpt2(), tmp_path / "base")
-    mine = _tensors(convert_directory(merged, base=base))
+    mine = _tensors(convert_to_gguf(merged, base=base))
     theirs = _tensors(run_converter(merged, base, tmp_path / "ref.gguf"))
     assert sorted(mine) == sorted(theirs)
     deltas = dense_deltas("gpt2", merged)  # PEFT's Conv1D deltas are in×out, like the Conv1D weight
@@ -157,25 +157,25 @@ def test_refuses_what_llama_cpp_cannot_take(tmp_path):
     base = _save_base(tiny_llama(), tmp_path / "base")
     saved = make_adapter(tmp_path / "saved", target_modules=["q_proj"], modules_to_save=["lm_head"])
     with pytest.raises(GGUFExportError, match="full weight copies of lm_head"):
-        convert_directory(saved, base=base)
+        convert_to_gguf(saved, base=base)
     head = _adapter(tmp_path / "head", tiny_llama(), ["q_proj", "lm_head"], seed=1)
     tied = json.loads((base / "config.json").read_text()) | {"tie_word_embeddings": True}
     (tmp_path / "tied").mkdir()
     (tmp_path / "tied" / "config.json").write_text(json.dumps(tied))
     with pytest.raises(GGUFExportError, match="ties lm_head to the embeddings"):
-        convert_directory(head, base=tmp_path / "tied")
+        convert_to_gguf(head, base=tmp_path / "tied")
     other = json.loads((base / "config.json").read_text()) | {"architectures": ["FalconForCausalLM"]}
     (tmp_path / "falcon").mkdir()
     (tmp_path / "falcon" / "config.json").write_text(json.dumps(other))
     with pytest.raises(GGUFExportError, match="FalconForCausalLM has no GGUF LoRA conversion"):
-        convert_directory(head, base=tmp_path / "falcon")
+        convert_to_gguf(head, base=tmp_path / "falcon")
     assert not any(p.name == GGUF_NAME for d in ("saved", "head") for p in (tmp_path / d).iterdir())
 
 
 def test_rslora_scale_is_folded_into_b(tmp_path):
     source = make_adapter(tmp_path / "rs", target_modules=["v_proj"], use_rslora=True, r=4, lora_alpha=8)
     base = _save_base(tiny_llama(), tmp_path / "base")
-    tensors = _tensors(convert_directory(source, base=base))
+    tensors = _tensors(convert_to_gguf(source, base=base))
     a, b = tensors["blk.0.attn_v.weight.lora_a"][1], tensors["blk.0.attn_v.weight.lora_b"][1]
     # llama.cpp applies alpha / rank = 2; PEFT's rsLoRA scale is alpha / √rank = 4
     np.testing.assert_allclose(2 * (b @ a), dense_deltas("llama", source)["model.layers.0.self_attn.v_proj.weight"],

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import hubmerge
-from hubmerge.gguf_export import convert_directory
+from hubmerge.gguf_export import convert_to_gguf
 from tests.llamacpp import CACHE, dequantized_copy, llama_cpp_python, run_converter
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
@@ -60,19 +60,19 @@ def test_merged_gguf_lora_equals_the_sources_applied_together(tmp_path):
     config.save_pretrained(base)
 
     merged = hubmerge.merge([EXAMPLES / name for name in SOURCES]).save_pretrained(tmp_path / "merged")
-    ours = convert_directory(merged, base=base)
+    ours = convert_to_gguf(merged, base=base)
     sources = []
     for name in SOURCES:  # each source converted the same way
         copy = tmp_path / name
         copy.mkdir()
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             (copy / file).write_bytes((EXAMPLES / name / file).read_bytes())
-        sources.append(convert_directory(copy, base=base))
+        sources.append(convert_to_gguf(copy, base=base))
     perturbed = tmp_path / "merged-f16"
     perturbed.mkdir()
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         (perturbed / file).write_bytes((merged / file).read_bytes())
-    perturbed_gguf = convert_directory(perturbed, base=base, outtype="f16")
+    perturbed_gguf = convert_to_gguf(perturbed, base=base, outtype="f16")
 
     # llama.cpp's own converter on hubmerge's PEFT output agrees with --gguf, tensor by tensor
     theirs = _tensors(run_converter(merged, base, tmp_path / "converter.gguf"))
