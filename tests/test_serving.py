@@ -110,3 +110,13 @@ def test_terminal_and_card_show_the_verdicts_with_commands(merged):
     serving = card.split("## Serving", 1)[1].split("\n## ", 1)[0]
     assert "| vLLM | servable |" in serving and "| llama.cpp | after conversion |" in serving
     assert "--lora-modules merged=alice/merged --max-lora-rank 8" in serving
+
+
+def test_docs_list_every_rule():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    names = {engine.key: engine.name for engine in ENGINES.values()}
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for rule in RULES:
+        assert any(line.startswith(f"| {names[rule.engine]} | `{rule.code}`") for line in rows), (rule.engine, rule.code)
