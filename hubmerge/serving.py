@@ -155,19 +155,21 @@ def serving_facts(report: Mapping, config: Mapping, *, full_weights: list[str], 
         gguf_file: the GGUF file written next to the adapter, if any.
 
     Returns:
-        A JSON-able dict: ``base_model``, ``rank``, ``modules`` (short names),
+        A JSON-able dict: ``base_model``, ``rank`` (with ``rank_is_upper_bound`` for a report-only
+        run, where it is the sum of the sources' largest ranks), ``modules`` (short names),
         ``partial_layers`` (module types some layers lack), ``modules_to_save``,
         ``full_weights``, ``use_dora``, ``bias``, ``patterns``, ``gguf_file``.
     """
     base = report.get("base_model") or {}
     output = report.get("output") or {}
     keys = list((report.get("modules") or {}).get("coverage") or {})
-    rank = output.get("rank")
+    rank, upper_bound = output.get("rank"), False
     if rank is None:  # report only: the stacked rank, an upper bound
-        rank = sum(s.get("rank_max") or 0 for s in report.get("sources") or [])
+        rank, upper_bound = sum(s.get("rank_max") or 0 for s in report.get("sources") or []), True
     return {
         "base_model": base.get("canonical") or base.get("name"),
         "rank": rank,
+        "rank_is_upper_bound": upper_bound,
         "modules": sorted({key.rsplit(".", 1)[-1] for key in keys}),
         "partial_layers": _partial_layers(keys),
         "modules_to_save": [item["module"] for item in report.get("modules_to_save") or []],

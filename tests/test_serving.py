@@ -119,4 +119,5 @@ def test_docs_list_every_rule():
     names = {engine.key: engine.name for engine in ENGINES.values()}
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     for rule in RULES:
-        assert any(line.startswith(f"| {names[rule.engine]} | `{rule.code}`") for line in rows), (rule.engine, rule.code)
+        row = f"| {names[rule.engine]} | `{rule.code}`"
+        assert any(line.startswith(row) for line in rows), (rule.engine, rule.code)
