@@ -279,7 +279,8 @@ def merge(
         kept_energy=None if (chosen.exact and not fits) or report_only else _kept_energy(kept),
     )  # fmt: skip
     facts = serving_facts(report, config, full_weights=[] if report_only else list(compat.base_layers))
-    report["serving"] = serving_section(facts, rank_fit=summarize_fits(fits, target, stored_rank))
+    fitted = None if report_only else summarize_fits(fits, target, stored_rank)  # report only: nothing was fitted
+    report["serving"] = serving_section(facts, rank_fit=fitted)
     for note in report["warnings"]:
         logger.warning(note["message"])
     recipe = build_recipe(

@@ -304,6 +304,8 @@ def attach_gguf(
     from .config import parse_config
     from .serving import serving_section
 
+    if not result.tensors:
+        raise GGUFExportError("this result has no tensors (it was made with report_only=True): nothing to convert")
     config = parse_config(result.config, where="the merged adapter")
     tensors = result.tensors
     adapter = LoraAdapter(

@@ -174,3 +174,9 @@ def test_cli_max_rank_and_fit(adapters, tmp_path, capsys):
     assert recipe["command"].endswith("--fit=vllm=8") and recipe["rank_limit"]["fit"] == "vllm=8"
     code = main([str(adapters["one"]), "--fit", "vllm=7", "--report-only"])
     assert code == 1 and "vLLM refuses --max-lora-rank 7" in capsys.readouterr().err
+
+
+def test_report_only_fits_nothing_and_says_the_rank_is_an_upper_bound(adapters):
+    report = hubmerge.merge([adapters["one"], adapters["two"]], fit="vllm", report_only=True).report
+    assert report["serving"]["rank_fit"] is None
+    assert report["serving"]["facts"]["rank"] == 8 and report["serving"]["facts"]["rank_is_upper_bound"] is True

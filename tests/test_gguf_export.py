@@ -222,3 +222,11 @@ def test_push_uploads_the_gguf_with_a_base_config_from_the_hub(tmp_path, capsys,
     assert main([str(a), str(b), "--gguf", "--push", target]) == 0, capsys.readouterr().err
     assert f"pushed to {constants.ENDPOINT}/{target}" in capsys.readouterr().out
     assert GGUF_NAME in hub.list_commits(target)[0]["files"]
+
+
+def test_a_report_only_result_has_nothing_to_convert(tmp_path):
+    from hubmerge.gguf_export import attach_gguf
+
+    result = hubmerge.merge([make_adapter(tmp_path / "a")], report_only=True)
+    with pytest.raises(GGUFExportError, match="report_only"):
+        attach_gguf(result, base=_save_base(tiny_llama(), tmp_path / "base"))
