@@ -213,10 +213,11 @@ def test_push_uploads_the_gguf_with_a_base_config_from_the_hub(tmp_path, capsys,
     from tests.conftest import TOKENS
     from tests.factory import LLAMA_ID
 
-    folder = _save_base(tiny_llama(), tmp_path / "base")
-    if LLAMA_ID not in hub.list_repos():
+    if LLAMA_ID not in hub.list_repos():  # the whole tiny model, as tests/test_hub.py's base_repo puts it there
+        folder = tmp_path / "base"
+        tiny_llama().save_pretrained(folder)
         hub.create_repo(LLAMA_ID, owner_token=TOKENS["alice"])
-        hub.commit_files(LLAMA_ID, {"config.json": (folder / "config.json").read_bytes()})
+        hub.commit_files(LLAMA_ID, {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
     a, b = make_adapter(tmp_path / "a", seed=1), make_adapter(tmp_path / "b", seed=2)
     target = "alice/gguf-push"
     assert main([str(a), str(b), "--gguf", "--push", target]) == 0, capsys.readouterr().err
