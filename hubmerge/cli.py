@@ -352,6 +352,9 @@ def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         args.method = recipe.get("method", "sum")
         for name, value in (recipe.get("method_parameters") or {}).items():
             setattr(args, name, value)
+        limit = recipe.get("rank_limit") or {}  # a rank cap is part of the merge; flags given here win
+        args.max_rank = args.max_rank if args.max_rank is not None else limit.get("max_rank")
+        args.fit = args.fit or limit.get("fit")
         args.allow_base_mismatch = args.allow_base_mismatch or bool(recipe.get("allow_base_mismatch"))
         args.allow_pickle = args.allow_pickle or bool(recipe.get("allow_pickle"))
     except OSError as err:

@@ -180,3 +180,14 @@ def test_report_only_fits_nothing_and_says_the_rank_is_an_upper_bound(adapters):
     report = hubmerge.merge([adapters["one"], adapters["two"]], fit="vllm", report_only=True).report
     assert report["serving"]["rank_fit"] is None
     assert report["serving"]["facts"]["rank"] == 8 and report["serving"]["facts"]["rank_is_upper_bound"] is True
+
+
+def test_a_recipe_replays_the_rank_cap(adapters, tmp_path, capsys):
+    from hubmerge.cli import main
+
+    assert main([str(adapters["one"]), str(adapters["two"]), "--max-rank", "3", "-o", str(tmp_path / "a")]) == 0
+    assert main(["--recipe", str(tmp_path / "a" / "hubmerge_recipe.json"), "-o", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    first, again = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("a", "b"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["r"] == 3
