@@ -27,6 +27,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check hubmerge tests examples spaces benchmarks experiments
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # llama.cpp itself on SmolLM2-135M: the merged GGUF LoRA against the source adapters applied together

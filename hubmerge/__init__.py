@@ -6,7 +6,7 @@
 """
 
 import importlib
-from typing import TYPE_CHECKING
+import typing
 
 from ._version import __version__
 
@@ -21,20 +21,27 @@ _EXPORTS = {
     "GGUFExportError": "errors",
     "GatedRepoAccessError": "errors",
     "HubError": "errors",
+    "HubOrigin": "provenance",
     "HubmergeError": "errors",
     "IncompatibleAdaptersError": "errors",
     "InvalidArgumentError": "errors",
     "LimitExceededError": "errors",
+    "LocalOrigin": "provenance",
     "LoraAdapter": "adapter",
     "METHODS": "methods",
     "MergeMethod": "methods",
+    "MergeReport": "report",
     "MergeResult": "result",
     "MethodParams": "methods",
     "Notice": "notice",
     "OutputExistsError": "errors",
+    "Problem": "errors",
     "PushError": "errors",
+    "PushResult": "hub",
+    "Recipe": "recipe",
     "RepoNotFoundError": "errors",
     "RevisionNotFoundError": "errors",
+    "SimilarityReport": "report",
     "Source": "sources",
     "SourceError": "errors",
     "Thresholds": "interference",
@@ -43,16 +50,16 @@ _EXPORTS = {
     "convert_to_gguf": "gguf_export",
     "get_method": "methods",
     "load_adapter": "adapter",
-    "load_adapters": "api",
+    "load_adapters": "loading",
     "merge": "api",
     "parse_source": "sources",
     "servability": "serving",
     "similarity": "api",
 }
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .adapter import LoraAdapter, load_adapter
-    from .api import load_adapters, merge, similarity
+    from .api import merge, similarity
     from .compat import Compatibility, check_compatibility
     from .config import AdapterConfig
     from .errors import (
@@ -67,6 +74,7 @@ if TYPE_CHECKING:
         InvalidArgumentError,
         LimitExceededError,
         OutputExistsError,
+        Problem,
         PushError,
         RepoNotFoundError,
         RevisionNotFoundError,
@@ -74,9 +82,14 @@ if TYPE_CHECKING:
         UnsafeAdapterError,
     )
     from .gguf_export import convert_to_gguf
+    from .hub import PushResult
     from .interference import Thresholds
+    from .loading import load_adapters
     from .methods import METHODS, MergeMethod, MethodParams, get_method
     from .notice import Notice
+    from .provenance import HubOrigin, LocalOrigin
+    from .recipe import Recipe
+    from .report import MergeReport, SimilarityReport
     from .result import MergeResult
     from .serving import servability
     from .sources import Source, parse_source
@@ -103,20 +116,27 @@ __all__ = [
     "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
+    "HubOrigin",
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "LocalOrigin",
     "LoraAdapter",
     "METHODS",
     "MergeMethod",
+    "MergeReport",
     "MergeResult",
     "MethodParams",
     "Notice",
     "OutputExistsError",
+    "Problem",
     "PushError",
+    "PushResult",
+    "Recipe",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "SimilarityReport",
     "Source",
     "SourceError",
     "Thresholds",

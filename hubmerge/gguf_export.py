@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,8 @@ def _gguf():
         import gguf
     except ImportError:
         raise GGUFExportError(
-            "writing GGUF needs the gguf package (llama.cpp's gguf-py): pip install 'hubmerge[gguf]'"
+            "writing GGUF needs the gguf package (llama.cpp's gguf-py): pip install 'hubmerge[gguf]'",
+            reason="gguf_missing",
         ) from None
     return gguf
 
@@ -117,7 +118,7 @@ def read_base_config(base: str | Path, *, revision: str | None = None, token: st
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise GGUFExportError(f"base model config {path}: cannot read it ({err})") from None
+        raise GGUFExportError(f"base model config {path}: cannot read it ({err})", reason="bad_base_config") from None
 
 
 def _architecture(base_config: dict) -> tuple[str, Architecture]:
@@ -128,7 +129,8 @@ def _architecture(base_config: dict) -> tuple[str, Architecture]:
     known = ", ".join(ARCHITECTURES)
     raise GGUFExportError(
         f"the base model's architecture {', '.join(names) or '(config.json names none)'} has no GGUF LoRA "
-        f"conversion in hubmerge (it knows {known}); use llama.cpp's convert_lora_to_gguf.py on the saved adapter"
+        f"conversion in hubmerge (it knows {known}); use llama.cpp's convert_lora_to_gguf.py on the saved adapter",
+        reason="unsupported_architecture",
     )
 
 
@@ -143,7 +145,7 @@ def _hparam(config: dict, *names: str) -> Any:
     for name in names:
         if config.get(name) is not None:
             return config[name]
-    raise GGUFExportError(f"the base model's config.json has none of {', '.join(names)}")
+    raise GGUFExportError(f"the base model's config.json has none of {', '.join(names)}", reason="bad_base_config")
 
 
 def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAULT_GGUF_TYPE, name: str) -> bytes:
@@ -166,17 +168,21 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
 
     gguf = _gguf()
     if outtype not in GGUF_TYPES:
-        raise GGUFExportError(f"GGUF type {outtype!r} is not one of {', '.join(GGUF_TYPES)}")
+        raise GGUFExportError(f"GGUF type {outtype!r} is not one of {', '.join(GGUF_TYPES)}", reason="bad_gguf_type")
     hf_arch, arch = _architecture(base_config)
     full = [*adapter.saved_modules, *adapter.base_layers]
     if full:
         raise GGUFExportError(
             f"{adapter.source}: it carries full weight copies of {', '.join(full)} (modules_to_save or a resized "
             "embedding); llama.cpp applies only LoRA factors (.lora_a / .lora_b) and refuses these. Merge adapters "
-            "without them to serve with llama.cpp"
+            "without them to serve with llama.cpp",
+            reason="full_weights",
+            source=adapter.source,
         )
     if adapter.problems:
-        raise GGUFExportError(f"{adapter.source}: " + "; ".join(adapter.problems))
+        raise GGUFExportError(
+            f"{adapter.source}: " + "; ".join(adapter.problems), reason="bad_adapter", source=adapter.source
+        )
     config = adapter.config
     tied = bool(base_config.get("tie_word_embeddings", arch.tied_default))
     n_blocks = _hparam(base_config, "n_layers", "num_hidden_layers", "n_layer", "num_layers")
@@ -191,12 +197,18 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
         if short == "lm_head" and tied:
             raise GGUFExportError(
                 f"{adapter.source}: module {key!r} has a LoRA, but the base ties lm_head to the embeddings, so its "
-                "GGUF has no output.weight to apply it to; llama.cpp cannot serve this module"
+                "GGUF has no output.weight to apply it to; llama.cpp cannot serve this module",
+                reason="tied_lm_head",
+                source=adapter.source,
+                module=key,
             )
         target = names.get_name(f"{key}.weight", try_suffixes=(".weight", ".bias"))
         if target is None:
             raise GGUFExportError(
-                f"{adapter.source}: module {key!r} has no llama.cpp tensor in the {arch.gguf_arch} architecture"
+                f"{adapter.source}: module {key!r} has no llama.cpp tensor in the {arch.gguf_arch} architecture",
+                reason="unmapped_module",
+                source=adapter.source,
+                module=key,
             )
         a, b = (t.to(torch.float32) for t in adapter.factors(key))
         rank = a.shape[0]
@@ -239,7 +251,8 @@ def _base_of(config_base: str | None, base: str | Path | None) -> str | Path:
     chosen = base if base is not None else config_base
     if not chosen:
         raise GGUFExportError(
-            "the adapter names no base model (base_model_name_or_path): give the base model's directory or repo id"
+            "the adapter names no base model (base_model_name_or_path): give the base model's directory or repo id",
+            reason="no_base_model",
         )
     return chosen
 
@@ -275,7 +288,7 @@ def convert_to_gguf(
     adapter = load_adapter(directory)
     target = Path(directory) / GGUF_NAME
     if target.exists() and not overwrite:
-        raise GGUFExportError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+        raise GGUFExportError(f"{target} exists; overwrite=True replaces it", reason="gguf_exists", source=str(target))
     chosen = _base_of(adapter.config.base_model_name_or_path, base)
     revision = adapter.config.revision if base is None else None
     data = build_gguf(adapter, read_base_config(chosen, revision=revision, token=token), outtype=outtype,
@@ -293,21 +306,37 @@ def convert_to_gguf(
 
 
 def attach_gguf(
-    result: MergeResult, *, base: str | Path | None = None, outtype: str = DEFAULT_GGUF_TYPE, token=None
-) -> None:
-    """Add ``adapter_model.gguf`` to a merge's files (saved and pushed with the rest) and to its serving verdicts.
+    result: MergeResult,
+    *,
+    base: str | Path | None = None,
+    outtype: str = DEFAULT_GGUF_TYPE,
+    token: str | bool | None = None,
+) -> MergeResult:
+    """The merge with ``adapter_model.gguf`` among its files (saved and pushed with the rest) and in its verdicts.
+
+    Args:
+        result: a finished merge (not a report-only one).
+        base: the base model's directory or Hub repo id (default: the merged adapter's base model).
+        outtype: tensor type (default ``"f32"``).
+        token: Hub token, for a Hub base.
+
+    Returns:
+        A new :class:`~hubmerge.result.MergeResult`; ``result`` itself is unchanged.
 
     Raises:
         GGUFExportError, HubError: as :func:`build_gguf` / :func:`read_base_config`.
     """
     from .adapter import LoraAdapter, _TensorReader
     from .config import parse_config
+    from .result import MergeResult
     from .serving import serving_section
 
-    if not result.tensors:
-        raise GGUFExportError("this result has no tensors (it was made with report_only=True): nothing to convert")
-    config = parse_config(result.config, where="the merged adapter")
-    tensors = result.tensors
+    if not isinstance(result, MergeResult) or not result.tensors:
+        raise GGUFExportError(
+            "this is a report without tensors (made with report_only=True): nothing to convert", reason="no_tensors"
+        )
+    config = parse_config(dict(result.config), where="the merged adapter")
+    tensors = dict(result.tensors)
     adapter = LoraAdapter(
         name="merged", source="the merged adapter", path=Path("."), config=config, weights_file=Path("."),
         tensor_names=list(tensors), shapes={k: tuple(v.shape) for k, v in tensors.items()},
@@ -315,8 +344,9 @@ def attach_gguf(
     )  # fmt: skip
     chosen = _base_of(config.base_model_name_or_path, base)
     revision = config.revision if base is None else None
-    base_config = read_base_config(chosen, revision=revision, token=token)
-    result.extra_files[GGUF_NAME] = build_gguf(adapter, base_config, outtype=outtype, name=result.default_repo_name())
-    serving = result.report.get("serving") or {}
+    data = build_gguf(adapter, read_base_config(chosen, revision=revision, token=token), outtype=outtype,
+                      name=result.default_repo_name())  # fmt: skip
+    serving = dict(result.report.serving or {})
     facts = {**serving.get("facts", {}), "gguf_file": GGUF_NAME, "gguf_type": outtype}
-    result.report["serving"] = serving_section(facts, rank_fit=serving.get("rank_fit"))
+    report = replace(result.report, serving=serving_section(facts, rank_fit=serving.get("rank_fit")))
+    return replace(result, report=report, extra_files={**result.extra_files, GGUF_NAME: data})

@@ -16,8 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from .methods.fit import VLLM_DEFAULT_MAX_LORA_RANK, VLLM_MAX_LORA_RANKS, smallest_vllm_rank
+from .methods.rank_limit import VLLM_DEFAULT_MAX_LORA_RANK, VLLM_MAX_LORA_RANKS, smallest_vllm_rank
+
+if TYPE_CHECKING:
+    from .report import MergeReport
 
 __all__ = [
     "ENGINES",
@@ -145,11 +149,13 @@ RULES: tuple[Rule, ...] = (
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
-def serving_facts(report: Mapping, config: Mapping, *, full_weights: list[str], gguf_file: str | None = None) -> dict:
+def serving_facts(
+    report: MergeReport, config: Mapping[str, Any], *, full_weights: list[str], gguf_file: str | None = None
+) -> dict[str, Any]:
     """What the rules look at, from a merge report and the merged ``adapter_config.json``.
 
     Args:
-        report: the merge report (``output``, ``modules``, ``modules_to_save``, ``base_model``).
+        report: the :class:`~hubmerge.report.MergeReport` (its output, modules, modules_to_save, base model).
         config: the merged adapter's config (``use_dora``, ``bias``, ``rank_pattern``, …).
         full_weights: module keys whose full weights the adapter carries (saved embeddings).
         gguf_file: the GGUF file written next to the adapter, if any.
@@ -160,19 +166,18 @@ def serving_facts(report: Mapping, config: Mapping, *, full_weights: list[str], 
         ``partial_layers`` (module types some layers lack), ``modules_to_save``,
         ``full_weights``, ``use_dora``, ``bias``, ``patterns``, ``gguf_file``.
     """
-    base = report.get("base_model") or {}
-    output = report.get("output") or {}
-    keys = list((report.get("modules") or {}).get("coverage") or {})
-    rank, upper_bound = output.get("rank"), False
-    if rank is None:  # report only: the stacked rank, an upper bound
-        rank, upper_bound = sum(s.get("rank_max") or 0 for s in report.get("sources") or []), True
+    keys = list(report.modules.coverage)
+    if report.output is not None:
+        rank, upper_bound = report.output.rank, False
+    else:  # report only: the stacked rank, an upper bound
+        rank, upper_bound = sum(s.rank_max for s in report.sources), True
     return {
-        "base_model": base.get("canonical") or base.get("name"),
+        "base_model": report.base_model.canonical or report.base_model.name,
         "rank": rank,
         "rank_is_upper_bound": upper_bound,
         "modules": sorted({key.rsplit(".", 1)[-1] for key in keys}),
         "partial_layers": _partial_layers(keys),
-        "modules_to_save": [item["module"] for item in report.get("modules_to_save") or []],
+        "modules_to_save": [item.module for item in report.modules_to_save],
         "full_weights": sorted(full_weights),
         "use_dora": bool(config.get("use_dora")),
         "bias": config.get("bias") or "none",

@@ -51,8 +51,8 @@ def _reference_sum(dirs_weights):
 def test_shared_a_sums_exactly_at_the_true_rank(adapters, tmp_path):
     # [B1 B3]·[A; A] = (B1 + B3)·A: rank 4, not 8. A cap of 4 must keep the sum exact.
     result = hubmerge.merge([adapters["one"], adapters["shared"]], max_rank=4)
-    fit = result.report["serving"]["rank_fit"]
-    assert result.report["exact"] is True and fit["exact"] is True
+    fit = result.report.serving["rank_fit"]
+    assert result.report.exact is True and fit["exact"] is True
     assert fit["truncated"] == 0 and fit["reduced"] == fit["modules"] == 6
     assert result.config["r"] == 4 and fit["rank"] == 4
     for info in fit["per_module"].values():
@@ -70,7 +70,7 @@ def test_shared_a_sums_exactly_at_the_true_rank(adapters, tmp_path):
 
 def test_a_duplicated_source_is_exact_at_its_own_rank(adapters, tmp_path):
     result = hubmerge.merge([adapters["one"], adapters["one"]], weights=[0.5, 1.5], fit="vllm=8")
-    fit = result.report["serving"]["rank_fit"]
+    fit = result.report.serving["rank_fit"]
     assert fit["exact"] and fit["rank"] == 4 and fit["vllm_max_lora_rank"] == 8
     expected = reference_logits("llama", [(adapters["one"], 2.0)])
     torch.testing.assert_close(
@@ -80,12 +80,12 @@ def test_a_duplicated_source_is_exact_at_its_own_rank(adapters, tmp_path):
 
 def test_truncation_keeps_the_best_rank_k_and_reports_its_energy(adapters, tmp_path):
     result = hubmerge.merge([adapters["one"], adapters["two"]], max_rank=3)
-    fit = result.report["serving"]["rank_fit"]
-    assert result.report["exact"] is False and fit["truncated"] == fit["modules"] == 6
+    fit = result.report.serving["rank_fit"]
+    assert result.report.exact is False and fit["truncated"] == fit["modules"] == 6
     reference = _reference_sum([(adapters["one"], 1.0), (adapters["two"], 1.0)])
     merged = _dense(result.save_pretrained(tmp_path / "merged"))
     total = kept_total = 0.0
-    per_module = result.report["kept_energy"]["per_module"]
+    per_module = result.report.kept_energy.per_module
     for name, dense in reference.items():
         u, s, vh = torch.linalg.svd(dense, full_matrices=False)
         best = (u[:, :3] * s[:3]) @ vh[:3]
@@ -96,33 +96,33 @@ def test_truncation_keeps_the_best_rank_k_and_reports_its_energy(adapters, tmp_p
         assert fit["per_module"][key]["kept"] == pytest.approx(kept, rel=1e-5)
         assert kept < 0.999  # a real cut, or the test would not show anything
         total, kept_total = total + float((s**2).sum()), kept_total + float((s[:3] ** 2).sum())
-    assert result.report["kept_energy"]["overall"] == pytest.approx(kept_total / total, rel=1e-5)
+    assert result.report.kept_energy.overall == pytest.approx(kept_total / total, rel=1e-5)
     assert fit["kept_energy"] == pytest.approx(kept_total / total, rel=1e-5)
 
 
 def test_fit_vllm_keeps_the_plain_sum_bit_for_bit_when_it_fits(adapters):
     plain = hubmerge.merge([adapters["one"], adapters["two"], adapters["one"]], weights=[1, 1, -0.5])
     fitted = hubmerge.merge([adapters["one"], adapters["two"], adapters["one"]], weights=[1, 1, -0.5], fit="vllm")
-    fit = fitted.report["serving"]["rank_fit"]
+    fit = fitted.report.serving["rank_fit"]
     # one and -0.5·one share A: the true rank is 8 of the stacked 12, so those modules are refactored exactly
     assert fit["exact"] and fit["rank"] == 8 and fit["vllm_max_lora_rank"] == 8
     two = hubmerge.merge([adapters["one"], adapters["two"]], fit="vllm")
-    assert two.report["serving"]["rank_fit"]["reduced"] == 0
+    assert two.report.serving["rank_fit"]["reduced"] == 0
     plain_two = hubmerge.merge([adapters["one"], adapters["two"]])
     assert two.tensors.keys() == plain_two.tensors.keys()
     assert all(torch.equal(two.tensors[k], plain_two.tensors[k]) for k in two.tensors)
     assert plain.config["r"] == 12 and fitted.config["r"] == 8
-    vllm = next(v for v in fitted.report["serving"]["engines"] if v["engine"] == "vllm")
+    vllm = next(v for v in fitted.report.serving["engines"] if v["engine"] == "vllm")
     assert vllm["servable"] and vllm["command"].endswith("--max-lora-rank 8")
 
 
 def test_fit_vllm_truncates_above_max_and_serves_at_max(adapters):
     result = hubmerge.merge([adapters["one"], adapters["two"], adapters["shared"]], fit="vllm=8")
-    fit = result.report["serving"]["rank_fit"]
+    fit = result.report.serving["rank_fit"]
     # shared's A equals one's, so the true rank is 8 of 12: it fits vLLM 8 exactly
     assert fit["exact"] and fit["rank"] == 8 and fit["vllm_max_lora_rank"] == 8
     result = hubmerge.merge([adapters["one"], adapters["two"], adapters["shared"]], fit="vllm=1")
-    fit = result.report["serving"]["rank_fit"]
+    fit = result.report.serving["rank_fit"]
     assert not fit["exact"] and fit["rank"] == 1 and fit["vllm_max_lora_rank"] == 1 and 0 < fit["kept_energy"] < 1
 
 
@@ -171,20 +171,21 @@ def test_cli_max_rank_and_fit(adapters, tmp_path, capsys):
     assert code == 0 and "rank fit (vLLM --max-lora-rank 8): rank 8, exact" in out
     assert "--max-lora-rank 8" in out and str(tmp_path / "o") in out
     recipe = json.loads((tmp_path / "o" / "hubmerge_recipe.json").read_text())
-    assert recipe["command"].endswith("--fit=vllm=8") and recipe["rank_limit"]["fit"] == "vllm=8"
+    assert recipe["command"].endswith("--fit=vllm=8") and recipe["fit"] == "vllm=8" and "max_rank" not in recipe
     code = main([str(adapters["one"]), "--fit", "vllm=7", "--report-only"])
-    assert code == 1 and "vLLM refuses --max-lora-rank 7" in capsys.readouterr().err
+    assert code == 1 and "vLLM refuses max_lora_rank 7" in capsys.readouterr().err
 
 
 def test_report_only_fits_nothing_and_says_the_rank_is_an_upper_bound(adapters):
-    report = hubmerge.merge([adapters["one"], adapters["two"]], fit="vllm", report_only=True).report
-    assert report["serving"]["rank_fit"] is None
-    assert report["serving"]["facts"]["rank"] == 8 and report["serving"]["facts"]["rank_is_upper_bound"] is True
+    report = hubmerge.merge([adapters["one"], adapters["two"]], fit="vllm", report_only=True)
+    assert report.serving["rank_fit"] is None
+    assert report.serving["facts"]["rank"] == 8 and report.serving["facts"]["rank_is_upper_bound"] is True
 
 
-def test_a_recipe_replays_the_rank_cap(adapters, tmp_path, capsys):
+def test_a_recipe_replays_the_rank_cap(adapters, tmp_path, capsys, monkeypatch):
     from hubmerge.cli import main
 
+    monkeypatch.chdir(adapters["one"].parent)  # a recipe names local sources by folder name
     assert main([str(adapters["one"]), str(adapters["two"]), "--max-rank", "3", "-o", str(tmp_path / "a")]) == 0
     assert main(["--recipe", str(tmp_path / "a" / "hubmerge_recipe.json"), "-o", str(tmp_path / "b")]) == 0
     capsys.readouterr()

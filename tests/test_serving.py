@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import hubmerge
@@ -21,7 +23,7 @@ def merged(tmp_path_factory):
 
 @pytest.fixture
 def facts(merged):
-    return dict(merged.report["serving"]["facts"])
+    return dict(merged.report.serving["facts"])
 
 
 def verdicts(facts) -> dict[str, dict]:
@@ -38,7 +40,7 @@ def test_a_plain_merge_is_servable_everywhere_and_llama_cpp_after_conversion(mer
     assert found["vllm"]["command"] == (
         "vllm serve test-org/tiny-llama --enable-lora --lora-modules merged=ADAPTER --max-lora-rank 8"
     )
-    assert merged.report["serving"]["engines"] == servability(facts)  # the report holds the same verdicts
+    assert list(merged.report.serving["engines"]) == servability(facts)  # the report holds the same verdicts
 
 
 @pytest.mark.parametrize(
@@ -85,10 +87,10 @@ def test_llama_cpp_is_servable_once_the_gguf_is_written(facts):
 
 
 def test_partial_layers_are_found_from_module_keys(merged):
-    report = {**merged.report, "modules": {"coverage": {
-        "model.layers.0.self_attn.q_proj": [], "model.layers.1.self_attn.q_proj": [],
-        "model.layers.0.mlp.down_proj": [], "lm_head": [],
-    }}}  # fmt: skip
+    coverage = {key: ("a",) for key in (
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.0.mlp.down_proj", "lm_head",
+    )}  # fmt: skip
+    report = replace(merged.report, modules=replace(merged.report.modules, coverage=coverage))
     facts = serving_facts(report, merged.config, full_weights=[])
     assert facts["partial_layers"] == ["model.layers.*.mlp.down_proj"]
     assert facts["modules"] == ["down_proj", "lm_head", "q_proj"]
