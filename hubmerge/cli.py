@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ._version import __version__
 from .errors import (
     GatedRepoAccessError,
+    GGUFExportError,
     HubError,
     HubmergeError,
     IncompatibleAdaptersError,
@@ -62,6 +63,11 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
     (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
     (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
+    (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
+    "256, 320, 512",
+    (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
+    (GGUFExportError, "unsupported_architecture"): "leave out --gguf and run llama.cpp's convert_lora_to_gguf.py",
+    (GGUFExportError, "gguf_missing"): "pip install 'hubmerge[gguf]'",
     (RepoNotFoundError, None): "check the name; for a private repo log in with `hf auth login` or set HF_TOKEN",
     (RevisionNotFoundError, None): "check the branch, tag or commit sha",
     (GatedRepoAccessError, None): "request access on the repo's page, then use that account's token (`hf auth login`)",

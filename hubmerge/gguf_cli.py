@@ -16,6 +16,14 @@ from .gguf_export import DEFAULT_GGUF_TYPE, GGUF_NAME, GGUF_TYPES
 
 __all__ = ["main"]
 
+# This command's next step for an error's reason (the library says what is wrong, in API terms).
+_HINTS = {
+    "gguf_exists": "pass --overwrite to replace it",
+    "no_base_model": "give the base model with --base DIR_OR_REPO",
+    "unsupported_architecture": "run llama.cpp's convert_lora_to_gguf.py instead",
+    "gguf_missing": "pip install 'hubmerge[gguf]'",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -58,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HubmergeError, OSError) as err:
         if debug:
             traceback.print_exc()
-        print(f"hubmerge-gguf: error: {err}", file=sys.stderr)
+        hint = _HINTS.get(getattr(err, "reason", None) or "")
+        print(f"hubmerge-gguf: error: {err}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 1
     print(f"wrote {path} ({args.outtype}); serve it with: llama-server -m BASE_MODEL.gguf --lora {path}")
     return 0
