@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from safetensors.torch import save, save_file
 
-from ._version import __version__
 from .adapter import SAFETENSORS_NAME
 from .config import CONFIG_NAME
 from .errors import InvalidArgumentError
@@ -205,7 +204,9 @@ def _writer(data: bytes) -> Callable[[Path], object]:
 
 
 def _metadata() -> dict[str, str]:
-    return {"format": "pt", "hubmerge_version": __version__}
+    # One key only: safetensors writes the metadata map in a random order, so with two keys the same merge gave
+    # different bytes half the time, and a re-push of identical content made a commit. The version is in the report.
+    return {"format": "pt"}
 
 
 def _json(data: Mapping[str, Any]) -> bytes:

@@ -162,3 +162,11 @@ def test_report_json_of_the_cli_is_the_report(capsys, pair):
     code = hubmerge.cli.main([*map(str, pair), "--report-only", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data == hubmerge.merge(list(pair), report_only=True).to_dict()
+
+
+def test_the_same_merge_gives_the_same_bytes(pair):
+    # A re-push of identical content must be recognised as unchanged: every file byte-identical, every time
+    # (safetensors writes its metadata map in a random order, so two keys there would differ half the time).
+    first = hubmerge.merge(list(pair)).files(figure=False)
+    for _ in range(4):
+        assert hubmerge.merge(list(pair)).files(figure=False) == first
