@@ -348,7 +348,9 @@ def render_text(section: Mapping | None, *, adapter: str | None = None) -> list[
             f"rank fit ({what}): rank {fit['rank']}, {verdict}; {fit['reduced']} module(s) refactored at "
             "their lower true rank"
         )
-    lines.append("serving:")
+    facts = section.get("facts") or {}
+    bound = f" (report only: judged at rank {facts.get('rank')}, the stacked upper bound)"
+    lines.append("serving" + (bound if facts.get("rank_is_upper_bound") else "") + ":")
     width = max(len(v["name"]) for v in section["engines"])
     for verdict in section["engines"]:
         why = f" — {'; '.join(r.split(':', 1)[0] for r in verdict['reasons'])}" if verdict["reasons"] else ""
