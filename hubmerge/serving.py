@@ -121,7 +121,7 @@ RULES: tuple[Rule, ...] = (
     Rule("vllm", "one_rank", "one r and lora_alpha for every module: rank_pattern / alpha_pattern are not read",
          "no_patterns", _VLLM + "vllm/lora/peft_helper.py (PEFTHelper fields; from_dict drops other keys)"),
     Rule("vllm", "full_weights", "no full weight copies: saved base embeddings are skipped, not applied",
-         "no_full_weights", _VLLM + "vllm/lora/lora_model.py (from_lora_tensors: is_base_embeddding_weights)"),
+         "no_saved_embeddings", _VLLM + "vllm/lora/lora_model.py (from_lora_tensors: is_base_embeddding_weights)"),
     Rule("sglang", "target_modules", "every module is one SGLang maps to a LoRA weight: " + ", ".join(_SGLANG_MODULES),
          "known_modules", _SGLANG + " (get_normalized_target_modules, get_hidden_dim)",
          params={"names": _SGLANG_MODULES}),
@@ -220,6 +220,11 @@ def _no_full_weights(facts, params) -> str | None:
     return f"full weight copies of {', '.join(full)}" if full else None
 
 
+def _no_saved_embeddings(facts, params) -> str | None:
+    full = facts["full_weights"]
+    return f"full weight copies of {', '.join(full)}" if full else None
+
+
 def _no_dora(facts, params) -> str | None:
     return "use_dora is true" if facts["use_dora"] else None
 
@@ -251,6 +256,7 @@ _CHECKS: dict[str, Callable[[Mapping, Mapping], str | None]] = {
     "rank_at_most": _rank_at_most,
     "no_modules_to_save": _no_modules_to_save,
     "no_full_weights": _no_full_weights,
+    "no_saved_embeddings": _no_saved_embeddings,
     "no_dora": _no_dora,
     "no_bias": _no_bias,
     "no_patterns": _no_patterns,
