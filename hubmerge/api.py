@@ -32,6 +32,7 @@ from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
 from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
+from .peft_releases import plain_target_names
 from .provenance import HubOrigin, LocalOrigin
 from .recipe import RecipeSource, recipe_of
 from .report import (
@@ -256,6 +257,7 @@ def merge(
         task_type=tasks.pop() if len(tasks) == 1 else None,
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
+        target_names=plain_target_names([a.config for a in adapters], modules),
     )
     recipe = recipe_of(
         [_recipe_source(a, w) for a, w in zip(adapters, user_weights)],

@@ -65,6 +65,7 @@ class AdapterConfig:
     fan_in_fan_out: bool = False
     target_modules: list[str] | str | None = None
     layers_to_transform: list[int] | int | None = None
+    exclude_modules: list[str] | str | None = None
     modules_to_save: list[str] = field(default_factory=list)
     use_dora: bool = False
     lora_bias: bool = False
@@ -215,6 +216,7 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
         fan_in_fan_out=flag("fan_in_fan_out"),
         target_modules=target_modules,
         layers_to_transform=data.get("layers_to_transform"),
+        exclude_modules=data.get("exclude_modules") or None,
         modules_to_save=modules_to_save,
         use_dora=flag("use_dora"),
         lora_bias=flag("lora_bias"),
@@ -235,6 +237,7 @@ def build_config(
     task_type: str | None,
     fan_in_fan_out: bool,
     modules_to_save: Sequence[str] = (),
+    target_names: Sequence[str] | None = None,
 ) -> dict:
     """The merged adapter's ``adapter_config.json``, built from an allow-list.
 
@@ -255,6 +258,8 @@ def build_config(
         rank: the stored rank of every module.
         base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
         modules_to_save: full modules carried over from one input.
+        target_names: module names to write as ``target_modules`` instead of the regex, where they
+            select exactly the merged modules (:func:`hubmerge.peft_releases.plain_target_names`).
     """
     from .peft_releases import select_fields, target_modules_pattern
 
@@ -265,7 +270,7 @@ def build_config(
         "revision": revision,
         "r": rank,
         "lora_alpha": rank,
-        "target_modules": target_modules_pattern(modules),
+        "target_modules": list(target_names) if target_names else target_modules_pattern(modules),
         "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(modules_to_save) or None,
         "bias": "none",

@@ -10,12 +10,14 @@ it (its default differs from the value the merge needs) or the merge needs a
 value other than a default; a field the oldest release lacks raises the
 output's minimum release (per feature: ``revision`` needs 0.4).
 
-``target_modules`` is written as one regular expression of the adapted module
-keys: every PEFT release matches a string with ``re.fullmatch`` against each
-module name, so it selects exactly the modules that carry factors. A list of
-short names would not: PEFT up to 0.5 matches list entries with a plain
-``endswith`` (``"0"`` matches ``layers.10``) and all releases select every
-same-named module, whatever its type (Qwen2-VL's merger ``mlp.0`` / ``mlp.2``).
+``target_modules`` selects exactly the modules that carry factors: the list of
+their short names where the inputs chose their modules by name over every layer
+(:func:`plain_target_names`), else one regular expression of the module keys
+(every PEFT release matches a string with ``re.fullmatch`` against each module
+name). Short names alone are not always exact: PEFT up to 0.5 matches list
+entries with a plain ``endswith`` (``"0"`` matches ``layers.10``), every release
+selects every same-named module whatever its type (Qwen2-VL's merger ``mlp.0`` /
+``mlp.2``), and an input limited to some layers did not adapt them all.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .layouts import alternative_keys
+
+if TYPE_CHECKING:
+    from .config import AdapterConfig
 
 __all__ = [
     "OLDEST_SUPPORTED",
     "config_fields",
     "minimum_release",
     "peft_releases",
+    "plain_target_names",
     "select_fields",
     "target_modules_pattern",
 ]
@@ -92,6 +98,32 @@ def minimum_release(config: Mapping[str, Any]) -> str:
         if set(config) <= set(peft_releases()[release]):
             return release
     raise ValueError(f"no known PEFT release has all of {sorted(config)}")
+
+
+def plain_target_names(configs: Iterable[AdapterConfig], keys: Iterable[str]) -> list[str] | None:
+    """The merged modules' short names, where a list of them selects exactly the merged modules.
+
+    That holds when every input chose its modules by short name (a list of plain names, or
+    ``"all-linear"``), over every layer (no ``layers_to_transform``, no ``exclude_modules``):
+    PEFT then adapted every module with those names, so their union selects exactly the union of
+    what the inputs adapted. A purely numeric name (``0`` of Qwen2-VL's ``mlp.0``) never does:
+    it would select every ``….0``. Serving engines that read ``target_modules`` as names
+    (SGLang) understand such a list; otherwise the config gets :func:`target_modules_pattern`.
+
+    Returns:
+        The sorted short names, or ``None`` when only the pattern is exact.
+    """
+    for config in configs:
+        targets = config.target_modules
+        by_name = targets == "all-linear" or (
+            isinstance(targets, list) and all(isinstance(t, str) and t and "." not in t for t in targets)
+        )
+        if not by_name or config.layers_to_transform is not None or config.exclude_modules:
+            return None
+    names = sorted({key.rsplit(".", 1)[-1] for key in keys})
+    if not names or any(name.isdigit() for name in names):
+        return None
+    return names
 
 
 def target_modules_pattern(keys: Iterable[str]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,11 @@ def peft_all_at_once(arch: str, sources: list[tuple[Path, float]]) -> PeftModel:
         if isinstance(copies, torch.nn.ModuleDict) and len(copies):
             module.set_adapter([n for n in names if n in copies][:1])
     return model.eval()
+
+
+def peft_selects(target_modules: str | list[str], name: str) -> bool:
+    """Whether PEFT (0.6 and later) targets module ``name``: a string by ``re.fullmatch``, a list by
+    the name itself or a dotted suffix of it."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)

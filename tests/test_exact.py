@@ -8,7 +8,6 @@ correct: PEFT's ``add_weighted_adapter(combination_type="cat")``.
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 
 import hubmerge
 from hubmerge.methods.exact import concat_factors
+from tests.arch_zoo import peft_selects
 from tests.factory import BASES, input_ids, make_adapter, peft_logits, reference_logits
 
 # fp32 logits of a 2-layer model: the merge rounds once per factor, the
@@ -169,7 +169,9 @@ def test_output_config_is_built_not_copied(tmp_path):
     assert not config.get("rank_pattern") and not config.get("alpha_pattern")
     modules = {f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")}
     names = {name for name, _ in BASES["llama"][0]().named_modules()}
-    assert {n for n in names if re.fullmatch(config["target_modules"], n)} == modules, "selects exactly the merged"
+    assert {n for n in names if peft_selects(config["target_modules"], n)} == modules, "selects exactly the merged"
+    # b was limited to q_proj by name, a to q_proj and v_proj: a list of those names is exact
+    assert config["target_modules"] == ["q_proj", "v_proj"]
     assert config["base_model_name_or_path"] == "test-org/tiny-llama"
     out = result.report.to_dict()["output"]
     assert (out["rank"], out["rank_min"], out["rank_max"], out["padded_modules"]) == (6, 2, 6, 2)

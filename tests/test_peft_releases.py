@@ -14,7 +14,14 @@ import peft
 import pytest
 
 import hubmerge
-from hubmerge.peft_releases import OLDEST_SUPPORTED, config_fields, minimum_release, peft_releases
+from hubmerge.config import parse_config
+from hubmerge.peft_releases import (
+    OLDEST_SUPPORTED,
+    config_fields,
+    minimum_release,
+    peft_releases,
+    plain_target_names,
+)
 from tests.factory import make_adapter
 
 # Defaults a release may have for a field the merged config leaves out, with why that is harmless.
@@ -98,8 +105,24 @@ def test_every_field_left_out_defaults_to_something_harmless(merged_configs):
 def test_the_written_config_loads_in_the_installed_peft(merged_configs):
     for config in merged_configs.values():
         loaded = peft.LoraConfig(**{k: v for k, v in config.items() if k != "peft_type"})
-        assert (loaded.r, loaded.lora_alpha, loaded.target_modules) == (
-            config["r"],
-            config["lora_alpha"],
-            config["target_modules"],
-        )
+        targets = config["target_modules"]
+        assert (loaded.r, loaded.lora_alpha) == (config["r"], config["lora_alpha"])
+        assert loaded.target_modules == (targets if isinstance(targets, str) else set(targets))
+
+
+@pytest.mark.parametrize(
+    "targets, extra, expected",
+    [
+        (["q_proj", "v_proj"], {}, ["q_proj", "v_proj"]),
+        ("all-linear", {}, ["q_proj", "v_proj"]),
+        (["q_proj", "v_proj"], {"layers_to_transform": [1]}, None),  # layer 0 was not adapted
+        ("all-linear", {"exclude_modules": ["v_proj"]}, None),
+        (["self_attn.q_proj"], {}, None),  # a dotted name: its short name may select more
+        (r".*\.q_proj", {}, None),
+    ],
+)
+def test_names_are_written_only_where_they_select_exactly_the_merged_modules(targets, extra, expected):
+    keys = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    config = parse_config({"r": 4, "peft_type": "LORA", "target_modules": targets, **extra})
+    assert plain_target_names([config], keys) == expected
+    assert plain_target_names([parse_config({"r": 4, "target_modules": "all-linear"})], ["visual.merger.mlp.0"]) is None

@@ -13,7 +13,6 @@ exit 1, the reason on the first problem line, nothing written.
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from hubmerge.cli import main
-from tests.arch_zoo import base_model, dense_reference, logits, make_adapter, peft_all_at_once
+from tests.arch_zoo import base_model, dense_reference, logits, make_adapter, peft_all_at_once, peft_selects
 
 ATOL = 2e-5
 _LM_ALL = dict(target_modules="all-linear")
@@ -177,7 +176,7 @@ def test_sweep(tmp_path, capsys, case):
     # target_modules selects exactly the modules that carry factors
     config = json.loads((out / "adapter_config.json").read_text())
     names = {n for n, _ in base_model(arch).named_modules()}
-    selected = {n for n in names if re.fullmatch(config["target_modules"], n)}
+    selected = {n for n in names if peft_selects(config["target_modules"], n)}
     report = json.loads((out / "hubmerge_report.json").read_text())
     assert selected == set(report["modules"]["coverage"])
 
