@@ -226,6 +226,9 @@ def merge(
     exact = chosen.exact or (chosen.exact_if_untruncated and all(m.method_kept == 1.0 for m in modules.values()))
     fits = {key: m.fit for key, m in modules.items() if m.fit is not None}
     exact = exact and not any(f.truncated for f in fits.values())
+    if report_only:
+        # Nothing was built: only a method that is always exact, with no rank cap, is known to be.
+        exact = chosen.exact and cap is None
     ranks = {key: m.a.shape[0] for key, m in modules.items()}
     report = _report(
         adapters, names, coefficients, compat, canonical, similarity_report,
