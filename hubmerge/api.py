@@ -20,6 +20,7 @@ from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, nonfinite_factors, normalize_base_model
 from .config import build_config
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
+from .experts import place_parameters
 from .interference import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .methods import MethodParams, get_method
@@ -193,6 +194,7 @@ def merge(
     ranks: dict[str, int] = {}
     kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
     names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
+    parameters: dict[str, dict] = {}  # parameter key → expert → merged (A, B): laid out once the rank is known
     broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
     scratch = _scratch_buffers(adapters, compat.coverage)
     for key, owners in compat.coverage.items():
@@ -215,7 +217,8 @@ def merge(
         merged = chosen.combine(module, params)
         a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
         kept[key] = (merged.energy, merged.kept)
-        kind = adapters[owners[0]].modules[key].kind
+        spec = adapters[owners[0]].modules[key]
+        kind = spec.kind
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
         )
@@ -225,14 +228,18 @@ def merge(
                 f"module {key!r} overflows {dtype_name(out_dtype)} after scaling by the weights; "
                 "use --dtype float32 or bfloat16, or smaller weights"
             )
+        ranks[key] = a.shape[0]
+        if spec.parameter is not None:
+            parameters.setdefault(spec.parameter, {})[spec.expert] = (a, b)
+            continue
         names[key] = (f"{KEY_PREFIX}{key}.{a_name}", f"{KEY_PREFIX}{key}.{b_name}")
         tensors[names[key][0]], tensors[names[key][1]] = a, b
-        ranks[key] = a.shape[0]
     if broken:
         raise IncompatibleAdaptersError(broken)
     stored_rank = max(ranks.values(), default=1)
     for a_name, b_name in names.values():  # one rank for all modules: see build_config
         tensors[a_name], tensors[b_name] = pad_rank(tensors[a_name], tensors[b_name], stored_rank)
+    tensors.update(place_parameters(parameters, compat.parameter_depths, stored_rank, KEY_PREFIX))
     if not report_only:
         for group, owners in (("saved_modules", compat.saved_modules), ("base_layers", compat.base_layers)):
             for key, owner in owners.items():
@@ -242,13 +249,14 @@ def merge(
     similarity_summary, similarity_notes = accumulator.summary()
     tasks = {a.config.task_type for a in adapters}
     config = build_config(
-        list(ranks),
+        list(names),
         stored_rank,
         base_model_name_or_path=compat.base_model,
         revision=compat.revision,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
+        target_parameters=sorted(parameters),
     )
     used = {name: getattr(params, name) for name in chosen.parameters}
     exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
