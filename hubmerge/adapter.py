@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from .config import CONFIG_NAME, AdapterConfig, read_config
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
 from .experts import ParameterLayout, expert_factors, index_parameters
+from .legacy import expand_lora_b, merged_linear_problem
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -57,6 +58,7 @@ class ModuleFactors:
     experts: int = 1
     expert: int | None = None  # which expert of the stored factors, for a 3-D parameter
     depth: int = 0  # the parameter's nesting depth in the saved keys
+    enable_lora: tuple[bool, ...] | None = None  # PEFT 0.2's MergedLinear: B is stored grouped
 
 
 class LoraAdapter:
@@ -126,6 +128,8 @@ class LoraAdapter:
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Read ``(A, B)`` of ``module`` as stored (A: r×in, B: out×r)."""
         spec = self.modules[module]
+        if spec.enable_lora is not None:
+            return self._reader.get(spec.a_name), expand_lora_b(self._reader.get(spec.b_name), spec.enable_lora)
         if spec.expert is None:
             return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
         # The experts of one parameter share two tensors and come one after another: read them once.
@@ -230,6 +234,17 @@ class LoraAdapter:
             )
             return None
         a_shape, b_shape = self._shapes[a_name], self._shapes[b_name]
+        if self.config.enable_lora is not None and len(b_shape) == 3 and kind == "linear":
+            enable_lora = tuple(self.config.enable_lora)
+            floats = self._dtypes[a_name].is_floating_point and self._dtypes[b_name].is_floating_point
+            problem = merged_linear_problem(enable_lora, self.config.r, a_shape, b_shape, floats=floats)
+            if problem is not None:
+                self.problems.append(f"{self._where(b_name)}: {problem}")
+                return None
+            out_features = b_shape[0] // sum(enable_lora) * len(enable_lora)
+            return ModuleFactors(
+                module, a_name, b_name, a_shape[0], a_shape[1], out_features, kind, enable_lora=enable_lora
+            )
         bad = False
         for tensor, shape in ((a_name, a_shape), (b_name, b_shape)):
             if not self._dtypes[tensor].is_floating_point:

@@ -64,6 +64,7 @@ class AdapterConfig:
     fan_in_fan_out: bool = False
     target_modules: list[str] | str | None = None
     target_parameters: list[str] = field(default_factory=list)
+    enable_lora: list[bool] | None = None  # PEFT 0.2's MergedLinear (hubmerge.legacy)
     layers_to_transform: list[int] | int | None = None
     modules_to_save: list[str] = field(default_factory=list)
     use_dora: bool = False
@@ -194,6 +195,11 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
     target_parameters = data.get("target_parameters") or []
     if not isinstance(target_parameters, list) or not all(isinstance(t, str) and t for t in target_parameters):
         raise fail("target_parameters", target_parameters, "a list of parameter names")
+    enable_lora = data.get("enable_lora")
+    if enable_lora is not None and (
+        not isinstance(enable_lora, list) or not enable_lora or not all(isinstance(e, bool) for e in enable_lora)
+    ):
+        raise fail("enable_lora", enable_lora, "a list of true/false values")
     bias = data.get("bias", "none") or "none"
     if bias not in ("none", "all", "lora_only"):
         raise fail("bias", bias, "'none', 'all' or 'lora_only'")
@@ -218,6 +224,7 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
         fan_in_fan_out=flag("fan_in_fan_out"),
         target_modules=target_modules,
         target_parameters=target_parameters,
+        enable_lora=enable_lora,
         layers_to_transform=data.get("layers_to_transform"),
         modules_to_save=modules_to_save,
         use_dora=flag("use_dora"),
