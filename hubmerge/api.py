@@ -20,7 +20,7 @@ from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
 from .compat import check_compatibility, nonfinite_factors, normalize_base_model
 from .config import build_config
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
-from .experts import place_parameters
+from .experts import output_notice, place_parameters
 from .interference import SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .methods import MethodParams, get_method
@@ -262,7 +262,7 @@ def merge(
     exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
     report = build_report(
         adapters, coefficients_w, compat, similarity_summary,
-        [*compat.warnings, *dtype_notes, *similarity_notes],
+        [*compat.warnings, *dtype_notes, *similarity_notes, *output_notice(sorted(parameters))],
         output=None if report_only else output_summary(ranks, out_dtype),
         canonical=canonical,
         method={**chosen.to_dict(), "exact": exact, "parameters": used},

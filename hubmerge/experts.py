@@ -61,11 +61,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .notice import Notice
+
 __all__ = [
     "MIN_PEFT",
     "ParameterLayout",
     "assemble",
     "expert_factors",
+    "output_notice",
     "index_parameters",
     "place_parameters",
     "plan_parameters",
@@ -401,3 +404,17 @@ def place_parameters(
         a_name, b_name = saved_names(parameter.rsplit(".", 1)[0], depth_of[parameter], prefix)
         tensors[a_name], tensors[b_name] = a, b
     return tensors
+
+
+def output_notice(parameters: Sequence[str]) -> list[Notice]:
+    """The note that an output with parameter LoRAs needs a PEFT release that reads ``target_parameters``."""
+    if not parameters:
+        return []
+    return [
+        Notice(
+            "needs_recent_peft",
+            f"the merged adapter puts LoRA on {len(parameters)} parameter(s) (target_parameters, e.g. "
+            f"{parameters[0]}); PEFT loads such adapters from release {MIN_PEFT} on, and fused MoE experts of "
+            "Mixtral, Qwen3-MoE or DeepSeek-V3 also need transformers 5",
+        )
+    ]

@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GptOssConfig, MixtralConfig, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, DeepseekV3Config, GptOssConfig, MixtralConfig, Qwen3MoeConfig
 
 import hubmerge
 from hubmerge.cli import main
@@ -30,6 +30,13 @@ CONFIGS = {
         vocab_size=VOCAB, hidden_size=16, intermediate_size=24, moe_intermediate_size=12, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_experts=3, num_experts_per_tok=2,
         tie_word_embeddings=False,
+    ),
+    # Layer 0 dense (gate_proj/up_proj/down_proj modules), layer 1 routed experts next to a shared MLP.
+    "deepseek_v3": lambda: DeepseekV3Config(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, moe_intermediate_size=12, num_hidden_layers=2,
+        first_k_dense_replace=1, n_routed_experts=3, num_experts_per_tok=2, n_shared_experts=1,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4,
+        qk_nope_head_dim=4, v_head_dim=4, n_group=1, topk_group=1, tie_word_embeddings=False,
     ),
     # gpt-oss stores its experts transposed (E × in × out, ``is_transposed``), with biases.
     "gpt_oss": lambda: GptOssConfig(
@@ -127,6 +134,7 @@ def base_logits(arch: str) -> torch.Tensor:
         # and (Mixtral, Qwen3-MoE) doubles the rank of the fused gate_up_proj through rank_pattern.
         ("mixtral", {"target_modules": "all-linear"}),
         ("qwen3_moe", {"target_modules": "all-linear"}),
+        ("deepseek_v3", {"target_modules": "all-linear"}),
         ("gpt_oss", {"target_modules": ["q_proj", "v_proj"], "target_parameters": EXPERTS}),
     ],
 )
@@ -145,6 +153,7 @@ def test_same_parameters_merge_exactly(tmp_path, arch, lora):
     config = json.loads((out / "adapter_config.json").read_text())
     assert all(p.startswith("model.layers.") for p in config["target_parameters"])
     assert result.report["exact"] is True
+    assert "needs_recent_peft" in {w["code"] for w in result.report["warnings"]}
 
 
 def test_different_parameter_subsets(tmp_path):
@@ -172,8 +181,8 @@ def test_disjoint_parameters_of_one_module_are_refused(tmp_path, capsys):
     code = main([str(a), str(b), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
-    first = err.strip().splitlines()[0]
-    assert "no adapter adapts all of its parameters" in err and "contradicts" not in first
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert "no adapter adapts all of its parameters" in problems[0], err
     assert not (tmp_path / "out").exists()
 
 
@@ -216,3 +225,18 @@ def test_expert_factors_are_read_once_per_parameter(tmp_path):
         got = adapter.factors(key)
         want = expert_factors(saved[spec.a_name], saved[spec.b_name], spec.experts, spec.expert)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_methods_work_per_expert(tmp_path):
+    """Each expert is a module of its own: svd at full rank is the exact sum, truncated it is not."""
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    b = make(tmp_path / "b", "mixtral", seed=2, target_modules=[], target_parameters=EXPERTS)
+    sources = [(a, 1.0), (b, 1.0)]
+    full = hubmerge.merge([str(a), str(b)], method="svd", rank=4)
+    full.save_pretrained(tmp_path / "full")
+    assert full.report["exact"] is True
+    assert torch.allclose(merged_logits("mixtral", tmp_path / "full"), dense_reference("mixtral", sources), atol=1e-4)
+    cut = hubmerge.merge([str(a), str(b)], method="svd", rank=1)
+    assert cut.report["exact"] is False
+    per_module = cut.report["kept_energy"]["per_module"]
+    assert len(per_module) == 2 * 2 * 3 and all(0 < share < 1 for share in per_module.values())  # layers·params·experts
