@@ -195,7 +195,9 @@ def index_parameters(
     if not config.target_parameters:
         return set(), {}, {}, []
     chains: dict[str, dict[int, str]] = {}
-    for module in halves:
+    for module, half in halves.items():
+        if not {"lA", "lB"} & set(half):
+            continue  # embedding LoRA: PEFT only wraps modules that way
         container, depth = _split(module)
         chains.setdefault(container, {})[depth] = module
     taken: set[str] = set()

@@ -172,3 +172,12 @@ def test_merged_linear_with_other_group_counts_is_refused(tmp_path):
     with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
         hubmerge.merge([str(broken)], allow_pickle=True)
     assert info.value.problems[0].split(": ", 2)[-1].startswith("enable_lora=[True, True, True] enables 3 parts")
+
+
+def test_compatibility_page_is_generated_from_its_data():
+    """docs/compatibility-peft.md is rendered from the recorded rows, one per fixture release (no hand edits)."""
+    from tests.old_peft.check_loading import DOC, RESULTS, render
+
+    rows = json.loads(RESULTS.read_text())
+    assert [row["release"] for row in rows] == RELEASES
+    assert DOC.read_text() == render(rows)
