@@ -240,3 +240,38 @@ def test_methods_work_per_expert(tmp_path):
     assert cut.report["exact"] is False
     per_module = cut.report["kept_energy"]["per_module"]
     assert len(per_module) == 2 * 2 * 3 and all(0 < share < 1 for share in per_module.values())  # layers·params·experts
+
+
+def test_same_key_different_parameter(tmp_path):
+    """``experts.lora_A.weight`` is down_proj in an adapter of both parameters but gate_up_proj in one of
+    gate_up_proj alone: mapped through each adapter's target_parameters, not by key."""
+    a = make(tmp_path / "a", "qwen3_moe", seed=1, target_modules=[], target_parameters=EXPERTS)
+    c = make(tmp_path / "c", "qwen3_moe", seed=3, r=3, target_modules=[], target_parameters=["experts.gate_up_proj"])
+    outer = "base_model.model.model.layers.0.mlp.experts.lora_A.weight"
+    assert load_file(a / "adapter_model.safetensors")[outer].shape[1] == 12  # down_proj: moe_intermediate_size in
+    assert load_file(c / "adapter_model.safetensors")[outer].shape[1] == 16  # gate_up_proj: hidden_size in
+    sources = [(a, 1.0), (c, 1.5)]
+    _, out = merge_to(tmp_path, sources)
+    assert torch.allclose(merged_logits("qwen3_moe", out), dense_reference("qwen3_moe", sources), atol=2e-5)
+
+
+def test_module_and_parameter_lora_on_one_module_are_refused():
+    from hubmerge.experts import ParameterLayout, plan_parameters
+
+    gate = {"m.gate": ParameterLayout("m.gate", ("weight",), ((16, 3, 1),), ambiguous=False)}
+    _, problems = plan_parameters(["a", "b"], [gate, {}], [[], ["m.gate"]])
+    assert len(problems) == 1 and "LoRA on its parameters in a and LoRA on the whole module in b" in problems[0]
+
+
+def test_a_config_that_contradicts_the_tensors_says_so_first(tmp_path):
+    """A rank_pattern that does not divide the expert factors: the first problem names the module and
+    target_parameters, not a generic rank mismatch of a module called 'experts'."""
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    config = json.loads((a / "adapter_config.json").read_text())
+    config["rank_pattern"] = {"down_proj": 4, "gate_up_proj": 4}  # stored rank 2, 3 experts: 6 rows
+    (a / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
+        hubmerge.merge([str(a)])
+    first = info.value.problems[0]
+    assert "module 'model.layers.0.mlp.experts' holds LoRA factors of 2 parameter(s)" in first
+    assert "target_parameters" in first
