@@ -194,7 +194,7 @@ class LoraAdapter:
                     "and no entry of modules_to_save"
                 )
         taken, parameters, self.parameter_layouts, problems = index_parameters(
-            self.config, halves, self._shapes, self._dtypes, f"{self.source}: {self.weights_file.name}", KEY_PREFIX
+            self.config, halves, self._shapes, self._dtypes, f"{self.source}: {self.weights_file.name}"
         )
         self.problems.extend(problems)
         modules: dict[str, ModuleFactors] = {

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import AdapterConfig
 from .notice import Notice
 
 __all__ = [
@@ -172,12 +173,11 @@ def _split(module: str) -> tuple[str, int]:
 
 
 def index_parameters(
-    config,
+    config: AdapterConfig,
     halves: Mapping[str, Mapping[str, str]],
     shapes: Mapping[str, tuple[int, ...]],
     dtypes: Mapping[str, torch.dtype],
     where: str,
-    prefix: str,
 ) -> tuple[set[str], dict[str, ParameterModule], dict[str, ParameterLayout], list[str]]:
     """Find the parameter LoRAs among one adapter's factors and label them.
 
@@ -186,7 +186,6 @@ def index_parameters(
         halves: module key → ``{"lA": name, "lB": name}`` as the tensor names give them.
         shapes, dtypes: of every tensor in the file.
         where: the source and file, for messages.
-        prefix: PEFT's key prefix (``base_model.model.``).
 
     Returns:
         The module keys of ``halves`` that are parameter LoRAs (the caller skips them),
@@ -210,7 +209,7 @@ def index_parameters(
         if not nested and (_matches_modules(config.target_modules, container) or not (named or bare)):
             continue  # a module LoRA
         taken.update(by_depth.values())
-        result = _label(config, container, by_depth, halves, shapes, dtypes, named, bare, where, prefix)
+        result = _label(config, container, by_depth, halves, shapes, dtypes, named, bare, where)
         if isinstance(result, str):
             problems.append(result)
             continue
@@ -220,7 +219,7 @@ def index_parameters(
     return taken, modules, layouts, problems
 
 
-def _label(config, container, by_depth, halves, shapes, dtypes, named, bare, where, prefix):
+def _label(config, container, by_depth, halves, shapes, dtypes, named, bare, where):
     """The labelling of one container's nested parameter LoRAs, or the problem that stops it."""
     depths = len(by_depth)
     if sorted(by_depth) != list(range(depths)):

@@ -175,7 +175,8 @@ def main(argv: list[str]) -> int:
         target.mkdir(parents=True)
         try:
             # Offline: some releases look the base model up on the Hub while saving.
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            # A fixed hash seed: PEFT saves target_modules from a set, so its order follows the hash.
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
             subprocess.run([str(venv_python(release)), __file__, "worker", str(target)], check=True, env=env)
         except subprocess.CalledProcessError as err:
             shutil.rmtree(target)
