@@ -27,6 +27,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check hubmerge tests examples spaces benchmarks experiments
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # System packages for the browser test (Debian's Chromium; needs root). Without them that

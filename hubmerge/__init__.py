@@ -6,7 +6,7 @@
 """
 
 import importlib
-from typing import TYPE_CHECKING
+import typing
 
 from ._version import __version__
 
@@ -20,20 +20,27 @@ _EXPORTS = {
     "Compatibility": "compat",
     "GatedRepoAccessError": "errors",
     "HubError": "errors",
+    "HubOrigin": "provenance",
     "HubmergeError": "errors",
     "IncompatibleAdaptersError": "errors",
     "InvalidArgumentError": "errors",
     "LimitExceededError": "errors",
+    "LocalOrigin": "provenance",
     "LoraAdapter": "adapter",
     "METHODS": "methods",
     "MergeMethod": "methods",
+    "MergeReport": "report",
     "MergeResult": "result",
     "MethodParams": "methods",
     "Notice": "notice",
     "OutputExistsError": "errors",
+    "Problem": "errors",
     "PushError": "errors",
+    "PushResult": "hub",
+    "Recipe": "recipe",
     "RepoNotFoundError": "errors",
     "RevisionNotFoundError": "errors",
+    "SimilarityReport": "report",
     "Source": "sources",
     "SourceError": "errors",
     "Thresholds": "interference",
@@ -41,15 +48,15 @@ _EXPORTS = {
     "check_compatibility": "compat",
     "get_method": "methods",
     "load_adapter": "adapter",
-    "load_adapters": "api",
+    "load_adapters": "loading",
     "merge": "api",
     "parse_source": "sources",
     "similarity": "api",
 }
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .adapter import LoraAdapter, load_adapter
-    from .api import load_adapters, merge, similarity
+    from .api import merge, similarity
     from .compat import Compatibility, check_compatibility
     from .config import AdapterConfig
     from .errors import (
@@ -63,15 +70,21 @@ if TYPE_CHECKING:
         InvalidArgumentError,
         LimitExceededError,
         OutputExistsError,
+        Problem,
         PushError,
         RepoNotFoundError,
         RevisionNotFoundError,
         SourceError,
         UnsafeAdapterError,
     )
+    from .hub import PushResult
     from .interference import Thresholds
+    from .loading import load_adapters
     from .methods import METHODS, MergeMethod, MethodParams, get_method
     from .notice import Notice
+    from .provenance import HubOrigin, LocalOrigin
+    from .recipe import Recipe
+    from .report import MergeReport, SimilarityReport
     from .result import MergeResult
     from .sources import Source, parse_source
 
@@ -96,20 +109,27 @@ __all__ = [
     "Compatibility",
     "GatedRepoAccessError",
     "HubError",
+    "HubOrigin",
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "LocalOrigin",
     "LoraAdapter",
     "METHODS",
     "MergeMethod",
+    "MergeReport",
     "MergeResult",
     "MethodParams",
     "Notice",
     "OutputExistsError",
+    "Problem",
     "PushError",
+    "PushResult",
+    "Recipe",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "SimilarityReport",
     "Source",
     "SourceError",
     "Thresholds",

@@ -269,7 +269,7 @@ def build_config(
         target_parameters: full keys of the parameters that carry LoRA (:mod:`hubmerge.experts`):
             exactly those are wrapped; such an output needs PEFT ≥ 0.17.
     """
-    config = {
+    config: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,

@@ -123,11 +123,11 @@ def analyse(
     step(0.05, desc="Pulling the adapters from the Hub")
     with _user_errors():
         try:
-            result = _merge(sources, weight_values, hub_token(oauth_token), method, rank, density, report_only=True)
+            report = _merge(sources, weight_values, hub_token(oauth_token), method, rank, density, report_only=True)
         except hubmerge.IncompatibleAdaptersError as err:
             return Analysis(_incompatible_verdict(err), "", None, None, None)
     step(0.9, desc="Drawing the heatmap")
-    return _analysis(result.report)
+    return _analysis(report.to_dict())
 
 
 def merge_and_push(
@@ -159,7 +159,7 @@ def merge_and_push(
     token = hub_token(oauth_token)
     with _user_errors():
         result = _merge(sources, weight_values, token, method, rank, density)
-    analysis = _analysis(result.report)
+    analysis = _analysis(result.report.to_dict())
     if not signed_in:
         step(0.9, desc="Packing the zip")
         path = _zip(result)
@@ -415,7 +415,9 @@ def _form(references, weights, method) -> tuple[list[hubmerge.Source], list[floa
     return sources, values
 
 
-def _merge(sources, weights, token, method, rank, density, *, report_only: bool = False) -> hubmerge.MergeResult:
+def _merge(
+    sources, weights, token, method, rank, density, *, report_only: bool = False
+) -> "hubmerge.MergeResult | hubmerge.MergeReport":
     return hubmerge.merge(
         sources,
         weights=weights,
@@ -481,7 +483,7 @@ def _compatible_verdict(report: dict) -> str:
 def _incompatible_verdict(err: hubmerge.IncompatibleAdaptersError) -> str:
     count = len(err.problems)
     lines = [f"### ✗ Not compatible: {count} problem{'s' if count != 1 else ''}"]
-    lines += [f"- {_text(problem)}" for problem in err.problems]
+    lines += [f"- {_text(problem.message)}" for problem in err.problems]
     lines.append("\nThese adapters cannot be summed exactly, so nothing can be merged or pushed.")
     return "\n".join(lines)
 

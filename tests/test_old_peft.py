@@ -171,7 +171,7 @@ def test_merged_linear_with_other_group_counts_is_refused(tmp_path):
     torch.save(state, broken / "adapter_model.bin")
     with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
         hubmerge.merge([str(broken)], allow_pickle=True)
-    assert info.value.problems[0].split(": ", 2)[-1].startswith("enable_lora=[True, True, True] enables 3 parts")
+    assert str(info.value.problems[0]).split(": ", 2)[-1].startswith("enable_lora=[True, True, True] enables 3 parts")
 
 
 def test_compatibility_page_is_generated_from_its_data():
