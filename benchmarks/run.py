@@ -372,6 +372,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait-idle", type=float, help="first wait up to this many seconds for load < 1 (default 300; quick 0)"
     )
     parser.add_argument("--skip-peft", action="store_true", help="leave out the PEFT measurements")
+    parser.add_argument(
+        "--only",
+        choices=["e2e"],
+        help="run one section alone (e2e: hubmerge with and without the figure vs the I/O floor)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.repeats = args.repeats or (1 if quick else 3)
@@ -408,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.counts:
             bench.e2e(shape, dirs[shape], n)
             bench.save()
+    if args.only == "e2e":
+        return finish(bench, meta)
     log("profiling hubmerge")
     for n in sorted({2, max(args.counts)}):
         bench.profile(args.shapes[-1], dirs[args.shapes[-1]], n)
@@ -425,14 +432,19 @@ def main(argv: list[str] | None = None) -> int:
         bench.hubmerge_method(shape, dirs[shape], "svd", args.repeats, keep=index == 0)  # compared with PEFT's
         bench.save()
     slow_steps(bench, dirs)
+    return finish(bench, meta)
+
+
+def finish(bench: Bench, meta: dict) -> int:
     meta.update(
         load_after=os.getloadavg(),
         mem_available_after_gb=round(mem_available_gb(), 1),
         finished=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        only=bench.args.only,
     )
     bench.results["complete"] = True
     bench.save()
-    log(f"done in {bench.elapsed() / 60:.1f} min: {args.results}")
+    log(f"done in {bench.elapsed() / 60:.1f} min: {bench.args.results}")
     return 0
 
 
