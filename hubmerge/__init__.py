@@ -18,6 +18,7 @@ _EXPORTS = {
     "AdapterFormatError": "errors",
     "AdapterNotFoundError": "errors",
     "Compatibility": "compat",
+    "GGUFExportError": "errors",
     "GatedRepoAccessError": "errors",
     "HubError": "errors",
     "HubOrigin": "provenance",
@@ -46,11 +47,13 @@ _EXPORTS = {
     "Thresholds": "interference",
     "UnsafeAdapterError": "errors",
     "check_compatibility": "compat",
+    "convert_to_gguf": "gguf_export",
     "get_method": "methods",
     "load_adapter": "adapter",
     "load_adapters": "loading",
     "merge": "api",
     "parse_source": "sources",
+    "servability": "serving",
     "similarity": "api",
 }
 
@@ -64,6 +67,7 @@ if typing.TYPE_CHECKING:
         AdapterFormatError,
         AdapterNotFoundError,
         GatedRepoAccessError,
+        GGUFExportError,
         HubError,
         HubmergeError,
         IncompatibleAdaptersError,
@@ -77,6 +81,7 @@ if typing.TYPE_CHECKING:
         SourceError,
         UnsafeAdapterError,
     )
+    from .gguf_export import convert_to_gguf
     from .hub import PushResult
     from .interference import Thresholds
     from .loading import load_adapters
@@ -86,6 +91,7 @@ if typing.TYPE_CHECKING:
     from .recipe import Recipe
     from .report import MergeReport, SimilarityReport
     from .result import MergeResult
+    from .serving import servability
     from .sources import Source, parse_source
 
 
@@ -107,6 +113,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "Compatibility",
+    "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
     "HubOrigin",
@@ -136,10 +143,12 @@ __all__ = [
     "UnsafeAdapterError",
     "__version__",
     "check_compatibility",
+    "convert_to_gguf",
     "get_method",
     "load_adapter",
     "load_adapters",
     "merge",
     "parse_source",
+    "servability",
     "similarity",
 ]

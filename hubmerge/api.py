@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, overload
 
@@ -31,6 +31,7 @@ from .loading import SourceLike, display_names, load_adapters
 from .methods import MergeMethod, MethodParams, get_method
 from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
+from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .provenance import HubOrigin, LocalOrigin
 from .recipe import RecipeSource, recipe_of
@@ -48,6 +49,7 @@ from .report import (
     dtype_name,
 )
 from .result import MergeResult
+from .serving import serving_facts, serving_section
 
 __all__ = ["load_adapters", "merge", "similarity"]
 
@@ -80,6 +82,8 @@ def merge(
     resolve_base_model: bool | None = ...,
     max_adapters: int | None = ...,
     max_download_bytes: int | None = ...,
+    max_rank: int | None = ...,
+    fit: str | None = ...,
 ) -> MergeResult: ...
 
 
@@ -102,6 +106,8 @@ def merge(
     resolve_base_model: bool | None = ...,
     max_adapters: int | None = ...,
     max_download_bytes: int | None = ...,
+    max_rank: int | None = ...,
+    fit: str | None = ...,
 ) -> MergeReport: ...
 
 
@@ -123,6 +129,8 @@ def merge(
     resolve_base_model: bool | None = None,
     max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
     max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+    max_rank: int | None = None,
+    fit: str | None = None,
 ) -> MergeResult | MergeReport:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
@@ -144,6 +152,12 @@ def merge(
             (so renamed repos compare equal). Default: when a source comes from
             the Hub or the names differ; never with ``HF_HUB_OFFLINE=1``.
         max_adapters, max_download_bytes: limits, see :func:`load_adapters`.
+        max_rank: cap every module's rank at this; a module whose true rank fits stays
+            exact (refactored at its true rank when that is below its stacked rank), one
+            above is truncated by SVD and its kept energy reported.
+        fit: ``"vllm"`` or ``"vllm=MAX"``: cap at MAX (default 16, a legal vLLM
+            ``--max-lora-rank``) and name the smallest legal ``--max-lora-rank`` that holds
+            the result; see :mod:`hubmerge.methods.fit`.
 
     Returns:
         A :class:`MergeResult` (``result.save_pretrained(dir)`` writes it), or with
@@ -163,6 +177,7 @@ def merge(
     # Bad options fail before any download.
     chosen = get_method(method)
     params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()
+    target = parse_fit(fit, max_rank)
     user_weights = _check_weights(weights, len(sources))
     coefficients = [w * chosen.weight_scale(len(sources)) for w in user_weights]
     out_dtype = _parse_dtype(dtype)
@@ -188,10 +203,11 @@ def merge(
     modules: dict[str, _MergedModule] = {}
     broken: list[Problem] = []  # NaN/Inf found during the pass: refused before anything is written
     scratch = _scratch_buffer(adapters, compat.coverage)
+    cap = target.max_rank if target else None
     items = tqdm(compat.coverage.items(), desc="merging modules", unit="module", total=len(compat.coverage))
     for key, owners in items:
         stats, merged = _merge_module(
-            adapters, key, owners, coefficients, chosen, params, out_dtype, scratch, report_only=report_only
+            adapters, key, owners, coefficients, chosen, params, out_dtype, scratch, report_only=report_only, cap=cap
         )
         if isinstance(stats, list):
             broken.extend(stats)
@@ -208,7 +224,9 @@ def merge(
         if weight == 0
     ]
     used = {name: getattr(params, name) for name in chosen.parameters}
-    exact = chosen.exact or (chosen.exact_if_untruncated and all(m.kept == 1.0 for m in modules.values()))
+    exact = chosen.exact or (chosen.exact_if_untruncated and all(m.method_kept == 1.0 for m in modules.values()))
+    fits = {key: m.fit for key, m in modules.items() if m.fit is not None}
+    exact = exact and not any(f.truncated for f in fits.values())
     ranks = {key: m.a.shape[0] for key, m in modules.items()}
     parameters = sorted({m.parameter for m in modules.values() if m.parameter is not None})
     report = _report(
@@ -219,12 +237,12 @@ def merge(
         ),
         exact=exact,
         output=None if report_only else OutputSummary.of(ranks, out_dtype),
-        kept_energy=None if chosen.exact or report_only else _kept_energy(modules),
+        kept_energy=None if (chosen.exact and not fits) or report_only else _kept_energy(modules),
     )  # fmt: skip
     for note in report.warnings:
         logger.warning(note.message)
-    if report_only:
-        return report
+    if report_only:  # nothing was fitted; the rank in the facts is the stacked one, an upper bound
+        return replace(report, serving=serving_section(serving_facts(report, {}, full_weights=[])))
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
     config = build_config(
@@ -244,7 +262,12 @@ def merge(
         dtype=dtype_name(out_dtype),
         allow_pickle=allow_pickle,
         allow_base_mismatch=allow_base_mismatch,
+        max_rank=max_rank,
+        fit=fit,
     )
+    facts = serving_facts(report, config, full_weights=list(compat.base_layers))
+    rank_fit = summarize_fits(fits, target, max(ranks.values(), default=1))
+    report = replace(report, serving=serving_section(facts, rank_fit=rank_fit))
     return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe)
 
 
@@ -280,8 +303,10 @@ class _MergedModule:
     a: torch.Tensor
     b: torch.Tensor
     kind: str
-    energy: float  # ‖ΔW‖² of the method's dense result (truncating methods)
+    energy: float  # ‖ΔW‖² of the method's dense result (truncating methods, or any under a rank cap)
     kept: float  # the share of it the stored factors keep
+    method_kept: float = 1.0  # the share the method itself kept, before any rank cap
+    fit: ModuleFit | None = None  # how the rank cap fitted this module
     parameter: str | None = None  # a parameter LoRA (hubmerge.experts): its key, and which expert
     expert: int | None = None
 
@@ -297,6 +322,7 @@ def _merge_module(
     scratch: torch.Tensor,
     *,
     report_only: bool,
+    cap: int | None = None,
 ) -> tuple[ModuleGram | list[Problem], _MergedModule | None]:
     """One module: read its factors, compare them in rank space, combine them with the method.
 
@@ -334,15 +360,24 @@ def _merge_module(
         return stats, None
     module = ModuleInput(key, factors, weights, scales, concat=(a_all, b_all), out_dtype=out_dtype)
     combined = method.combine(module, params)
+    method_kept, fitted = combined.kept, None
+    if cap is not None:  # the exact methods' stacked factors are the float32 concatenation
+        combined, fitted = apply_fit(combined, cap, stacked=(a_all, b_all) if method.exact else None)
     a, b = combined.a.to(out_dtype).contiguous(), combined.b.to(out_dtype).contiguous()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+    # A finite Gram bounds every entry (its diagonal sums their squares), so only a dtype narrower than the
+    # work dtype can overflow here: float16, or anything but float64 after a float64 pass. (isfinite over every
+    # factor of every module would cost more than the sum itself.)
+    narrower = out_dtype == torch.float16 or (work == torch.float64 and out_dtype != torch.float64)
+    if narrower and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise InvalidArgumentError(
             f"module {key!r}: after scaling by the weights its factors overflow {dtype_name(out_dtype)}",
             reason="dtype_overflow",
             module=key,
         )
     spec = adapters[owners[0]].modules[key]
-    return stats, _MergedModule(a, b, spec.kind, combined.energy, combined.kept, spec.parameter, spec.expert)
+    return stats, _MergedModule(
+        a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert
+    )
 
 
 def _output_tensors(

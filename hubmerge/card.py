@@ -22,6 +22,8 @@ from .sources import is_repo_id
 if TYPE_CHECKING:
     from .report import MergeReport
 
+from .serving import render_card as render_serving
+
 __all__ = ["build_card"]
 
 HUB_URL = "https://huggingface.co"
@@ -93,6 +95,7 @@ def build_card(
             "## Method\n\n" + _method(report),
             "## Interference\n\n" + _interference(report, heatmap_path),
             "## Usage\n\n" + _usage(report, base, repo_id),
+            *(["## Serving\n\n" + render_serving(report["serving"], adapter=repo_id)] if report.get("serving") else []),
             "## Reproduce\n\n" + _reproduce(command),
         ]
     )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ._version import __version__
 from .errors import (
     GatedRepoAccessError,
+    GGUFExportError,
     HubError,
     HubmergeError,
     IncompatibleAdaptersError,
@@ -32,6 +33,7 @@ from .errors import (
     UnsafeAdapterError,
 )
 from .formatting import format_bytes
+from .gguf_export import GGUF_TYPES
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
 from .methods import MAJORITY_SIGN_CHOICES, METHODS, MethodParams
 from .output import check_writable
@@ -61,6 +63,11 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
     (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
     (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
+    (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
+    "256, 320, 512",
+    (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
+    (GGUFExportError, "unsupported_architecture"): "leave out --gguf and run llama.cpp's convert_lora_to_gguf.py",
+    (GGUFExportError, "gguf_missing"): "pip install 'hubmerge[gguf]'",
     (RepoNotFoundError, None): "check the name; for a private repo log in with `hf auth login` or set HF_TOKEN",
     (RevisionNotFoundError, None): "check the branch, tag or commit sha",
     (GatedRepoAccessError, None): "request access on the repo's page, then use that account's token (`hf auth login`)",
@@ -134,6 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--density", type=float, help="share of entries kept (ties, dare_*, …; default 0.5)")
     methods.add_argument("--majority-sign", choices=MAJORITY_SIGN_CHOICES, help="TIES sign election (default total)")
     methods.add_argument("--seed", type=int, help="seed of DARE's random drops (default 0)")
+    serving = parser.add_argument_group("serving (docs/serving.md)")
+    serving.add_argument(
+        "--max-rank",
+        type=int,
+        metavar="K",
+        help="cap every module's rank at K: exact where the sum's true rank fits, else truncated by SVD "
+        "(kept energy reported)",
+    )
+    serving.add_argument(
+        "--fit",
+        metavar="vllm[=MAX]",
+        help="fit vLLM's --max-lora-rank MAX (default 16; 1, 8, 16, 32, 64, 128, 256, 320 or 512): the smallest "
+        "legal rank holding the exact merge, up to MAX",
+    )
+    serving.add_argument(
+        "--gguf",
+        nargs="?",
+        const="f32",
+        choices=GGUF_TYPES,
+        metavar="TYPE",
+        help="also write adapter_model.gguf for llama.cpp / Ollama (TYPE: f32 (default), f16, bf16)",
+    )
+    serving.add_argument(
+        "--gguf-base",
+        metavar="DIR_OR_REPO",
+        help="with --gguf: the base model's config.json, from a local directory or a Hub repo (default: the "
+        "adapters' base model)",
+    )
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./merged-<names>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--report-only", action="store_true", help="analyse only; write nothing")
@@ -276,8 +311,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
     pushing = args.push is not None
     if (args.dry_run or args.private or args.create_pr or args.commit_message) and not pushing:
         parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
-    if args.report_only and (pushing or args.output):
-        parser.error("--report-only writes nothing; it cannot be combined with --push or -o")
+    if args.gguf_base and not args.gguf:
+        parser.error("--gguf-base goes with --gguf")
+    if args.report_only and (pushing or args.output or args.gguf):
+        parser.error("--report-only writes nothing; it cannot be combined with --push, -o or --gguf")
     if pushing:
         _check_push_target(args, parser, argv)
     output = None
@@ -301,12 +338,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         token=token,
         max_adapters=args.max_adapters,
         max_download_bytes=args.max_download_size,
+        max_rank=args.max_rank,
+        fit=args.fit,
     )
     if args.report_only:
         report = merge(args.sources, report_only=True, **options)
         _print(args, report.to_dict(), render_text(report), [])
         return EXIT_OK
     result = merge(args.sources, **options)
+    if args.gguf:
+        from .gguf_export import attach_gguf
+
+        result = attach_gguf(result, base=args.gguf_base, outtype=args.gguf, token=token)
     data = result.report.to_dict()
     lines = []
     figure = not args.no_figure
@@ -346,7 +389,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         else:
             made = "created and pushed to" if pushed.created_repo else "pushed to"
             lines.append(f"{made} {pushed.repo_url} ({pushed.commit_url})")
-    _print(args, data, render_text(result.report), lines)
+    _print(args, data, render_text(result.report, adapter=str(written) if output is not None else args.push), lines)
     return EXIT_OK
 
 
@@ -436,6 +479,10 @@ def _apply_recipe(args: argparse.Namespace, recipe: Recipe) -> None:
                 setattr(args, name, value)
     if args.dtype is None:
         args.dtype = recipe.dtype
+    if args.max_rank is None:
+        args.max_rank = recipe.max_rank
+    if args.fit is None:
+        args.fit = recipe.fit
 
 
 def _dry_run_repo_id(result, repo_id: str | None, token) -> str:

@@ -14,6 +14,7 @@ the builtin it resembles, so ``except ValueError`` keeps working::
     ├── InvalidArgumentError (ValueError)     a merge option with a bad value
     ├── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
     ├── LimitExceededError (ValueError)       too many adapters, or too many bytes to download
+    ├── GGUFExportError (ValueError)          llama.cpp cannot take this adapter (or its base) as GGUF
     └── HubError (OSError)                    a Hub request failed or was refused
         ├── RepoNotFoundError                 missing, or private without access
         ├── GatedRepoAccessError              gated, and this account has no access
@@ -38,6 +39,7 @@ __all__ = [
     "AdapterError",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
     "HubmergeError",
@@ -163,6 +165,11 @@ class LimitExceededError(HubmergeError, ValueError):
     def __init__(self, message: str, *, limit: str, source: str | None = None):
         super().__init__(message, reason=limit, source=source)
         self.limit = limit  # "max_adapters" or "max_download_bytes": the argument that raises it
+
+
+class GGUFExportError(HubmergeError, ValueError):
+    """Raised when an adapter cannot be written as a llama.cpp GGUF LoRA: the message says what llama.cpp
+    cannot take (full weight copies, a tied lm_head, an architecture without a known conversion)."""
 
 
 class HubError(HubmergeError, OSError):

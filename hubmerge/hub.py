@@ -512,3 +512,21 @@ def _push_error(err: BaseException, repo_id: str, action: str, token) -> HubErro
         reason="transport",
         **fields,
     )
+
+
+def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """Download only ``config.json`` of a base model (what a GGUF conversion needs to know its architecture).
+
+    Returns:
+        The local path of the file (in the HF cache).
+
+    Raises:
+        HubError: the repo, revision or file cannot be reached (the message says which and what to do).
+    """
+    where = f"base model {repo_id}"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token))
+    except hf_errors.EntryNotFoundError:
+        raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
+    except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None

@@ -25,6 +25,7 @@ from typing import Any
 from ._version import __version__
 from .errors import InvalidArgumentError
 from .methods import MethodParams, get_method
+from .methods.rank_limit import parse_fit
 
 __all__ = ["RECIPE_NAME", "Recipe", "RecipeSource"]
 
@@ -40,6 +41,8 @@ _RECIPE_KEYS = {
     "allow_base_mismatch",
     "allow_pickle",
     "command",
+    "max_rank",  # a rank cap (--max-rank, --fit) is part of what the merge computed
+    "fit",
 }
 _SOURCE_KEYS = {"source", "repo_id", "subfolder", "revision", "weight", "files_sha256"}
 # Settings that belong to the person running the command, never to a file they were given.
@@ -84,6 +87,7 @@ class Recipe:
         needs_allow_pickle: the original merge read pickle weights.
         needs_allow_base_mismatch: the original merge switched the base-model check off.
         hubmerge_version: the version that wrote it.
+        max_rank, fit: the rank cap of ``--max-rank`` / ``--fit vllm[=MAX]`` (``None``: none).
     """
 
     sources: tuple[RecipeSource, ...]
@@ -93,6 +97,8 @@ class Recipe:
     needs_allow_pickle: bool = False
     needs_allow_base_mismatch: bool = False
     hubmerge_version: str = __version__
+    max_rank: int | None = None
+    fit: str | None = None
 
     @property
     def weights(self) -> list[float]:
@@ -112,6 +118,7 @@ class Recipe:
         words += ["--allow-base-mismatch"] * self.needs_allow_base_mismatch + [
             "--allow-pickle"
         ] * self.needs_allow_pickle
+        words += [f"--max-rank={self.max_rank}"] * (self.max_rank is not None) + [f"--fit={self.fit}"] * bool(self.fit)
         return shlex.join(words)
 
     def check_local_sources(self) -> None:
@@ -167,6 +174,8 @@ class Recipe:
             "dtype": self.dtype,
             "allow_base_mismatch": self.needs_allow_base_mismatch,
             "allow_pickle": self.needs_allow_pickle,
+            **({"max_rank": self.max_rank} if self.max_rank is not None else {}),
+            **({"fit": self.fit} if self.fit else {}),
             "command": self.command,
         }
 
@@ -214,6 +223,15 @@ class Recipe:
                 raise fail(f"{key} must be true or false, not {value!r}")
             flags[key] = value
         version = data.get("hubmerge_version", "unknown")
+        max_rank, fit = data.get("max_rank"), data.get("fit")
+        if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int)):
+            raise fail(f"max_rank {max_rank!r} is not a whole number")
+        if fit is not None and not isinstance(fit, str):
+            raise fail(f"fit {fit!r} is not a string such as 'vllm=16'")
+        try:
+            parse_fit(fit, max_rank)
+        except InvalidArgumentError as err:
+            raise fail(str(err)) from err
         return cls(
             sources=tuple(_read_source(entry, index, fail) for index, entry in enumerate(sources)),
             method=method.name,
@@ -222,6 +240,8 @@ class Recipe:
             needs_allow_pickle=flags["allow_pickle"],
             needs_allow_base_mismatch=flags["allow_base_mismatch"],
             hubmerge_version=str(version),
+            max_rank=max_rank,
+            fit=fit,
         )
 
 
@@ -276,6 +296,8 @@ def recipe_of(
     dtype: str | None,
     allow_pickle: bool,
     allow_base_mismatch: bool,
+    max_rank: int | None = None,
+    fit: str | None = None,
 ) -> Recipe:
     """The recipe a finished merge records."""
     return Recipe(
@@ -285,4 +307,6 @@ def recipe_of(
         dtype=dtype,
         needs_allow_pickle=allow_pickle,
         needs_allow_base_mismatch=allow_base_mismatch,
+        max_rank=max_rank,
+        fit=fit,
     )

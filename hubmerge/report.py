@@ -180,6 +180,8 @@ class MergeReport:
     """Everything a merge measured and decided (``hubmerge_report.json``).
 
     ``report_only`` runs leave :attr:`output` (and :attr:`kept_energy`) ``None``.
+    :attr:`serving` is where the adapter can be served (:mod:`hubmerge.serving`): the
+    facts checked, the rank fit if one was asked, and one verdict per engine.
     """
 
     method: MethodSummary
@@ -192,6 +194,7 @@ class MergeReport:
     warnings: tuple[Notice, ...]
     output: OutputSummary | None
     kept_energy: KeptEnergy | None = None
+    serving: Mapping[str, Any] | None = None
     hubmerge_version: str = __version__
 
     @property
@@ -297,8 +300,13 @@ def _from_json(kind: Any, value: Any, where: str) -> Any:
     raise ValueError(f"{where}: cannot read type {kind!r}")  # pragma: no cover - a new field type
 
 
-def render_text(report: MergeReport) -> str:
-    """A readable summary of a report for the terminal."""
+def render_text(report: MergeReport, *, adapter: str | None = None) -> str:
+    """A readable summary of a report for the terminal.
+
+    Args:
+        report: the report.
+        adapter: where the adapter was written or pushed, filled into the serving commands.
+    """
     lines = [f"hubmerge {report.hubmerge_version} — method: {report.method.name} (exact: {report.exact})"]
     base = report.base_model
     lines.append(f"base model: {base.name or 'unknown'}" + (f" @ {base.revision}" if base.revision else ""))
@@ -360,6 +368,10 @@ def render_text(report: MergeReport) -> str:
     kept = report.kept_energy.overall if report.kept_energy else None
     if kept is not None:
         lines.append(f"kept energy: {100 * kept:.2f}% of ‖ΔW‖² of the method's dense result (per module in the report)")
+    if report.serving:
+        from .serving import render_text as render_serving
+
+        lines += ["", *render_serving(report.serving, adapter=adapter)]
     if report.warnings:
         lines += ["", f"warnings ({len(report.warnings)}):"]
         lines += [f"  ! {w.message}" for w in report.warnings]

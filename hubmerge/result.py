@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,15 @@ class MergeResult:
         tensors: the merged adapter's tensors, PEFT key → tensor.
         report: the :class:`~hubmerge.report.MergeReport`.
         recipe: the :class:`~hubmerge.recipe.Recipe` that reproduces this merge.
+        extra_files: files saved and pushed next to the adapter's own, e.g. the llama.cpp
+            GGUF (:func:`hubmerge.gguf_export.attach_gguf`).
     """
 
     config: Mapping[str, Any]
     tensors: Mapping[str, torch.Tensor]
     report: MergeReport
     recipe: Recipe
+    extra_files: Mapping[str, bytes] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         names = ", ".join(self.report.names)
@@ -128,6 +131,8 @@ class MergeResult:
             from .figures import render_heatmap  # matplotlib, only when the figure is wanted
 
             files[HEATMAP_NAME] = lambda: render_heatmap(self.report.similarity)
+        for name, data in self.extra_files.items():
+            files[name] = _constant(data)
         return files
 
     def push_to_hub(
@@ -188,6 +193,10 @@ class MergeResult:
         if not repo_id or "/" not in repo_id:
             repo_id = f"{whoami(token=token)}/{repo_id or self.default_repo_name()}"
         return check_repo_id(repo_id)
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
 
 
 def _writer(data: bytes) -> Callable[[Path], object]:
