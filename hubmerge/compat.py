@@ -17,6 +17,7 @@ import torch
 
 from .adapter import LoraAdapter
 from .errors import IncompatibleAdaptersError, Problem
+from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
 
@@ -37,6 +38,7 @@ class Compatibility:
         coverage: module key → indices of the adapters that adapt it (sorted by key).
         saved_modules: module key → index of the adapter whose full copy is carried over.
         base_layers: module key → index of the adapter whose saved base embedding is carried over.
+        parameter_depths: parameter key → its nesting depth in the merged file (``target_parameters``).
         warnings: things the user should know that do not stop the merge.
         own_keys: per adapter, module key in the merge's layout → the adapter's own key,
             where they differ (an adapter saved against an older checkpoint layout).
@@ -48,6 +50,7 @@ class Compatibility:
     saved_modules: dict[str, int] = field(default_factory=dict)
     base_layers: dict[str, int] = field(default_factory=dict)
     warnings: list[Notice] = field(default_factory=list)
+    parameter_depths: dict[str, int] = field(default_factory=dict)
     own_keys: list[dict[str, str]] = field(default_factory=list)
 
     def own_key(self, index: int, key: str) -> str:
@@ -101,7 +104,7 @@ def check_compatibility(
         >>> compat.warnings
         []
     """
-    problems: list[str] = []
+    problems: list[Problem | str] = []
     warnings: list[Notice] = []
     if not adapters:
         raise IncompatibleAdaptersError(["no adapters given"])
@@ -121,6 +124,12 @@ def check_compatibility(
 
     base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
     _check_fields(adapters, problems, warnings)
+    parameter_depths, parameter_problems = plan_parameters(
+        [a.source for a in adapters],
+        [a.parameter_layouts for a in adapters],
+        [[k for k, spec in a.modules.items() if spec.parameter is None] for a in adapters],
+    )
+    problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
     known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
     views = _layout_views(adapters, warnings, known.pop() if len(known) == 1 else None)
     coverage = _check_modules(adapters, views, problems)
@@ -149,6 +158,7 @@ def check_compatibility(
         saved_modules=saved_modules,
         base_layers=base_layers,
         warnings=warnings,
+        parameter_depths=parameter_depths,
         own_keys=[{new: own for own, new in view["renames"].items()} for view in views],
     )
 
