@@ -8,7 +8,11 @@ wheels on PyPI (``tests/make_peft_fields.py`` regenerates it).
 The merged config writes a field only when the oldest supported release needs
 it (its default differs from the value the merge needs) or the merge needs a
 value other than a default; a field the oldest release lacks raises the
-output's minimum release (per feature: ``revision`` needs 0.4).
+output's minimum release (per feature: ``revision`` needs 0.4, ``target_parameters``
+0.17). The configs are written for 0.3 on (0.3 needs ``lora_dropout``); 0.2 and 0.3
+read only ``adapter_model.bin``, so the safetensors output loads from 0.4.
+Which releases load the output, measured in their own virtualenvs:
+``docs/compatibility-peft.md`` (``tests/old_peft/check_loading.py``).
 
 ``target_modules`` selects exactly the modules that carry factors: the list of
 their short names where the inputs chose their modules by name over every layer
@@ -44,7 +48,7 @@ __all__ = [
     "target_modules_pattern",
 ]
 
-OLDEST_SUPPORTED = "0.3.0"
+OLDEST_SUPPORTED = "0.3.0"  # its config; 0.2 and 0.3 read only adapter_model.bin (docs/compatibility-peft.md)
 _DATA = "peft_lora_fields.json"
 
 

@@ -46,7 +46,8 @@ def render() -> str:
     lines += [
         "Checked in CI: every key the merged config writes is a `LoraConfig` field of the release (0.6 to 0.13 "
         "raise `TypeError` on any other), and every field left out defaults to a harmless value. Loading in "
-        "the old releases themselves is the old-PEFT matrix below.",
+        "the old releases themselves is measured by `tests/old_peft/check_loading.py`: "
+        "[compatibility-peft.md](compatibility-peft.md).",
         "",
         "| release | LoraConfig fields | the merged config's keys |",
         "|---|---|---|",

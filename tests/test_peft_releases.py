@@ -88,6 +88,8 @@ def test_every_written_key_is_known_to_every_supported_release(merged_configs):
                 unknown = set(config) - set(config_fields(release))
                 assert not unknown, f"{name}: PEFT {release} has no field {sorted(unknown)}"
     assert "use_rslora" not in merged_configs["llama"] and "use_dora" not in merged_configs["llama"]
+    # per feature: LoRA on parameters (MoE experts) needs the release that introduced target_parameters
+    assert minimum_release({**merged_configs["llama"], "target_parameters": ["mlp.experts.down_proj"]}) == "0.17.0"
 
 
 def test_every_field_left_out_defaults_to_something_harmless(merged_configs):
