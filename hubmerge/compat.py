@@ -133,6 +133,7 @@ def check_compatibility(
     known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
     views = _layout_views(adapters, warnings, known.pop() if len(known) == 1 else None)
     coverage = _check_modules(adapters, views, problems)
+    _check_expert_layouts(adapters, problems)
     saved_modules = _check_saved_modules(adapters, views, problems)
     base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
     if check_values:
@@ -273,6 +274,35 @@ def _owners(views, attribute: str) -> dict[str, list[int]]:
         for key in view[attribute]:
             owners.setdefault(key, []).append(index)
     return owners
+
+
+# transformers before 5 held MoE experts as one Linear each (…experts.3.w1); from 5 on, many models hold them
+# fused, as 3-D parameters that PEFT adapts through target_parameters (…experts.gate_up_proj).
+_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def _check_expert_layouts(adapters, problems) -> None:
+    """Refuse a merge of per-expert Linear LoRAs with LoRAs on fused expert parameters.
+
+    The two address the same experts in two model layouts; no renaming table maps one onto the other
+    (the fused parameter stacks the experts' weights, gate and up together), and writing both key sets
+    would leave one of them matching nothing in the model PEFT loads it on.
+    """
+    per_expert = [a for a in adapters if any(_PER_EXPERT.search(k) and s.expert is None for k, s in a.modules.items())]
+    fused = [a for a in adapters if any(s.expert is not None for s in a.modules.values())]
+    if per_expert and fused and {id(a) for a in per_expert} != {id(a) for a in fused}:
+        one = next(k for k in per_expert[0].modules if _PER_EXPERT.search(k))
+        other = next(k for k, s in fused[0].modules.items() if s.expert is not None)
+        problems.append(
+            Problem(
+                f"{per_expert[0].source} adapts MoE experts one Linear per expert ({one!r}, transformers' layout "
+                f"before 5) and {fused[0].source} the fused expert parameters ({other!r}): the two layouts of the "
+                "experts cannot be matched module by module, so they are not merged",
+                code="expert_layouts_differ",
+                source=per_expert[0].source,
+                module=one,
+            )
+        )
 
 
 def _check_saved_modules(adapters, views, problems) -> dict[str, int]:

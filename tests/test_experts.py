@@ -275,3 +275,33 @@ def test_a_config_that_contradicts_the_tensors_says_so_first(tmp_path):
     first = str(info.value.problems[0])
     assert "module 'model.layers.0.mlp.experts' holds LoRA factors of 2 parameter(s)" in first
     assert "target_parameters" in first
+
+
+def test_per_expert_linears_and_fused_experts_are_refused_not_both_written(tmp_path):
+    """transformers before 5 held Mixtral's experts as Linears (experts.0.w1), from 5 on as fused parameters:
+    one adapter of each is refused with that reason first, instead of writing both key sets."""
+    from safetensors.torch import save_file
+
+    fused = make(tmp_path / "fused", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    old = tmp_path / "per-expert"
+    old.mkdir()
+    torch.manual_seed(3)
+    tensors = {}
+    for expert in range(3):
+        stem = f"base_model.model.model.layers.0.block_sparse_moe.experts.{expert}.w1"
+        tensors[f"{stem}.lora_A.weight"] = torch.randn(2, 16)
+        tensors[f"{stem}.lora_B.weight"] = torch.randn(24, 2)
+    save_file(tensors, str(old / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": 2,
+        "lora_alpha": 4,
+        "target_modules": ["w1"],
+        "base_model_name_or_path": BASE_ID,
+    }
+    (old / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
+        hubmerge.merge([old, fused])
+    assert info.value.problems[0].code == "expert_layouts_differ"
+    assert "one Linear per expert" in info.value.problems[0].message
+    hubmerge.merge([old, old], report_only=True)  # one layout alone still merges
