@@ -83,6 +83,7 @@ def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | 
             "## Sources\n\n" + _sources_table(sources),
             "## Method\n\n" + _method(report),
             "## Interference\n\n" + _interference(report, heatmap_path),
+            *(["## Evaluation\n\n" + _evaluation(report["evaluation"])] if report.get("evaluation") else []),
             "## Usage\n\n" + _usage(report, base, repo_id),
             "## Reproduce\n\n" + _reproduce(command),
         ]
@@ -251,6 +252,12 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
     else:
         parts.append("No interference warnings.")
     return "\n\n".join(parts)
+
+
+def _evaluation(section: dict) -> str:
+    from .evaluation.render import card_markdown
+
+    return card_markdown(section)
 
 
 def _usage(report: dict, base: str | None, repo_id: str) -> str:

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ._version import __version__
-from .errors import HubError, HubmergeError, InvalidArgumentError, LimitExceededError, SourceError
+from .errors import (
+    EvaluationMemoryError,
+    HubError,
+    HubmergeError,
+    InvalidArgumentError,
+    LimitExceededError,
+    SourceError,
+)
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
 from .methods import MAJORITY_SIGN_CHOICES, METHODS
 from .output import check_writable
@@ -81,6 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-base-mismatch",
         action="store_true",
         help="merge adapters naming different base models (warns)",
+    )
+    evaluation = parser.add_argument_group(
+        "evaluation on text (needs pip install 'hubmerge[eval]')",
+        "score the base, each source alone and the merge on each domain's text: mean NLL per predicted token",
+    )
+    evaluation.add_argument(
+        "--eval-data",
+        action="append",
+        metavar="NAME=PATH",
+        help="a source's display name = a .jsonl (text, prompt+completion, question+answer or messages), .txt or "
+        "Hub dataset (repeat per domain)",
+    )
+    evaluation.add_argument(
+        "--base-model", metavar="ID_OR_DIR", help="base model to evaluate on (default: the adapters')"
+    )
+    evaluation.add_argument(
+        "--eval-samples", type=_positive, default=32, metavar="N", help="first N records per domain (32)"
+    )
+    evaluation.add_argument(
+        "--eval-max-length", type=_positive, default=512, metavar="L", help="tokens per example (512)"
+    )
+    evaluation.add_argument(
+        "--eval-split", default="test", metavar="SPLIT", help="records whose split field is this (test)"
+    )
+    evaluation.add_argument(
+        "--eval-batch-size", type=_positive, default=8, metavar="B", help="examples per forward pass (8)"
+    )
+    evaluation.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to evaluate"
+    )
+    evaluation.add_argument(
+        "--tune-weights",
+        action="store_true",
+        help="choose the weights (--weights is the start) on the records after the first N; report on the first N",
     )
     hub = parser.add_argument_group("Hub")
     hub.add_argument(
@@ -147,6 +188,16 @@ def _glue_negative_weights(argv: list[str]) -> list[str]:
     return glued
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _count(text: str) -> int | None:
     if text.strip().lower() == "none":
         return None
@@ -191,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = {"max_adapters": "--max-adapters N", "max_download_bytes": "--max-download-size SIZE"}[err.limit]
         _fail(f"{err} (set with {flag}, or none for no limit)", debug)
         return EXIT_ERROR
+    except EvaluationMemoryError as err:
+        flag = {"batch_size": "--eval-batch-size", "max_length": "--eval-max-length"}.get(err.setting, err.setting)
+        _fail(f"{err} (set with {flag})", debug)
+        return EXIT_ERROR
     except HubmergeError as err:
         _fail(str(err), debug)
         return EXIT_ERROR
@@ -213,6 +268,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
     if args.report_only and (pushing or args.output):
         parser.error("--report-only writes nothing; it cannot be combined with --push or -o")
+    if args.tune_weights and not args.eval_data:
+        parser.error("--tune-weights tunes on the evaluation data: give --eval-data NAME=PATH")
     if pushing:
         _check_push_target(args, parser, argv)
     output = None
@@ -237,6 +294,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         token=token,
         max_adapters=args.max_adapters,
         max_download_bytes=args.max_download_size,
+        **_evaluation_options(args),
     )
     report = dict(result.report)
     lines = []
@@ -276,6 +334,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         for line in lines:
             print(line)
     return EXIT_OK
+
+
+def _evaluation_options(args: argparse.Namespace) -> dict:
+    if not args.eval_data:
+        return {}
+    return {
+        "eval_data": args.eval_data,
+        "base_model": args.base_model,
+        "eval_samples": args.eval_samples,
+        "eval_max_length": args.eval_max_length,
+        "eval_split": args.eval_split,
+        "eval_batch_size": args.eval_batch_size,
+        "device": args.device,
+        "tune_weights": args.tune_weights,
+    }
 
 
 def _check_push_target(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:

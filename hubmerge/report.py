@@ -167,6 +167,11 @@ def render_text(report: dict) -> str:
     kept = (report.get("kept_energy") or {}).get("overall")
     if kept is not None:
         lines.append(f"kept energy: {100 * kept:.2f}% of ‖ΔW‖² of the method's dense result (per module in the report)")
+    if report.get("evaluation"):
+        from .evaluation.render import text_lines
+
+        lines.append("")
+        lines.extend(text_lines(report["evaluation"]))
     if report["warnings"]:
         lines.append("")
         lines.append(f"warnings ({len(report['warnings'])}):")
