@@ -60,7 +60,7 @@ def tune_weights(
             for index, name in enumerate(evaluator.sources):
                 if name in module.scaling:
                     originals[(module, name, index)] = module.scaling[name]
-    weights = torch.tensor([float(w) for w in start], dtype=torch.float32, requires_grad=True)
+    weights = torch.tensor([float(w) for w in start], dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.Adam([weights], lr=learning_rate)
     tokens = {domain: sum(e.predicted for e in items) for domain, items in examples.items()}
     history: list[float] = []
