@@ -109,7 +109,8 @@ def test_base_that_does_not_fit_is_refused_before_any_forward_pass(paths, tmp_pa
 
     monkeypatch.setattr(LlamaForCausalLM, "forward", forbidden)
     code, err, out = _cli(paths, tmp_path, capsys, "--base-model", str(other))
-    assert code == 1 and "does not fit the adapters" in err and "down_proj is 64→48 in the base model but 64→32 in the adapter" in err, err
+    assert code == 1 and "does not fit the adapters" in err, err
+    assert "down_proj is 64→48 in the base model but 64→32 in the adapter" in err, err
     assert not out.exists()
 
 
