@@ -140,6 +140,8 @@ def merge(
     eval_batch_size: int = 8,
     device: str = "auto",
     tune_weights: bool = False,
+    tune_samples: int | None = None,
+    tune_steps: int | None = None,
 ) -> MergeResult:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
@@ -168,6 +170,8 @@ def merge(
             example, split, batch size and device (:func:`hubmerge.evaluate`).
         tune_weights: choose the weights (``weights`` is the start) on the records after the first
             ``eval_samples`` of each split; the numbers reported are on the first ``eval_samples``.
+        tune_samples, tune_steps: how many records per domain to tune on (default ``eval_samples``)
+            and how many gradient steps (default 20).
 
     Returns:
         A :class:`MergeResult`; ``result.save_pretrained(dir)`` writes it. With ``eval_data``,
@@ -198,6 +202,7 @@ def merge(
         return merge_with_evaluation(
             merge, sources, eval_data=eval_data, merge_options=options, base_model=base_model, samples=eval_samples,
             max_length=eval_max_length, split=eval_split, device=device, batch_size=eval_batch_size, tune=tune_weights,
+            tune_samples=tune_samples, tune_steps=tune_steps,
         )  # fmt: skip
     # Bad options fail before any download.
     chosen = get_method(method)

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="choose the weights (--weights is the start) on the records after the first N; report on the first N",
     )
+    evaluation.add_argument("--tune-samples", type=_positive, metavar="T", help="records per domain to tune on (N)")
+    evaluation.add_argument("--tune-steps", type=_count0, default=20, metavar="S", help="gradient steps (20)")
     hub = parser.add_argument_group("Hub")
     hub.add_argument(
         "--push",
@@ -195,6 +197,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _count0(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return value
 
 
@@ -348,6 +360,8 @@ def _evaluation_options(args: argparse.Namespace) -> dict:
         "eval_batch_size": args.eval_batch_size,
         "device": args.device,
         "tune_weights": args.tune_weights,
+        "tune_samples": args.tune_samples,
+        "tune_steps": args.tune_steps,
     }
 
 

@@ -144,12 +144,12 @@ def _read_file(name: str, path: Path, split: str) -> EvalData:
         raise EvaluationDataError(f"evaluation data {name}: {path} is empty; give a file with at least one record")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        records = [Record("text", text=line) for line in content.splitlines() if line.strip()]
+        records = [Record("text", text=line.rstrip("\r")) for line in _lines(content) if line.strip()]
         return EvalData(name, str(path), "file", digest, None, None, ("text",), tuple(records))
     if suffix != ".jsonl":
         raise EvaluationDataError(f"evaluation data {name}: {path} is neither .jsonl nor .txt")
     rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
+    for number, line in enumerate(_lines(content), start=1):
         if not line.strip():
             continue
         try:
@@ -162,6 +162,11 @@ def _read_file(name: str, path: Path, split: str) -> EvalData:
             raise EvaluationDataError(f"evaluation data {name}: line {number} of {path} is not a JSON object")
         rows.append((number, row))
     return _from_rows(name, str(path), "file", digest, None, rows, split)
+
+
+def _lines(content: str) -> list[str]:
+    # Only "\n" ends a line: str.splitlines() also splits at U+2028 and friends, which JSON strings may hold raw.
+    return content.split("\n")
 
 
 def _read_hub(name: str, dataset_id: str, split: str) -> EvalData:

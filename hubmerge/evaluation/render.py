@@ -21,11 +21,14 @@ def _ratio(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def _base_line(section: dict) -> str:
+def _base_line(section: dict, *, public: bool = False) -> str:
+    """The base model in words; ``public`` (the card) names a local directory by its config, not its path."""
     base = section["base_model"]
     where = f"revision {base['revision']}" if base.get("revision") else "local directory"
     if base.get("weights_sha256"):
         where += f", weights sha256 {base['weights_sha256'][:12]}…"
+    if public and not base.get("revision"):
+        return f"`{_cell(base.get('config_name') or 'a local model')}` ({where})"
     named = f" ({base['config_name']})" if base.get("config_name") and base["config_name"] != base["id"] else ""
     return f"{base['id']}{named}, {where}"
 
@@ -80,7 +83,8 @@ def card_markdown(section: dict) -> str:
     names = _names(section)
     settings = section["settings"]
     lines = [
-        f"Measured by hubmerge on the base model {_base_line(section)} ({section['device']}, {section['dtype']}): "
+        f"Measured by hubmerge on the base model {_base_line(section, public=True)} "
+        f"({section['device']}, {section['dtype']}): "
         "the mean negative log-likelihood per predicted token (natural log, token-weighted; lower is better), "
         "perplexity in brackets. Each source is scored alone at weight 1; *merged* is this adapter. Retention = "
         "(L_base − L_merged) / (L_base − L_source) on the source's own domain: 1 keeps all the source gained.",
