@@ -152,4 +152,6 @@ def test_cli_reports_the_table_json_and_card(paths, tmp_path, capsys):
     assert "## Evaluation" in text
     assert math_row["data"]["sha256"] in text and "on 4 examples" in text
     assert f"{math_row['loss']['merged']:.4f}" in text
-    assert str(paths["base"]) not in text and str(paths["math_qa"]) not in text  # no local paths in a card
+    section = text.split("## Evaluation")[1].split("## Usage")[0]
+    assert str(paths["base"]) not in section and str(paths["math_qa"]) not in section  # no local paths
+    assert "a local model (local directory, weights sha256" in section

@@ -28,7 +28,9 @@ def _base_line(section: dict, *, public: bool = False) -> str:
     if base.get("weights_sha256"):
         where += f", weights sha256 {base['weights_sha256'][:12]}…"
     if public and not base.get("revision"):
-        return f"`{_cell(base.get('config_name') or 'a local model')}` ({where})"
+        named = base.get("config_name")
+        label = f"`{_cell(named)}`" if named and _is_hub_id(named) else "a local model"  # never a local path
+        return f"{label} ({where})"
     named = f" ({base['config_name']})" if base.get("config_name") and base["config_name"] != base["id"] else ""
     return f"{base['id']}{named}, {where}"
 
@@ -127,6 +129,16 @@ def card_markdown(section: dict) -> str:
             f"{mean['start']:.4f} (start) to {mean['tuned']:.4f} (tuned): {verdict}.",
         ]
     return "\n".join(lines)
+
+
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
 
 
 def _cell(text) -> str:
