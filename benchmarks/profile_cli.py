@@ -17,12 +17,18 @@ START = time.perf_counter()
 import cProfile  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import pstats  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from contextlib import redirect_stdout  # noqa: E402
 
+import hubmerge  # noqa: E402
 from hubmerge.cli import main as hubmerge_main  # noqa: E402
+
+# hubmerge's own code is what lives under the package's directory: a path test such as "/hubmerge/" in
+# the file name also matches a checkout or virtualenv that happens to sit in a folder called hubmerge.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(hubmerge.__file__)) + os.sep
 
 TOP = 14
 
@@ -47,9 +53,8 @@ def main(argv: list[str]) -> int:
     stats = pstats.Stats(profiler).stats  # (file, line, name) → (calls, primitive calls, own, cumulative, callers)
     ours, builtins = [], []
     for (file, _line, name), (_, calls, own, cumulative, _) in stats.items():
-        where = file.replace("\\", "/")
-        if "/hubmerge/" in where:
-            label = f"{where.split('/hubmerge/', 1)[1]}:{name}"
+        if file.startswith(PACKAGE_DIR):
+            label = f"{file[len(PACKAGE_DIR) :].replace(os.sep, '/')}:{name}"
             ours.append({"function": label, "calls": calls, "own_s": own, "cumulative_s": cumulative})
         elif file == "~":
             builtins.append({"function": name, "calls": calls, "own_s": own, "cumulative_s": cumulative})

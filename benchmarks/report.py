@@ -341,14 +341,15 @@ def _e2e(results: dict) -> list[str]:
     lines = [
         SECTIONS[2],
         "",
-        "`hubmerge A B … -o OUT --overwrite` (files on disk → merged adapter, report and recipe on disk) "
-        "next to `floor.py`, a process that only reads the inputs with safetensors, concatenates and writes "
-        "the output. Both are whole processes, run alternately.",
+        "`hubmerge A B … -o OUT --overwrite --no-figure` (files on disk → merged adapter, config, report, "
+        "recipe and model card on disk) next to `floor.py`, a process that only reads the inputs with "
+        "safetensors, concatenates and writes the output, and next to the default `hubmerge A B … -o OUT "
+        "--overwrite`, which also draws `similarity.png` (matplotlib). All are whole processes, run in turn.",
         "",
     ]
     rows = []
     for e in results["e2e"]:
-        hub, floor = e["hubmerge"], e["floor"]
+        hub, floor, figure = e["hubmerge"], e["floor"], e.get("hubmerge_figure")
         rows.append(
             [
                 _label(results, e["shape"]),
@@ -360,13 +361,23 @@ def _e2e(results: dict) -> list[str]:
                 _spread(hub),
                 _mb(hub["peak_rss_mb"]),
                 _x(_div(hub["wall_s"], floor["wall_s"])),
+                _x(_div(figure["wall_s"], floor["wall_s"])) if figure else "—",
+                _s(_minus(figure["wall_s"], hub["wall_s"])) if figure else "—",
             ]
         )
     lines += _table(
-        ["shape", "N", "in", "out", "floor", "floor RSS", "hubmerge", "hubmerge RSS", "hubmerge / floor"], rows
-    )
+        [
+            "shape", "N", "in", "out", "floor", "floor RSS", "hubmerge", "hubmerge RSS", "hubmerge / floor",
+            "with figure / floor", "figure costs",
+        ],
+        rows,
+    )  # fmt: skip
     load = _loads([e["hubmerge"] for e in results["e2e"]])
     return [*lines, "", f"1-min load average at the start of these runs: {load}."]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
 
 
 def _hub_wall(results: dict, shape: str, n: int) -> float | None:

@@ -6,7 +6,7 @@
 """
 
 import importlib
-from typing import TYPE_CHECKING
+import typing
 
 from ._version import __version__
 
@@ -21,40 +21,50 @@ _EXPORTS = {
     "EvaluationDataError": "errors",
     "EvaluationMemoryError": "errors",
     "Compatibility": "compat",
+    "GGUFExportError": "errors",
     "GatedRepoAccessError": "errors",
     "HubError": "errors",
+    "HubOrigin": "provenance",
     "HubmergeError": "errors",
     "IncompatibleAdaptersError": "errors",
     "InvalidArgumentError": "errors",
     "LimitExceededError": "errors",
+    "LocalOrigin": "provenance",
     "LoraAdapter": "adapter",
     "MissingDependencyError": "errors",
     "METHODS": "methods",
     "MergeMethod": "methods",
+    "MergeReport": "report",
     "MergeResult": "result",
     "MethodParams": "methods",
     "Notice": "notice",
     "OutputExistsError": "errors",
+    "Problem": "errors",
     "PushError": "errors",
+    "PushResult": "hub",
+    "Recipe": "recipe",
     "RepoNotFoundError": "errors",
     "RevisionNotFoundError": "errors",
+    "SimilarityReport": "report",
     "Source": "sources",
     "SourceError": "errors",
     "Thresholds": "interference",
     "UnsafeAdapterError": "errors",
     "check_compatibility": "compat",
     "evaluate": "evaluation.runner",
+    "convert_to_gguf": "gguf_export",
     "get_method": "methods",
     "load_adapter": "adapter",
-    "load_adapters": "api",
+    "load_adapters": "loading",
     "merge": "api",
     "parse_source": "sources",
+    "servability": "serving",
     "similarity": "api",
 }
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .adapter import LoraAdapter, load_adapter
-    from .api import load_adapters, merge, similarity
+    from .api import merge, similarity
     from .compat import Compatibility, check_compatibility
     from .config import AdapterConfig
     from .errors import (
@@ -65,6 +75,7 @@ if TYPE_CHECKING:
         EvaluationDataError,
         EvaluationMemoryError,
         GatedRepoAccessError,
+        GGUFExportError,
         HubError,
         HubmergeError,
         IncompatibleAdaptersError,
@@ -72,6 +83,7 @@ if TYPE_CHECKING:
         LimitExceededError,
         MissingDependencyError,
         OutputExistsError,
+        Problem,
         PushError,
         RepoNotFoundError,
         RevisionNotFoundError,
@@ -79,10 +91,17 @@ if TYPE_CHECKING:
         UnsafeAdapterError,
     )
     from .evaluation.runner import evaluate
+    from .gguf_export import convert_to_gguf
+    from .hub import PushResult
     from .interference import Thresholds
+    from .loading import load_adapters
     from .methods import METHODS, MergeMethod, MethodParams, get_method
     from .notice import Notice
+    from .provenance import HubOrigin, LocalOrigin
+    from .recipe import Recipe
+    from .report import MergeReport, SimilarityReport
     from .result import MergeResult
+    from .serving import servability
     from .sources import Source, parse_source
 
 
@@ -107,34 +126,44 @@ __all__ = [
     "Compatibility",
     "EvaluationDataError",
     "EvaluationMemoryError",
+    "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
+    "HubOrigin",
     "HubmergeError",
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "LocalOrigin",
     "LoraAdapter",
     "METHODS",
     "MergeMethod",
+    "MergeReport",
     "MergeResult",
     "MethodParams",
     "MissingDependencyError",
     "Notice",
     "OutputExistsError",
+    "Problem",
     "PushError",
+    "PushResult",
+    "Recipe",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "SimilarityReport",
     "Source",
     "SourceError",
     "Thresholds",
     "UnsafeAdapterError",
     "__version__",
     "check_compatibility",
+    "convert_to_gguf",
     "evaluate",
     "get_method",
     "load_adapter",
     "load_adapters",
     "merge",
     "parse_source",
+    "servability",
     "similarity",
 ]

@@ -18,14 +18,17 @@ report together; files that cannot be parsed at all raise at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+from .provenance import HubOrigin, LocalOrigin, Origin, local_origin_soon
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -66,9 +69,11 @@ class LoraAdapter:
         problems: structural problems found while reading, for the compatibility check.
         dtype: the dtype of the factors (the most common one if mixed).
         weights_file: the tensor file that was read.
-        commit_sha: the resolved Hub commit, or ``None`` for a local source.
-        repo_id, subfolder: where on the Hub it came from (``None`` for a local source).
-        license, datasets: from the source repo's card, where the Hub was asked.
+        hub_origin: the Hub commit it was downloaded from (with the repo card's licence and
+            datasets), or ``None`` for a local folder; see :attr:`origin`.
+
+    hubmerge never changes an adapter once loaded: a merge gives it its own display
+    name and weight without touching the object.
     """
 
     def __init__(
@@ -83,17 +88,15 @@ class LoraAdapter:
         shapes: dict[str, tuple[int, ...]],
         dtypes: dict[str, torch.dtype],
         reader: _TensorReader,
+        hub_origin: HubOrigin | None = None,
     ):
         self.name = name
         self.source = source
         self.path = path
         self.config = config
         self.weights_file = weights_file
-        self.commit_sha: str | None = None
-        self.repo_id: str | None = None
-        self.subfolder: str | None = None
-        self.license: str | None = None
-        self.datasets: list[str] = []
+        self.hub_origin = hub_origin
+        self._local_origin: Future[LocalOrigin] | None = None
         self._reader = reader
         self._dtypes = dtypes
         self._shapes = shapes
@@ -102,10 +105,26 @@ class LoraAdapter:
         counts: dict[torch.dtype, int] = {}
         for spec in self.modules.values():
             counts[dtypes[spec.a_name]] = counts.get(dtypes[spec.a_name], 0) + 1
-        self.dtype = max(counts, key=counts.get) if counts else torch.float32
+        self.dtype = max(counts, key=lambda d: counts[d]) if counts else torch.float32
 
     def __repr__(self) -> str:
         return f"LoraAdapter(name={self.name!r}, source={self.source!r}, modules={len(self.modules)})"
+
+    @property
+    def origin(self) -> Origin:
+        """Where it came from: the :class:`HubOrigin`, or for a local folder its name and the
+        sha256 of its config and weights file (computed on first use)."""
+        if self.hub_origin is not None:
+            return self.hub_origin
+        if self._local_origin is None:
+            self.hash_files()
+        assert self._local_origin is not None
+        return self._local_origin.result()
+
+    def hash_files(self) -> None:
+        """Start computing a local adapter's sha256 digests in the background (see :attr:`origin`)."""
+        if self.hub_origin is None and self._local_origin is None:
+            self._local_origin = local_origin_soon(self.path, (self.path / CONFIG_NAME, self.weights_file))
 
     # -- reading -----------------------------------------------------------------
     def tensor(self, name: str) -> torch.Tensor:
@@ -203,7 +222,7 @@ class LoraAdapter:
         if a_name is None or b_name is None:
             present, missing = ("lora_A", "lora_B") if b_name is None else ("lora_B", "lora_A")
             self.problems.append(
-                f"{self._where(a_name or b_name)}: module {module!r} has {present} but no {missing} "
+                f"{self._where(a_name or b_name or module)}: module {module!r} has {present} but no {missing} "
                 "(the file is incomplete)"
             )
             return None
@@ -265,7 +284,7 @@ class _TensorReader:
     def __init__(self, path: Path, tensors: dict[str, torch.Tensor] | None = None):
         self._path = path
         self._tensors = tensors
-        self._handle = None  # opened on first read: parsing the header once, not per tensor
+        self._handle: Any = None  # opened on first read: parsing the header once, not per tensor
 
     def get(self, name: str) -> torch.Tensor:
         if self._tensors is not None:
@@ -284,6 +303,7 @@ def load_adapter(
     name: str | None = None,
     source: str | None = None,
     allow_pickle: bool = False,
+    hub_origin: HubOrigin | None = None,
 ) -> LoraAdapter:
     """Read a PEFT LoRA adapter from a local directory.
 
@@ -296,6 +316,7 @@ def load_adapter(
         source: the reference to quote in messages (defaults to ``path``).
         allow_pickle: accept ``adapter_model.bin`` when there is no safetensors
             file. It is loaded with ``torch.load(weights_only=True)``.
+        hub_origin: the Hub commit ``path`` was downloaded from, if it was.
 
     Returns:
         The :class:`LoraAdapter`. Structural problems are in ``.problems``;
@@ -314,10 +335,10 @@ def load_adapter(
     directory = Path(path).expanduser()
     where = source or str(path)
     if not directory.is_dir():
-        raise AdapterNotFoundError(f"{where}: no such directory")
+        raise AdapterNotFoundError(f"{where}: no such directory", source=where)
     config_file = directory / CONFIG_NAME
     if not config_file.exists():
-        raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)")
+        raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)", source=where)
     _check_regular_file(config_file, where)
     config = read_config(config_file, where)
 
@@ -330,8 +351,10 @@ def load_adapter(
         weights = directory / PICKLE_NAME
         if not allow_pickle:
             raise UnsafeAdapterError(
-                f"{where}: only {PICKLE_NAME} (a pickle) is present; unpickling a file can run arbitrary code. "
-                f"Convert it to {SAFETENSORS_NAME}, or pass --allow-pickle (allow_pickle=True) if you trust it"
+                f"{where}: only {PICKLE_NAME} (a pickle) is present; unpickling a file can run arbitrary code, "
+                "so pickles are read only where they are allowed (allow_pickle)",
+                reason="pickle_only",
+                source=where,
             )
         tensors = _read_pickle(weights, where)
         names = list(tensors)
@@ -339,7 +362,7 @@ def load_adapter(
         dtypes = {k: v.dtype for k, v in tensors.items()}
         reader = _TensorReader(weights, tensors)
     else:
-        raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_NAME} next to {CONFIG_NAME}")
+        raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_NAME} next to {CONFIG_NAME}", source=where)
 
     return LoraAdapter(
         name=name or directory.resolve().name,
@@ -351,13 +374,16 @@ def load_adapter(
         shapes=shapes,
         dtypes=dtypes,
         reader=reader,
+        hub_origin=hub_origin,
     )
 
 
 def _check_regular_file(path: Path, where: str) -> None:
     # A directory, FIFO or device under an adapter file's name would fail oddly or block a read forever.
     if not path.is_file():
-        raise AdapterFormatError(f"{where}: {path.name} is not a regular file; replace it with the adapter's file")
+        raise AdapterFormatError(
+            f"{where}: {path.name} is not a regular file; replace it with the adapter's file", source=where
+        )
 
 
 def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, dict]:
@@ -375,7 +401,9 @@ def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, d
                         f"read (LoRA factors are F32, F16, BF16 or F64); convert the adapter to one of those"
                     )
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise AdapterFormatError(f"{where}: {path.name} is not a readable safetensors file ({err})") from None
+        raise AdapterFormatError(
+            f"{where}: {path.name} is not a readable safetensors file ({err})", source=where
+        ) from err
     return names, shapes, dtypes
 
 
@@ -403,5 +431,5 @@ def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
     ):
-        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of name → tensor")
+        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of name → tensor", source=where)
     return data

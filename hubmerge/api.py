@@ -2,9 +2,10 @@
 
 :func:`merge` is what the CLI and the Space call. It loads every source,
 checks them all (raising once with every problem), then walks the union of
-adapted modules one at a time: each module's factors are read, compared in
-rank space and concatenated, then dropped, so the inputs are never all in
-memory next to the output.
+adapted modules one at a time (:func:`_merge_module`): each module's factors
+are read, compared in rank space and concatenated, then dropped, so the inputs
+are never all in memory next to the output. The caller's objects are never
+changed: display names and weights belong to the merge.
 """
 
 from __future__ import annotations
@@ -12,29 +13,46 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
+from huggingface_hub.utils import tqdm
 
-from .adapter import KEY_PREFIX, LoraAdapter, load_adapter
-from .compat import check_compatibility, nonfinite_factors, normalize_base_model
+from .adapter import KEY_PREFIX, LoraAdapter
+from .compat import Compatibility, check_compatibility, nonfinite_factors, normalize_base_model
 from .config import build_config
-from .errors import IncompatibleAdaptersError, InvalidArgumentError, LimitExceededError
-from .interference import SimilarityAccumulator, Thresholds, concat_gram, round_float
+from .errors import IncompatibleAdaptersError, InvalidArgumentError, Problem
+from .interference import ModuleGram, SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
-from .methods import MethodParams, get_method
+from .loading import SourceLike, display_names, load_adapters
+from .methods import MergeMethod, MethodParams, get_method
 from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
+from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
-from .report import DTYPE_CHOICES, build_report, dtype_name, output_summary
-from .result import MergeResult, build_recipe
-from .sources import Source, parse_source
+from .provenance import HubOrigin, LocalOrigin
+from .recipe import RecipeSource, recipe_of
+from .report import (
+    DTYPE_CHOICES,
+    BaseModelSummary,
+    KeptEnergy,
+    MergeReport,
+    MethodSummary,
+    ModuleSummary,
+    OutputSummary,
+    SavedModule,
+    SimilarityReport,
+    SourceSummary,
+    dtype_name,
+)
+from .result import MergeResult
+from .serving import serving_facts, serving_section
 
 __all__ = ["load_adapters", "merge", "similarity"]
 
 logger = logging.getLogger(__name__)
-
-SourceLike = str | Path | Source | LoraAdapter
 
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -44,74 +62,52 @@ _DTYPE_NAMES = {
 }  # fmt: skip
 
 
-def load_adapters(
+@overload
+def merge(
     sources: Sequence[SourceLike],
     *,
-    token: str | bool | None = None,
-    allow_pickle: bool = False,
-    max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
-    max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
-) -> list[LoraAdapter]:
-    """Parse, fetch (for Hub references) and load every source, giving each a unique name.
+    weights: Sequence[float] | None = ...,
+    method: str = ...,
+    rank: int | None = ...,
+    density: float = ...,
+    majority_sign: str = ...,
+    seed: int = ...,
+    dtype: str | torch.dtype | None = ...,
+    allow_pickle: bool = ...,
+    allow_base_mismatch: bool = ...,
+    report_only: Literal[False] = ...,
+    thresholds: Thresholds | None = ...,
+    token: str | bool | None = ...,
+    resolve_base_model: bool | None = ...,
+    max_adapters: int | None = ...,
+    max_download_bytes: int | None = ...,
+    max_rank: int | None = ...,
+    fit: str | None = ...,
+) -> MergeResult: ...
 
-    All sources are parsed before anything is downloaded, so a typo in the
-    last one fails at once.
 
-    Args:
-        sources: directories, ``user/repo[/sub][@rev]`` references, parsed
-            :class:`Source` objects or already loaded adapters.
-        token: Hub token; default the logged-in one.
-        allow_pickle: accept ``adapter_model.bin`` where there is no safetensors file.
-        max_adapters: refuse more sources than this (default 64; ``None``: no limit).
-        max_download_bytes: refuse, before downloading, Hub adapters whose files
-            add up to more than this, by the sizes the Hub reports (default 20 GB;
-            ``None``: no limit). A mistyped repo id must not fill the disk.
-
-    Returns:
-        The adapters, in order.
-
-    Raises:
-        SourceError, AdapterError, HubError: a source is malformed, missing, unreachable or unreadable.
-        LimitExceededError: more sources or more bytes than allowed.
-    """
-    if not sources:
-        raise InvalidArgumentError("no adapters given: pass one or more sources")
-    if max_adapters is not None and len(sources) > max_adapters:
-        raise LimitExceededError(
-            f"{len(sources)} adapters given; at most {max_adapters} can be merged here", limit="max_adapters"
-        )
-    parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
-    resolved = {}
-    if any(isinstance(item, Source) and not item.is_local for item in parsed):
-        from .hub import check_download_size, fetch_adapter, resolve_adapter
-
-        # Every Hub source is resolved before anything is downloaded: a typo in the last one, or a
-        # repo too large for the limit, fails before the first byte.
-        for index, item in enumerate(parsed):
-            if isinstance(item, Source) and not item.is_local:
-                resolved[index] = resolve_adapter(item, token=token, allow_pickle=allow_pickle)
-        check_download_size(list(resolved.values()), max_download_bytes)
-    adapters = []
-    for index, item in enumerate(parsed):
-        if isinstance(item, LoraAdapter):
-            adapters.append(item)
-        elif item.is_local:
-            adapters.append(load_adapter(item.path, name=item.name, source=item.text, allow_pickle=allow_pickle))
-        else:
-            pulled = fetch_adapter(resolved[index], token=token)
-            adapter = load_adapter(pulled.path, name=item.name, source=item.text, allow_pickle=allow_pickle)
-            adapter.repo_id, adapter.subfolder, adapter.commit_sha = item.repo_id, item.subfolder, pulled.commit_sha
-            adapter.license, adapter.datasets = pulled.license, pulled.datasets
-            adapters.append(adapter)
-    taken: set[str] = set()
-    for adapter in adapters:  # unique display names: a, a-2, a-3… never reusing one
-        name, count = adapter.name, 1
-        while name in taken:
-            count += 1
-            name = f"{adapter.name}-{count}"
-        adapter.name = name
-        taken.add(name)
-    return adapters
+@overload
+def merge(
+    sources: Sequence[SourceLike],
+    *,
+    weights: Sequence[float] | None = ...,
+    method: str = ...,
+    rank: int | None = ...,
+    density: float = ...,
+    majority_sign: str = ...,
+    seed: int = ...,
+    dtype: str | torch.dtype | None = ...,
+    allow_pickle: bool = ...,
+    allow_base_mismatch: bool = ...,
+    report_only: Literal[True],
+    thresholds: Thresholds | None = ...,
+    token: str | bool | None = ...,
+    resolve_base_model: bool | None = ...,
+    max_adapters: int | None = ...,
+    max_download_bytes: int | None = ...,
+    max_rank: int | None = ...,
+    fit: str | None = ...,
+) -> MergeReport: ...
 
 
 def merge(
@@ -142,13 +138,15 @@ def merge(
     tune_weights: bool = False,
     tune_samples: int | None = None,
     tune_steps: int | None = None,
-) -> MergeResult:
+    max_rank: int | None = None,
+    fit: str | None = None,
+) -> MergeResult | MergeReport:
     """Merge LoRA adapters exactly (Σ wᵢ·sᵢ·Bᵢ·Aᵢ) and measure their interference.
 
     Args:
-        sources: two or more adapters: directories, :class:`Source` objects or
-            loaded :class:`LoraAdapter` objects. One adapter is allowed (it
-            rescales it by its weight).
+        sources: the adapters: directories, ``user/repo[/sub][@rev]`` references,
+            :class:`Source` objects or loaded :class:`LoraAdapter` objects (left unchanged).
+            One adapter is allowed (it rescales it by its weight).
         weights: one weight per source, default 1 each; negative weights subtract.
         method: a name from :data:`hubmerge.METHODS` (default ``"sum"``, exact).
         rank, density, majority_sign, seed: the method's parameters (see
@@ -156,7 +154,7 @@ def merge(
         dtype: output dtype (``"float32"``, ``"bfloat16"``, …); default the inputs'.
         allow_pickle: accept ``adapter_model.bin`` sources (loaded with ``weights_only=True``).
         allow_base_mismatch: merge adapters that name different base models (a warning instead).
-        report_only: compute the report without building the merged tensors.
+        report_only: only analyse: return the :class:`MergeReport`, build no tensors.
         thresholds: when to warn; default :class:`Thresholds()`.
         token: Hub token for Hub sources; default the logged-in one.
         resolve_base_model: ask the Hub for the canonical id of the base model
@@ -172,19 +170,26 @@ def merge(
             ``eval_samples`` of each split; the numbers reported are on the first ``eval_samples``.
         tune_samples, tune_steps: how many records per domain to tune on (default ``eval_samples``)
             and how many gradient steps (default 20).
+        max_rank: cap every module's rank at this; a module whose true rank fits stays
+            exact (refactored at its true rank when that is below its stacked rank), one
+            above is truncated by SVD and its kept energy reported.
+        fit: ``"vllm"`` or ``"vllm=MAX"``: cap at MAX (default 16, a legal vLLM
+            ``--max-lora-rank``) and name the smallest legal ``--max-lora-rank`` that holds
+            the result; see :mod:`hubmerge.methods.fit`.
 
     Returns:
-        A :class:`MergeResult`; ``result.save_pretrained(dir)`` writes it. With ``eval_data``,
-        ``result.report["evaluation"]`` holds the measurements.
+        A :class:`MergeResult` (``result.save_pretrained(dir)`` writes it), or with
+        ``report_only`` the :class:`MergeReport` alone. With ``eval_data``, ``report.evaluation``
+        holds the measurements.
 
     Raises:
-        SourceError, AdapterError: a source cannot be read.
+        SourceError, AdapterError, HubError: a source cannot be read or fetched.
         IncompatibleAdaptersError: the adapters cannot be summed exactly (every problem listed).
-        InvalidArgumentError: bad weights or dtype.
+        InvalidArgumentError: bad weights, dtype or method parameters, or weights the dtype cannot hold.
 
     Example:
         >>> result = merge(["examples/adapters/math", "examples/adapters/medicine"], weights=[1.0, 0.5])
-        >>> result.report["similarity"]["rms_cosine"][0][1]
+        >>> result.report.similarity.rms_cosine[0][1]
         0.0123
         >>> result.save_pretrained("merged")
     """
@@ -197,7 +202,7 @@ def merge(
             weights=weights, method=method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
             dtype=dtype, allow_pickle=allow_pickle, allow_base_mismatch=allow_base_mismatch, report_only=report_only,
             thresholds=thresholds, token=token, resolve_base_model=resolve_base_model, max_adapters=max_adapters,
-            max_download_bytes=max_download_bytes,
+            max_download_bytes=max_download_bytes, max_rank=max_rank, fit=fit,
         )  # fmt: skip
         return merge_with_evaluation(
             merge, sources, eval_data=eval_data, merge_options=options, base_model=base_model, samples=eval_samples,
@@ -207,8 +212,10 @@ def merge(
     # Bad options fail before any download.
     chosen = get_method(method)
     params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()
-    coefficients_w = [w * chosen.weight_scale(len(sources)) for w in _check_weights(weights, len(sources))]
-    out_dtype, dtype_notes = _parse_dtype(dtype), []
+    target = parse_fit(fit, max_rank)
+    user_weights = _check_weights(weights, len(sources))
+    coefficients = [w * chosen.weight_scale(len(sources)) for w in user_weights]
+    out_dtype = _parse_dtype(dtype)
     adapters = load_adapters(
         sources,
         token=token,
@@ -216,94 +223,85 @@ def merge(
         max_adapters=max_adapters,
         max_download_bytes=max_download_bytes,
     )
+    for adapter in adapters:
+        adapter.hash_files()  # local sources' digests (for the recipe and card), beside the merge
+    names = display_names([a.name for a in adapters])
+    dtype_notes: list[Notice] = []
     if out_dtype is None:
-        out_dtype, dtype_notes = _inputs_dtype(adapters)
+        out_dtype, dtype_notes = _inputs_dtype(adapters, names)
     canonical = _canonical_base_models(adapters, resolve_base_model, token)
     compat = check_compatibility(
         adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical, scan_factors=False
     )
 
-    names = [a.name for a in adapters]
-    accumulator = SimilarityAccumulator(names, thresholds or Thresholds())
-    tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, int] = {}
-    kept: dict[str, tuple[float, float]] = {}  # module → (energy of the target, share kept)
-    names: dict[str, tuple[str, str]] = {}  # module → its (A, B) tensor names
-    broken: list[str] = []  # NaN/Inf found during the pass: refused before anything is written
-    scratch = _scratch_buffers(adapters, compat.coverage)
-    for key, owners in compat.coverage.items():
-        factors = [adapters[i].factors(key) for i in owners]
-        scales = [adapters[i].scale(key) for i in owners]
-        weights_here = [coefficients_w[i] for i in owners]
-        # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
-        work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
-        a_all, b_all = concat_factors(
-            factors, [w * s for w, s in zip(weights_here, scales)], dtype=work, scratch=scratch.get(work)
+    accumulator = SimilarityAccumulator(names, thresholds or Thresholds(), weights=coefficients)
+    modules: dict[str, _MergedModule] = {}
+    broken: list[Problem] = []  # NaN/Inf found during the pass: refused before anything is written
+    scratch = _scratch_buffer(adapters, compat.coverage)
+    cap = target.max_rank if target else None
+    items = tqdm(compat.coverage.items(), desc="merging modules", unit="module", total=len(compat.coverage))
+    for key, owners in items:
+        stats, merged = _merge_module(
+            adapters, key, owners, coefficients, chosen, params, out_dtype, scratch, report_only=report_only, cap=cap
         )
-        stats = concat_gram(a_all, b_all, [a.shape[0] for a, _ in factors], owners, len(adapters))
-        if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
-            broken.extend(p for i in owners for p in nonfinite_factors(adapters[i], key))
+        if isinstance(stats, list):
+            broken.extend(stats)
             continue
         accumulator.add(key, stats)
-        if report_only:
-            continue
-        module = ModuleInput(key, factors, weights_here, scales, concat=(a_all, b_all), out_dtype=out_dtype)
-        merged = chosen.combine(module, params)
-        a, b = merged.a.to(out_dtype).contiguous(), merged.b.to(out_dtype).contiguous()
-        kept[key] = (merged.energy, merged.kept)
-        kind = adapters[owners[0]].modules[key].kind
-        a_name, b_name = (
-            ("lora_embedding_A", "lora_embedding_B") if kind == "embedding" else ("lora_A.weight", "lora_B.weight")
-        )
-        # float16 is the one output dtype whose range is narrower than float32's.
-        if out_dtype == torch.float16 and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise InvalidArgumentError(
-                f"module {key!r} overflows {dtype_name(out_dtype)} after scaling by the weights; "
-                "use --dtype float32 or bfloat16, or smaller weights"
-            )
-        names[key] = (f"{KEY_PREFIX}{key}.{a_name}", f"{KEY_PREFIX}{key}.{b_name}")
-        tensors[names[key][0]], tensors[names[key][1]] = a, b
-        ranks[key] = a.shape[0]
+        if merged is not None:
+            modules[key] = merged
     if broken:
         raise IncompatibleAdaptersError(broken)
-    stored_rank = max(ranks.values(), default=1)
-    for a_name, b_name in names.values():  # one rank for all modules: see build_config
-        tensors[a_name], tensors[b_name] = pad_rank(tensors[a_name], tensors[b_name], stored_rank)
-    if not report_only:
-        for group, owners in (("saved_modules", compat.saved_modules), ("base_layers", compat.base_layers)):
-            for key, owner in owners.items():
-                for name in getattr(adapters[owner], group)[key]:
-                    tensors[name] = adapters[owner].tensor(name)
-
-    similarity_summary, similarity_notes = accumulator.summary()
+    similarity_report, similarity_notes = accumulator.summary()
+    zero = [
+        Notice("zero_weight", f"{name} has weight 0: it adds nothing to the merge, and its cosines are undefined")
+        for name, weight in zip(names, user_weights)
+        if weight == 0
+    ]
+    used = {name: getattr(params, name) for name in chosen.parameters}
+    exact = chosen.exact or (chosen.exact_if_untruncated and all(m.method_kept == 1.0 for m in modules.values()))
+    fits = {key: m.fit for key, m in modules.items() if m.fit is not None}
+    exact = exact and not any(f.truncated for f in fits.values())
+    ranks = {key: m.a.shape[0] for key, m in modules.items()}
+    report = _report(
+        adapters, names, coefficients, compat, canonical, similarity_report,
+        [*compat.warnings, *dtype_notes, *zero, *similarity_notes],
+        method=MethodSummary(
+            name=chosen.name, description=chosen.description, paper=chosen.paper, exact=exact, parameters=used
+        ),
+        exact=exact,
+        output=None if report_only else OutputSummary.of(ranks, out_dtype),
+        kept_energy=None if (chosen.exact and not fits) or report_only else _kept_energy(modules),
+    )  # fmt: skip
+    for note in report.warnings:
+        logger.warning(note.message)
+    if report_only:  # nothing was fitted; the rank in the facts is the stacked one, an upper bound
+        return replace(report, serving=serving_section(serving_facts(report, {}, full_weights=[])))
+    tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
     config = build_config(
-        list(ranks),
-        stored_rank,
+        list(modules),
+        max(ranks.values(), default=1),
         base_model_name_or_path=compat.base_model,
         revision=compat.revision,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
     )
-    used = {name: getattr(params, name) for name in chosen.parameters}
-    exact = chosen.exact or (chosen.exact_if_untruncated and all(share == 1.0 for _, share in kept.values()))
-    report = build_report(
-        adapters, coefficients_w, compat, similarity_summary,
-        [*compat.warnings, *dtype_notes, *similarity_notes],
-        output=None if report_only else output_summary(ranks, out_dtype),
-        canonical=canonical,
-        method={**chosen.to_dict(), "exact": exact, "parameters": used},
-        exact=exact,
-        kept_energy=None if chosen.exact or report_only else _kept_energy(kept),
-    )  # fmt: skip
-    for note in report["warnings"]:
-        logger.warning(note["message"])
-    recipe = build_recipe(
-        adapters, [w / chosen.weight_scale(len(adapters)) for w in coefficients_w], out_dtype,
-        method=chosen.name, params=used, allow_base_mismatch=allow_base_mismatch, allow_pickle=allow_pickle,
-    )  # fmt: skip
-    return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe, adapters=adapters)
+    recipe = recipe_of(
+        [_recipe_source(a, w) for a, w in zip(adapters, user_weights)],
+        method=chosen.name,
+        parameters=used,
+        dtype=dtype_name(out_dtype),
+        allow_pickle=allow_pickle,
+        allow_base_mismatch=allow_base_mismatch,
+        max_rank=max_rank,
+        fit=fit,
+    )
+    facts = serving_facts(report, config, full_weights=list(compat.base_layers))
+    rank_fit = summarize_fits(fits, target, max(ranks.values(), default=1))
+    report = replace(report, serving=serving_section(facts, rank_fit=rank_fit))
+    return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe)
 
 
 def similarity(
@@ -314,15 +312,15 @@ def similarity(
     allow_base_mismatch: bool = False,
     thresholds: Thresholds | None = None,
     token: str | bool | None = None,
-) -> dict:
-    """The interference analysis alone: ``merge(..., report_only=True).report["similarity"]``.
+) -> MergeReport:
+    """The interference analysis alone: ``merge(..., report_only=True)``.
 
     Returns:
-        The similarity section of the report: ``rms_cosine``, ``mean_cosine``,
-        ``norm_weighted_cosine``, ``a_overlap`` (N×N lists), ``shared_modules``,
+        The :class:`MergeReport` without output; ``report.similarity`` holds ``rms_cosine``,
+        ``mean_cosine``, ``norm_weighted_cosine``, ``a_overlap`` (N×N), ``shared_modules``,
         ``interference_ratio`` and ``per_module``.
     """
-    result = merge(
+    return merge(
         sources,
         weights=weights,
         allow_pickle=allow_pickle,
@@ -331,7 +329,198 @@ def similarity(
         thresholds=thresholds,
         token=token,
     )
-    return result.report["similarity"]
+
+
+@dataclass(frozen=True)
+class _MergedModule:
+    a: torch.Tensor
+    b: torch.Tensor
+    kind: str
+    energy: float  # ‖ΔW‖² of the method's dense result (truncating methods, or any under a rank cap)
+    kept: float  # the share of it the stored factors keep
+    method_kept: float = 1.0  # the share the method itself kept, before any rank cap
+    fit: ModuleFit | None = None  # how the rank cap fitted this module
+
+
+def _merge_module(
+    adapters: Sequence[LoraAdapter],
+    key: str,
+    owners: list[int],
+    coefficients: Sequence[float],
+    method: MergeMethod,
+    params: MethodParams,
+    out_dtype: torch.dtype,
+    scratch: torch.Tensor,
+    *,
+    report_only: bool,
+    cap: int | None = None,
+) -> tuple[ModuleGram | list[Problem], _MergedModule | None]:
+    """One module: read its factors, compare them in rank space, combine them with the method.
+
+    Returns the module's statistics (or, for NaN/Inf inputs, the problems) and its merged factors.
+    """
+    factors = [adapters[i].factors(key) for i in owners]
+    scales = [adapters[i].scale(key) for i in owners]
+    weights = [coefficients[i] for i in owners]
+    ranks = [a.shape[0] for a, _ in factors]
+    # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
+    work = torch.float64 if any(a.dtype == torch.float64 for a, _ in factors) else torch.float32
+    scaled = [w * s for w, s in zip(weights, scales)]
+    a_all, b_all = concat_factors(factors, scaled, dtype=work, scratch=scratch if work == torch.float32 else None)
+    stats = concat_gram(a_all, b_all, ranks, owners, len(adapters))
+    if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
+        problems = [
+            Problem(text, code="nonfinite", source=adapters[i].source, module=key)
+            for i in owners
+            for text in nonfinite_factors(adapters[i], key)
+        ]
+        if problems:
+            return problems, None
+        # Finite inputs: the weights push the products past float32. float64 holds them.
+        work = torch.float64
+        a_all, b_all = concat_factors(factors, scaled, dtype=work)
+        stats = concat_gram(a_all, b_all, ranks, owners, len(adapters))
+        if not torch.isfinite(stats.gram).all():
+            raise InvalidArgumentError(
+                f"module {key!r}: the weights ({', '.join(f'{w:g}' for w in weights)}) scale its deltas past "
+                "the range of float64",
+                reason="weight_overflow",
+                module=key,
+            )
+    if report_only:
+        return stats, None
+    module = ModuleInput(key, factors, weights, scales, concat=(a_all, b_all), out_dtype=out_dtype)
+    combined = method.combine(module, params)
+    method_kept, fitted = combined.kept, None
+    if cap is not None:  # the exact methods' stacked factors are the float32 concatenation
+        combined, fitted = apply_fit(combined, cap, stacked=(a_all, b_all) if method.exact else None)
+    a, b = combined.a.to(out_dtype).contiguous(), combined.b.to(out_dtype).contiguous()
+    # A finite Gram bounds every entry (its diagonal sums their squares), so only a dtype narrower than the
+    # work dtype can overflow here: float16, or anything but float64 after a float64 pass. (isfinite over every
+    # factor of every module would cost more than the sum itself.)
+    narrower = out_dtype == torch.float16 or (work == torch.float64 and out_dtype != torch.float64)
+    if narrower and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InvalidArgumentError(
+            f"module {key!r}: after scaling by the weights its factors overflow {dtype_name(out_dtype)}",
+            reason="dtype_overflow",
+            module=key,
+        )
+    kind = adapters[owners[0]].modules[key].kind
+    return stats, _MergedModule(a, b, kind, combined.energy, combined.kept, method_kept, fitted)
+
+
+def _output_tensors(
+    adapters: Sequence[LoraAdapter], compat: Compatibility, modules: dict[str, _MergedModule]
+) -> dict[str, torch.Tensor]:
+    """PEFT's tensor names → the merged factors (one stored rank: see build_config) and carried-over weights."""
+    stored_rank = max((m.a.shape[0] for m in modules.values()), default=1)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, merged in modules.items():
+        a_name, b_name = (
+            ("lora_embedding_A", "lora_embedding_B")
+            if merged.kind == "embedding"
+            else ("lora_A.weight", "lora_B.weight")
+        )
+        a, b = pad_rank(merged.a, merged.b, stored_rank)
+        tensors[f"{KEY_PREFIX}{key}.{a_name}"], tensors[f"{KEY_PREFIX}{key}.{b_name}"] = a, b
+    for owners in (compat.saved_modules, compat.base_layers):
+        group = "saved_modules" if owners is compat.saved_modules else "base_layers"
+        for key, owner in owners.items():
+            for name in getattr(adapters[owner], group)[key]:
+                tensors[name] = adapters[owner].tensor(name)
+    return tensors
+
+
+def _report(
+    adapters: Sequence[LoraAdapter],
+    names: Sequence[str],
+    weights: Sequence[float],
+    compat: Compatibility,
+    canonical: dict[str, str],
+    similarity_report: SimilarityReport,
+    notes: Sequence[Notice],
+    *,
+    method: MethodSummary,
+    exact: bool,
+    output: OutputSummary | None,
+    kept_energy: KeptEnergy | None,
+) -> MergeReport:
+    base = compat.base_model
+    resolved = bool(base and base in canonical)
+    only = {name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)}
+    return MergeReport(
+        method=method,
+        exact=exact,
+        kept_energy=kept_energy,
+        base_model=BaseModelSummary(
+            name=base,
+            revision=compat.revision,
+            canonical=canonical.get(base) if base else None,
+            resolved=resolved,
+            note=(
+                "resolved on the Hub: aliases of one repo compare equal"
+                if resolved
+                else "not resolved against the Hub (offline, local, or not asked): compared by name, "
+                "case-insensitively for Hub ids"
+            ),
+        ),
+        sources=tuple(_source_summary(a, n, w) for a, n, w in zip(adapters, names, weights)),
+        modules=ModuleSummary(
+            union=len(compat.coverage),
+            shared_by_all=sum(1 for owners in compat.coverage.values() if len(owners) == len(adapters)),
+            only_in=only,
+            coverage={key: tuple(names[i] for i in owners) for key, owners in compat.coverage.items()},
+        ),
+        modules_to_save=tuple(SavedModule(module=key, owner=names[i]) for key, i in compat.saved_modules.items()),
+        similarity=similarity_report,
+        warnings=tuple(notes),
+        output=output,
+    )
+
+
+def _source_summary(adapter: LoraAdapter, name: str, weight: float) -> SourceSummary:
+    ranks = [spec.rank for spec in adapter.modules.values()] or [0]
+    origin = adapter.origin
+    hub = origin if isinstance(origin, HubOrigin) else None
+    local = origin if isinstance(origin, LocalOrigin) else None
+    config = adapter.config
+    targets = config.target_modules
+    return SourceSummary(
+        name=name,
+        source=adapter.source if hub else origin.pinned,  # a local folder by its name, never its path
+        repo_id=hub.repo_id if hub else None,
+        subfolder=hub.subfolder if hub else None,
+        commit_sha=hub.commit_sha if hub else None,
+        license=hub.license if hub else None,
+        datasets=hub.datasets if hub else (),
+        weight=weight,
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        use_rslora=config.use_rslora,
+        rank_pattern=dict(config.rank_pattern),
+        alpha_pattern=dict(config.alpha_pattern),
+        rank_min=min(ranks),
+        rank_max=max(ranks),
+        num_modules=len(adapter.modules),
+        dtype=dtype_name(adapter.dtype),
+        task_type=config.task_type,
+        base_model=config.base_model_name_or_path,
+        target_modules=tuple(targets) if isinstance(targets, list) else targets,
+        files_sha256=dict(local.files_sha256) if local else None,
+    )
+
+
+def _recipe_source(adapter: LoraAdapter, weight: float) -> RecipeSource:
+    origin = adapter.origin
+    if isinstance(origin, HubOrigin):
+        return RecipeSource(
+            source=origin.pinned,
+            weight=weight,
+            repo_id=origin.repo_id,
+            subfolder=origin.subfolder,
+            revision=origin.commit_sha,
+        )
+    return RecipeSource(source=origin.pinned, weight=weight, files_sha256=dict(origin.files_sha256))
 
 
 def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -339,10 +528,12 @@ def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
         return [1.0] * count
     weights = list(weights)
     if len(weights) != count:
-        raise InvalidArgumentError(f"got {len(weights)} weight(s) for {count} adapter(s); give one weight per adapter")
+        raise InvalidArgumentError(
+            f"got {len(weights)} weight(s) for {count} adapter(s); give one weight per adapter", reason="weights"
+        )
     for value in weights:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidArgumentError(f"weight {value!r} is not a finite number")
+            raise InvalidArgumentError(f"weight {value!r} is not a finite number", reason="weights")
     return [float(w) for w in weights]
 
 
@@ -353,25 +544,25 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.lower()]
-    raise InvalidArgumentError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    raise InvalidArgumentError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}", reason="dtype")
 
 
-def _inputs_dtype(adapters: list[LoraAdapter]) -> tuple[torch.dtype, list[Notice]]:
+def _inputs_dtype(adapters: Sequence[LoraAdapter], names: Sequence[str]) -> tuple[torch.dtype, list[Notice]]:
     found = {a.dtype for a in adapters}
     chosen = found.pop()
     if not found:
         return chosen, []
     for other in found:
         chosen = torch.promote_types(chosen, other)
-    listing = ", ".join(f"{a.name}: {dtype_name(a.dtype)}" for a in adapters)
+    listing = ", ".join(f"{name}: {dtype_name(a.dtype)}" for a, name in zip(adapters, names))
     message = f"the adapters have different dtypes ({listing}); the merge is saved as {dtype_name(chosen)}"
     return chosen, [Notice("mixed_dtypes", message)]
 
 
-def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, str]:
+def _canonical_base_models(adapters: Sequence[LoraAdapter], resolve: bool | None, token) -> dict[str, str]:
     names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
     if resolve is None:
-        from_hub = any(a.repo_id for a in adapters)
+        from_hub = any(a.hub_origin is not None for a in adapters)
         resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
     if not resolve:
         return {}
@@ -387,20 +578,17 @@ def _canonical_base_models(adapters, resolve: bool | None, token) -> dict[str, s
     return found
 
 
-def _kept_energy(kept: dict[str, tuple[float, float]]) -> dict:
-    total = sum(energy for energy, _ in kept.values())
-    overall = sum(energy * share for energy, share in kept.values()) / total if total > 0 else 1.0
-    return {
-        "overall": round_float(overall),
-        "per_module": {key: round_float(share) for key, (_, share) in kept.items()},
-    }
+def _kept_energy(modules: dict[str, _MergedModule]) -> KeptEnergy:
+    total = sum(m.energy for m in modules.values())
+    overall = sum(m.energy * m.kept for m in modules.values()) / total if total > 0 else 1.0
+    return KeptEnergy(overall=round_float(overall), per_module={key: round_float(m.kept) for key, m in modules.items()})
 
 
-def _scratch_buffers(adapters: Sequence[LoraAdapter], coverage: dict[str, list[int]]) -> dict:
+def _scratch_buffer(adapters: Sequence[LoraAdapter], coverage: dict[str, list[int]]) -> torch.Tensor:
     """One float32 buffer, sized for the largest module, that every module's analysis copy reuses."""
     largest = 0
     for key, owners in coverage.items():
         spec = adapters[owners[0]].modules[key]
         rank = sum(adapters[i].modules[key].rank for i in owners)
         largest = max(largest, rank * (spec.in_features + spec.out_features))
-    return {torch.float32: torch.empty(largest, dtype=torch.float32)}
+    return torch.empty(largest, dtype=torch.float32)

@@ -11,10 +11,18 @@ strings are masked, so a card can be pushed as is.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .sources import is_repo_id
+
+if TYPE_CHECKING:
+    from .report import MergeReport
+
+from .serving import render_card as render_serving
 
 __all__ = ["build_card"]
 
@@ -37,13 +45,15 @@ _TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}\b")
 _TOKEN_OPTION = re.compile(r"(--token[= ])(\S+)")
 
 
-def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | None = "similarity.png") -> ModelCard:
+def build_card(
+    report: MergeReport | Mapping[str, Any], *, repo_id: str, command: str, heatmap_path: str | None = "similarity.png"
+) -> ModelCard:
     """Write the model card of a merged adapter from its merge report.
 
     Args:
-        report: the report of :func:`hubmerge.merge` (``result.report``), with or
-            without the Hub fields (``repo_id``, ``commit_sha``, ``license``,
-            ``datasets`` per source; ``canonical`` for the base model).
+        report: the :class:`~hubmerge.report.MergeReport` of :func:`hubmerge.merge`
+            (``result.report``), or its JSON form (``hubmerge_report.json``); the card is
+            written from the JSON form, so it shows exactly what the report file says.
         repo_id: the repository the merged adapter goes to, ``user/name``.
         command: the command line that made the merge, shown verbatim under
             "Reproduce" (a ``--token`` value or ``hf_…`` string is masked).
@@ -60,6 +70,7 @@ def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | 
         >>> card.data.base_model_relation
         'adapter'
     """
+    report = dict(report) if isinstance(report, Mapping) else report.to_dict()
     sources = report.get("sources") or []
     base = _base_model_id(report.get("base_model") or {})
     licence, licence_notes = _licence(sources)
@@ -85,6 +96,7 @@ def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | 
             "## Interference\n\n" + _interference(report, heatmap_path),
             *(["## Evaluation\n\n" + _evaluation(report["evaluation"])] if report.get("evaluation") else []),
             "## Usage\n\n" + _usage(report, base, repo_id),
+            *(["## Serving\n\n" + render_serving(report["serving"], adapter=repo_id)] if report.get("serving") else []),
             "## Reproduce\n\n" + _reproduce(command),
         ]
     )
@@ -93,16 +105,7 @@ def build_card(report: dict, *, repo_id: str, command: str, heatmap_path: str | 
 
 def _base_model_id(base: dict) -> str | None:
     name = base.get("canonical") or base.get("name")
-    return name if name and _is_hub_id(name) else None
-
-
-def _is_hub_id(name: str) -> bool:
-    # A local path ("./llama", "/models/llama", "C:\\llama", "~/llama") fails the Hub's own repo-id rules.
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
+    return name if name and is_repo_id(name) else None
 
 
 def _licence(sources: list[dict]) -> tuple[str | None, dict]:
@@ -175,7 +178,12 @@ def _sources_table(sources: list[dict]) -> str:
             else:
                 commit = f"{_cell(s.get('revision') or 'default branch')} (not pinned)"
         else:
-            repo, commit = f"`{_cell(s.get('source') or s['name'])}`", "local"
+            digests = s.get("files_sha256") or {}
+            pinned = ", ".join(f"{_cell(name)} `{digest[:12]}`" for name, digest in sorted(digests.items()))
+            repo, commit = (
+                f"`{_cell(s.get('source') or s['name'])}`",
+                f"local folder (sha256: {pinned})" if pinned else "local",
+            )
         low, high = s.get("rank_min"), s.get("rank_max")
         rank = str(low) if low == high else f"{low}–{high}"
         alpha = _number(s.get("lora_alpha")) + (" (rsLoRA)" if s.get("use_rslora") else "")

@@ -16,24 +16,89 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from ._version import __version__
 from .errors import (
     EvaluationMemoryError,
+    GatedRepoAccessError,
+    GGUFExportError,
     HubError,
     HubmergeError,
+    IncompatibleAdaptersError,
     InvalidArgumentError,
     LimitExceededError,
+    OutputExistsError,
+    PushError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
     SourceError,
+    UnsafeAdapterError,
 )
+from .formatting import format_bytes
+from .gguf_export import GGUF_TYPES
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES, parse_size
-from .methods import MAJORITY_SIGN_CHOICES, METHODS
+from .methods import MAJORITY_SIGN_CHOICES, METHODS, MethodParams
 from .output import check_writable
+from .recipe import Recipe
 from .report import DTYPE_CHOICES, render_text
-from .sources import parse_source
+from .sources import check_repo_id, parse_source
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# The next step for an error, in this command's words: (exception type, reason) → hint. The library says
+# what is wrong; only the front end knows its own flags. Looked up along the exception's MRO, the reason
+# first (IncompatibleAdaptersError: any of its problems' codes), then None for the type as a whole.
+HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
+    (
+        UnsafeAdapterError,
+        "pickle_only",
+    ): "convert it to adapter_model.safetensors, or pass --allow-pickle if you trust it",
+    (IncompatibleAdaptersError, "base_model_mismatch"): (
+        "pass --allow-base-mismatch if they really are the same weights"
+    ),
+    (OutputExistsError, "not_empty"): "choose another output (-o) or pass --overwrite",
+    (OutputExistsError, "not_a_directory"): "choose another output path (-o DIR)",
+    (LimitExceededError, "max_adapters"): "raise the limit (set with --max-adapters N, or none for no limit)",
+    (LimitExceededError, "max_download_bytes"): (
+        "check the repo ids, or raise the limit (set with --max-download-size SIZE, or none for no limit)"
+    ),
+    (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
+    (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
+    (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
+    (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
+    "256, 320, 512",
+    (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
+    (GGUFExportError, "unsupported_architecture"): "leave out --gguf and run llama.cpp's convert_lora_to_gguf.py",
+    (GGUFExportError, "gguf_missing"): "pip install 'hubmerge[gguf]'",
+    (RepoNotFoundError, None): "check the name; for a private repo log in with `hf auth login` or set HF_TOKEN",
+    (RevisionNotFoundError, None): "check the branch, tag or commit sha",
+    (GatedRepoAccessError, None): "request access on the repo's page, then use that account's token (`hf auth login`)",
+    (HubError, "offline"): "run once with network access, or unset HF_HUB_OFFLINE",
+    (EvaluationMemoryError, "batch_size"): "lower --eval-batch-size (or --eval-max-length)",
+    (EvaluationMemoryError, "max_length"): "lower --eval-max-length",
+    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)",
+    (HubError, "token_rejected"): "log in again with `hf auth login`",
+    (HubError, "moved"): "run the command again",
+    (PushError, "no_write_access"): (
+        "push to your own namespace, use --create-pr to open a pull request, or log in with a write token"
+    ),
+    (
+        PushError,
+        "public_repo",
+    ): "--private does not change an existing repo: make it private on the Hub, or push elsewhere",
+}
+
+
+def hint_for(err: HubmergeError) -> str | None:
+    """The CLI's next step for ``err``, from :data:`HINTS`."""
+    reasons = getattr(err, "reasons", None) or {err.reason}
+    for kind in type(err).__mro__:
+        for reason in sorted(r for r in reasons if r):
+            if (kind, reason) in HINTS:
+                return HINTS[(kind, reason)]
+        if (kind, None) in HINTS:
+            return HINTS[(kind, None)]
+    return None
+
 
 EPILOG = """\
 examples:
@@ -66,18 +131,52 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sources", nargs="*", metavar="SOURCE", help="adapter directory or user/repo[/sub][@rev]")
-    parser.add_argument("--recipe", metavar="FILE", help="take sources, weights and dtype from a hubmerge_recipe.json")
+    parser.add_argument(
+        "--recipe",
+        metavar="FILE",
+        help="replay a hubmerge_recipe.json: its sources, weights, method and dtype (flags given here win)",
+    )
     parser.add_argument("--weights", type=_weights, help="comma-separated weight per source (default 1 each)")
     methods = parser.add_argument_group("merge method", _methods_help())
-    methods.add_argument("--method", choices=list(METHODS), default="sum", help="merge method (default: sum, exact)")
+    # No argparse defaults here: None means "not given", so that a recipe's value can fill it.
+    methods.add_argument("--method", choices=list(METHODS), help="merge method (default: sum, exact)")
     methods.add_argument("--rank", type=int, help="rank per module of the result (svd and the dense methods)")
-    methods.add_argument("--density", type=float, default=0.5, help="share of entries kept (ties, dare_*, …)")
-    methods.add_argument("--majority-sign", choices=MAJORITY_SIGN_CHOICES, default="total", help="TIES sign election")
-    methods.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
+    methods.add_argument("--density", type=float, help="share of entries kept (ties, dare_*, …; default 0.5)")
+    methods.add_argument("--majority-sign", choices=MAJORITY_SIGN_CHOICES, help="TIES sign election (default total)")
+    methods.add_argument("--seed", type=int, help="seed of DARE's random drops (default 0)")
+    serving = parser.add_argument_group("serving (docs/serving.md)")
+    serving.add_argument(
+        "--max-rank",
+        type=int,
+        metavar="K",
+        help="cap every module's rank at K: exact where the sum's true rank fits, else truncated by SVD "
+        "(kept energy reported)",
+    )
+    serving.add_argument(
+        "--fit",
+        metavar="vllm[=MAX]",
+        help="fit vLLM's --max-lora-rank MAX (default 16; 1, 8, 16, 32, 64, 128, 256, 320 or 512): the smallest "
+        "legal rank holding the exact merge, up to MAX",
+    )
+    serving.add_argument(
+        "--gguf",
+        nargs="?",
+        const="f32",
+        choices=GGUF_TYPES,
+        metavar="TYPE",
+        help="also write adapter_model.gguf for llama.cpp / Ollama (TYPE: f32 (default), f16, bf16)",
+    )
+    serving.add_argument(
+        "--gguf-base",
+        metavar="DIR_OR_REPO",
+        help="with --gguf: the base model's config.json, from a local directory or a Hub repo (default: the "
+        "adapters' base model)",
+    )
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./merged-<names>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--report-only", action="store_true", help="analyse only; write nothing")
     parser.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
+    parser.add_argument("--no-figure", action="store_true", help="don't draw similarity.png (the card omits it)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="output dtype (default: the inputs')")
     parser.add_argument(
         "--allow-pickle",
@@ -250,16 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, parser, argv)
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
-    except LimitExceededError as err:
-        flag = {"max_adapters": "--max-adapters N", "max_download_bytes": "--max-download-size SIZE"}[err.limit]
-        _fail(f"{err} (set with {flag}, or none for no limit)", debug)
-        return EXIT_ERROR
-    except EvaluationMemoryError as err:
-        flag = {"batch_size": "--eval-batch-size", "max_length": "--eval-max-length"}.get(err.setting, err.setting)
-        _fail(f"{err} (set with {flag})", debug)
-        return EXIT_ERROR
     except HubmergeError as err:
-        _fail(str(err), debug)
+        _fail(str(err), debug, hint=hint_for(err))
         return EXIT_ERROR
     except OSError as err:  # disk full, permission denied: the user's to fix, not a bug
         _fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err), debug)
@@ -271,15 +362,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    if args.recipe:
-        _apply_recipe(args, parser)
+    recipe = _read_recipe(args, parser) if args.recipe else None
+    if recipe is not None:
+        _apply_recipe(args, recipe)
     if not args.sources:
         parser.error("give at least one SOURCE (or --recipe FILE)")
     pushing = args.push is not None
     if (args.dry_run or args.private or args.create_pr or args.commit_message) and not pushing:
         parser.error("--dry-run, --private, --create-pr and --commit-message go with --push")
-    if args.report_only and (pushing or args.output):
-        parser.error("--report-only writes nothing; it cannot be combined with --push or -o")
+    if args.gguf_base and not args.gguf:
+        parser.error("--gguf-base goes with --gguf")
+    if args.report_only and (pushing or args.output or args.gguf):
+        parser.error("--report-only writes nothing; it cannot be combined with --push, -o or --gguf")
     if args.tune_weights and not args.eval_data:
         parser.error("--tune-weights tunes on the evaluation data: give --eval-data NAME=PATH")
     if pushing:
@@ -291,61 +385,87 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
     token = args.token
     from .api import merge  # torch is imported here, not for --help or a usage error
 
-    result = merge(
-        args.sources,
+    defaults = MethodParams()
+    options = dict(
         weights=args.weights,
-        method=args.method,
+        method=args.method or "sum",
         rank=args.rank,
-        density=args.density,
-        majority_sign=args.majority_sign,
-        seed=args.seed,
+        density=defaults.density if args.density is None else args.density,
+        majority_sign=args.majority_sign or defaults.majority_sign,
+        seed=defaults.seed if args.seed is None else args.seed,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         allow_base_mismatch=args.allow_base_mismatch,
-        report_only=args.report_only,
         token=token,
         max_adapters=args.max_adapters,
         max_download_bytes=args.max_download_size,
+        max_rank=args.max_rank,
+        fit=args.fit,
         **_evaluation_options(args),
     )
-    report = dict(result.report)
+    if args.report_only:
+        report = merge(args.sources, report_only=True, **options)
+        _print(args, report.to_dict(), render_text(report), [])
+        return EXIT_OK
+    result = merge(args.sources, **options)
+    if args.gguf:
+        from .gguf_export import attach_gguf
+
+        result = attach_gguf(result, base=args.gguf_base, outtype=args.gguf, token=token)
+    data = result.report.to_dict()
     lines = []
+    figure = not args.no_figure
     if output is not None:
-        written = result.save_pretrained(output, overwrite=args.overwrite)
-        report["output"] = {**report["output"], "directory": str(written)}
+        written = result.save_pretrained(output, overwrite=args.overwrite, figure=figure)
+        data["output"] = {**data["output"], "directory": str(written)}
         lines.append(f"saved to {written}/ — load it with peft.PeftModel.from_pretrained(base_model, {str(written)!r})")
     if pushing and args.dry_run:
         repo_id = _dry_run_repo_id(result, args.push, token)
-        files = result.files(repo_id=repo_id, card=True)
-        report["push"] = {"repo_id": repo_id, "dry_run": True, "files": {n: len(b) for n, b in files.items()}}
+        files = result.files(repo_id=repo_id, figure=figure)
+        data["push"] = {"repo_id": repo_id, "dry_run": True, "files": {n: len(b) for n, b in files.items()}}
         lines.append(
             f"dry run: would push to {repo_id} ({'private, ' if args.private else ''}one commit"
             f"{', as a pull request' if args.create_pr else ''}):"
         )
-        lines.extend(f"  {name}  ({_size(len(data))})" for name, data in files.items())
+        lines.extend(f"  {name}  ({format_bytes(len(content))})" for name, content in files.items())
         lines.append("\n--- README.md (model card) ---\n" + files["README.md"].decode("utf-8"))
     elif pushing:
-        info = result.push_to_hub(
+        pushed = result.push_to_hub(
             args.push or None,
             token=token,
             private=True if args.private else None,
             create_pr=args.create_pr,
             commit_message=args.commit_message,
         )
-        url = info.pr_url or info.commit_url
-        report["push"] = {"repo_id": info.repo_url.repo_id, "commit_url": info.commit_url, "pr_url": info.pr_url}
-        lines.append(f"pushed to {info.repo_url}" + (f" — pull request: {url}" if info.pr_url else f" ({url})"))
+        data["push"] = {
+            "repo_id": pushed.repo_id,
+            "commit_url": pushed.commit_url,
+            "pr_url": pushed.pr_url,
+            "created_repo": pushed.created_repo,
+            "changed": pushed.changed,
+        }
+        if pushed.pr_url:
+            lines.append(f"pushed to {pushed.repo_url} — pull request: {pushed.pr_url}")
+        elif not pushed.changed:
+            lines.append(f"{pushed.repo_url} already holds exactly these files: no commit was made")
+        else:
+            made = "created and pushed to" if pushed.created_repo else "pushed to"
+            lines.append(f"{made} {pushed.repo_url} ({pushed.commit_url})")
+    _print(args, data, render_text(result.report, adapter=str(written) if output is not None else args.push), lines)
+    return EXIT_OK
+
+
+def _print(args: argparse.Namespace, data: dict, text: str, lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(data, indent=2, ensure_ascii=False))
         for line in lines:
             print(line, file=sys.stderr)
-    else:
-        print(render_text(result.report))
-        if lines:
-            print()
-        for line in lines:
-            print(line)
-    return EXIT_OK
+        return
+    print(text)
+    if lines:
+        print()
+    for line in lines:
+        print(line)
 
 
 def _evaluation_options(args: argparse.Namespace) -> dict:
@@ -379,9 +499,9 @@ def _check_push_target(args: argparse.Namespace, parser: argparse.ArgumentParser
                 "write --push=REPO_ID, or put --push after the sources"
             )
     try:
-        validate_repo_id(target if "/" in target else f"user/{target}")
-    except HFValidationError as err:
-        parser.error(f"--push {target!r} is not a valid repo id ({err})")
+        check_repo_id(target if "/" in target else f"user/{target}")
+    except InvalidArgumentError as err:
+        parser.error(f"--push {target!r}: {err}")
     for text in args.sources:
         try:
             source = parse_source(text)
@@ -391,26 +511,57 @@ def _check_push_target(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(f"--push {target!r} is also a source; pushing would overwrite that adapter. Push elsewhere")
 
 
-def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.sources or args.weights:
-        parser.error("--recipe gives the sources and weights; don't pass them too")
+def _read_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Recipe:
+    """The recipe file, read through :meth:`Recipe.from_dict`'s allow-list; nothing is fetched before."""
+    if args.sources:
+        parser.error("--recipe gives the sources; don't pass them too")
     try:
-        recipe = json.loads(open(args.recipe, encoding="utf-8").read())
-        args.sources = [entry["source"] for entry in recipe["sources"]]
-        args.weights = [float(entry["weight"]) for entry in recipe["sources"]]
-        args.dtype = args.dtype or recipe.get("dtype")
-        args.method = recipe.get("method", "sum")
-        for name, value in (recipe.get("method_parameters") or {}).items():
-            setattr(args, name, value)
-        args.allow_base_mismatch = args.allow_base_mismatch or bool(recipe.get("allow_base_mismatch"))
-        args.allow_pickle = args.allow_pickle or bool(recipe.get("allow_pickle"))
+        with open(args.recipe, encoding="utf-8") as handle:
+            data = json.load(handle)
     except OSError as err:
-        raise InvalidArgumentError(f"--recipe {args.recipe}: cannot read it ({err.strerror})") from None
-    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidArgumentError(f"--recipe {args.recipe}: cannot read it ({err.strerror})", reason="recipe") from err
+    except (ValueError, RecursionError) as err:
         raise InvalidArgumentError(
-            f"--recipe {args.recipe}: not a hubmerge recipe ({type(err).__name__}: {err}); "
-            "it should be a hubmerge_recipe.json written by hubmerge"
-        ) from None
+            f"--recipe {args.recipe}: not JSON ({type(err).__name__}); a recipe is the hubmerge_recipe.json of a merge",
+            reason="recipe",
+        ) from err
+    recipe = Recipe.from_dict(data, where=f"--recipe {args.recipe}")
+    recipe.check_local_sources()
+    # What the original merge needed consent for needs the consent of whoever replays it, not of the file.
+    needed = [
+        flag
+        for flag, recorded, given in (
+            ("--allow-pickle", recipe.needs_allow_pickle, args.allow_pickle),
+            ("--allow-base-mismatch", recipe.needs_allow_base_mismatch, args.allow_base_mismatch),
+        )
+        if recorded and not given
+    ]
+    if needed:
+        raise InvalidArgumentError(
+            f"--recipe {args.recipe}: the recorded merge used {' and '.join(needed)}; a recipe cannot turn "
+            f"{'them' if len(needed) > 1 else 'it'} on. Pass {' '.join(needed)} yourself if you trust its sources",
+            reason="recipe_consent",
+        )
+    return recipe
+
+
+def _apply_recipe(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Fill what the command line left unset from the recipe: flags given win."""
+    args.sources = recipe.references
+    if args.weights is None:
+        args.weights = recipe.weights
+    if args.method is None:
+        args.method = recipe.method
+        # The recipe's parameters belong to its method; with another --method they do not apply.
+        for name, value in recipe.method_parameters.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if args.dtype is None:
+        args.dtype = recipe.dtype
+    if args.max_rank is None:
+        args.max_rank = recipe.max_rank
+    if args.fit is None:
+        args.fit = recipe.fit
 
 
 def _dry_run_repo_id(result, repo_id: str | None, token) -> str:
@@ -420,14 +571,6 @@ def _dry_run_repo_id(result, repo_id: str | None, token) -> str:
         return result.resolve_repo_id(repo_id or None, token=token)
     except HubError:  # not logged in: a dry run still shows where it would go
         return f"<your-username>/{repo_id or result.default_repo_name()}"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _configure_logging(*, json_mode: bool) -> None:
@@ -442,9 +585,14 @@ def _configure_logging(*, json_mode: bool) -> None:
     logger.setLevel(logging.WARNING if json_mode else logging.ERROR)
 
 
-def _fail(message: str, debug: bool) -> None:
+def _fail(message: str, debug: bool, *, hint: str | None = None) -> None:
     if debug:
         traceback.print_exc()
+    # One line where the message is one line: the next step follows it after a semicolon.
+    if hint and "\n" not in message:
+        message = f"{message}; {hint}"
+    elif hint:
+        message = f"{message}\n  → {hint}"
     print(f"hubmerge: error: {message}", file=sys.stderr)
 
 

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter import LoraAdapter
-from .errors import IncompatibleAdaptersError
+from .errors import IncompatibleAdaptersError, Problem
 from .notice import Notice
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 
+# The base-model check was switched off (allow_base_mismatch): said in words every front end shares.
+_MISMATCH_ALLOWED = " (merged anyway: the base-model check was switched off)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compatibility:
     """What the check learned about a set of adapters that can be merged.
 
@@ -152,24 +154,24 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
             )
     base = named[0].config.base_model_name_or_path if named else None
     for adapter in named[1:]:
-        theirs = adapter.config.base_model_name_or_path
-        if identity(theirs) != identity(base):
+        theirs = adapter.config.base_model_name_or_path or ""
+        if identity(theirs) != identity(base or ""):
             message = (
                 f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"
             )
             if allow_mismatch:
-                warnings.append(Notice("base_model_mismatch", message + " (allowed by --allow-base-mismatch)"))
+                warnings.append(Notice("base_model_mismatch", message + _MISMATCH_ALLOWED))
             else:
-                problems.append(message + "; pass --allow-base-mismatch if they really are the same weights")
+                problems.append(Problem(message, code="base_model_mismatch", source=adapter.source))
     revisions = {a.config.revision for a in adapters if a.config.revision}
     if len(revisions) > 1:
         listing = ", ".join(f"{a.source}: {a.config.revision!r}" for a in adapters if a.config.revision)
         message = f"base model revisions differ ({listing})"
         if allow_mismatch:
-            warnings.append(Notice("base_model_mismatch", message + " (allowed by --allow-base-mismatch)"))
+            warnings.append(Notice("base_model_mismatch", message + _MISMATCH_ALLOWED))
         else:
-            problems.append(message + "; pass --allow-base-mismatch if they really are the same weights")
+            problems.append(Problem(message, code="base_model_mismatch"))
     return base, (revisions.pop() if len(revisions) == 1 else None)
 
 

@@ -18,6 +18,7 @@ the builtin it resembles, so ``except ValueError`` keeps working::
     ├── BaseModelError (ValueError)           a base model that cannot be used to evaluate these adapters
     ├── EvaluationMemoryError (MemoryError)   the evaluation ran out of memory
     ├── MissingDependencyError (ImportError)  an optional extra (``hubmerge[eval]``) is not installed
+    ├── GGUFExportError (ValueError)          llama.cpp cannot take this adapter (or its base) as GGUF
     └── HubError (OSError)                    a Hub request failed or was refused
         ├── RepoNotFoundError                 missing, or private without access
         ├── GatedRepoAccessError              gated, and this account has no access
@@ -25,12 +26,18 @@ the builtin it resembles, so ``except ValueError`` keeps working::
         └── PushError                         creating the repo or the commit was refused
 
 Messages name the source (and file, and module key where there is one) and
-say what to do next.
+say what is wrong in the terms of the Python API. The same facts are also
+attributes (``source``, ``repo_id``, ``revision``, ``module``, and for Hub
+failures huggingface_hub's ``server_message`` and ``request_id``), and
+:attr:`HubmergeError.reason` names the case with a stable code, so each front
+end (the CLI, the Space) adds its own next step from a table of its own
+instead of the library naming flags one front end has and another lacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "AdapterError",
@@ -39,6 +46,7 @@ __all__ = [
     "BaseModelError",
     "EvaluationDataError",
     "EvaluationMemoryError",
+    "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
     "HubmergeError",
@@ -47,6 +55,7 @@ __all__ = [
     "LimitExceededError",
     "MissingDependencyError",
     "OutputExistsError",
+    "Problem",
     "PushError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
@@ -56,7 +65,37 @@ __all__ = [
 
 
 class HubmergeError(Exception):
-    """Base class of every error hubmerge raises deliberately."""
+    """Base class of every error hubmerge raises deliberately.
+
+    Attributes:
+        reason: a stable code for the case (e.g. ``"pickle_only"``, ``"not_logged_in"``), or ``None``;
+            front ends map ``(type, reason)`` to the next step in their own words.
+        source: the source reference the error is about, where there is one.
+        repo_id, revision: the Hub repository and revision, where there are.
+        module: the adapted module key, where there is one.
+        server_message, request_id: what the Hub answered, for a failed Hub request.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        source: str | None = None,
+        repo_id: str | None = None,
+        revision: str | None = None,
+        module: str | None = None,
+        server_message: str | None = None,
+        request_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.reason = reason
+        self.source = source
+        self.repo_id = repo_id
+        self.revision = revision
+        self.module = module
+        self.server_message = server_message
+        self.request_id = request_id
 
 
 class SourceError(HubmergeError, ValueError):
@@ -80,19 +119,40 @@ class AdapterFormatError(AdapterError, ValueError):
     """Raised when ``adapter_config.json`` or the tensor file cannot be parsed."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One reason a set of adapters cannot be merged exactly.
+
+    Attributes:
+        message: one line naming the source and, where it applies, the module key and what differs.
+        code: a stable code for the case (``"base_model_mismatch"``, ``"nonfinite"``, …).
+        source: the source it is about, where it is about one.
+        module: the module key, where it is about one.
+    """
+
+    message: str
+    code: str = "incompatible"
+    source: str | None = None
+    module: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class IncompatibleAdaptersError(HubmergeError, ValueError):
     """Raised by the compatibility check with *every* problem it found.
 
     Attributes:
-        problems: one line per problem, each naming the source and, where it
-            applies, the module key and what differs.
+        problems: one :class:`Problem` per problem found, in the order found.
+        reasons: the set of their codes.
     """
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
+    def __init__(self, problems: Sequence[Problem | str]):
+        self.problems = [p if isinstance(p, Problem) else Problem(p) for p in problems]
         count = len(self.problems)
         head = f"the adapters cannot be merged exactly ({count} problem{'s' if count != 1 else ''}):"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+        super().__init__("\n".join([head, *(f"  - {p.message}" for p in self.problems)]))
+        self.reasons = {p.code for p in self.problems}
 
 
 class InvalidArgumentError(HubmergeError, ValueError):
@@ -107,11 +167,17 @@ class OutputExistsError(HubmergeError, FileExistsError):
 class LimitExceededError(HubmergeError, ValueError):
     """Raised when a merge would pass a configured limit: more adapters than
     ``max_adapters``, or more bytes to download than ``max_download_bytes``
-    (a mistyped repo id must not fill the disk). :attr:`limit` names which."""
+    (a mistyped repo id must not fill the disk). :attr:`limit` (also its
+    :attr:`reason`) names which."""
 
-    def __init__(self, message: str, *, limit: str):
-        super().__init__(message)
+    def __init__(self, message: str, *, limit: str, source: str | None = None):
+        super().__init__(message, reason=limit, source=source)
         self.limit = limit  # "max_adapters" or "max_download_bytes": the argument that raises it
+
+
+class GGUFExportError(HubmergeError, ValueError):
+    """Raised when an adapter cannot be written as a llama.cpp GGUF LoRA: the message says what llama.cpp
+    cannot take (full weight copies, a tied lm_head, an architecture without a known conversion)."""
 
 
 class HubError(HubmergeError, OSError):
@@ -152,7 +218,7 @@ class EvaluationMemoryError(HubmergeError, MemoryError):
     lower first (``"batch_size"``; with a batch of one, ``"max_length"``)."""
 
     def __init__(self, message: str, *, setting: str):
-        super().__init__(message)
+        super().__init__(message, reason=setting)
         self.setting = setting
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from .report import SimilarityReport
 
 __all__ = ["render_heatmap"]
 
@@ -22,7 +27,7 @@ DPI = 100
 MAX_LABEL = 18
 
 
-def render_heatmap(similarity: dict) -> bytes:
+def render_heatmap(similarity: SimilarityReport | Mapping[str, Any]) -> bytes:
     """Draw the pairwise RMS-cosine matrix as an annotated heatmap.
 
     The colour scale is fixed at 0..1 (RMS cosine is never negative), so two
@@ -30,8 +35,8 @@ def render_heatmap(similarity: dict) -> bytes:
     shares no adapted module) are grey and marked "—".
 
     Args:
-        similarity: the report's ``similarity`` section; reads ``adapters``
-            (N names) and ``rms_cosine`` (N×N list of lists, ``None`` allowed).
+        similarity: the report's ``similarity`` section (:class:`SimilarityReport`, or its JSON);
+            reads ``adapters`` (N names) and ``rms_cosine`` (N×N, ``None`` allowed).
 
     Returns:
         PNG bytes of a 700×600 pixel image, for any N.
@@ -40,7 +45,7 @@ def render_heatmap(similarity: dict) -> bytes:
         InvalidArgumentError: the matrix is empty or not N×N for the N names.
 
     Example:
-        >>> png = render_heatmap(result.report["similarity"])
+        >>> png = render_heatmap(result.report.similarity)
         >>> Path("similarity.png").write_bytes(png)
     """
     from matplotlib import colormaps
@@ -48,8 +53,11 @@ def render_heatmap(similarity: dict) -> bytes:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    names = [str(name) for name in similarity.get("adapters") or []]
-    matrix = similarity.get("rms_cosine") or []
+    if isinstance(similarity, Mapping):
+        names = [str(name) for name in similarity.get("adapters") or []]
+        matrix = list(similarity.get("rms_cosine") or [])
+    else:
+        names, matrix = [str(name) for name in similarity.adapters], list(similarity.rms_cosine)
     n = len(names)
     if n == 0 or len(matrix) != n or any(len(row) != n for row in matrix):
         raise InvalidArgumentError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
@@ -28,10 +29,12 @@ from .errors import (
     RevisionNotFoundError,
     UnsafeAdapterError,
 )
+from .provenance import HubOrigin
 from .sources import Source
 
 __all__ = [
     "PulledAdapter",
+    "PushResult",
     "ResolvedAdapter",
     "canonical_repo_id",
     "check_download_size",
@@ -49,31 +52,57 @@ try:  # huggingface_hub 2.x talks HTTP through its own httpx fork
     from httpx2 import TimeoutException as _TimeoutError
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover - older huggingface_hub
-    from httpx import ConnectError as _ConnectError
-    from httpx import TimeoutException as _TimeoutError
-    from httpx import TransportError as _TransportError
+    from httpx import ConnectError as _ConnectError  # type: ignore[assignment]
+    from httpx import TimeoutException as _TimeoutError  # type: ignore[assignment]
+    from httpx import TransportError as _TransportError  # type: ignore[assignment]
 
 
-@dataclass
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did.
+
+    Attributes:
+        repo_id: the repository pushed to.
+        repo_url: its URL.
+        commit_url: the commit made, or, when nothing changed, the head commit that already held these files.
+        pr_url: the pull request opened (``create_pr``), else ``None``.
+        created_repo: the repository did not exist before this push.
+        changed: a commit was made (``False``: the repo already held exactly these files).
+    """
+
+    repo_id: str
+    repo_url: str
+    commit_url: str
+    pr_url: str | None
+    created_repo: bool
+    changed: bool
+
+
+@dataclass(frozen=True)
 class PulledAdapter:
     """A Hub adapter in the local HF cache, pinned to the commit it came from."""
 
     path: Path
-    commit_sha: str
-    license: str | None = None
-    datasets: list[str] = field(default_factory=list)
+    origin: HubOrigin
+
+
+def _hub_repo(source: Source) -> str:
+    if source.repo_id is None:
+        raise ValueError(f"{source.text!r} is a local source, not a Hub one")  # a caller's bug
+    return source.repo_id
 
 
 def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _login_hint(token) -> str:
+def _token_state(token) -> str:
+    """Which token the request carried, in words (never the token itself)."""
     if token is False:
         return "no token was sent"
     if _has_token(token):
-        return "check that your token has access"
-    return "log in with `hf auth login` or set HF_TOKEN"
+        return "a token was sent"
+    return "no token is set"
 
 
 def _has_token(token) -> bool:
@@ -84,36 +113,48 @@ def _has_token(token) -> bool:
     return get_token() is not None
 
 
-def _explain(err: Exception, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
-    """Turn a huggingface_hub/transport error into a one-line HubError."""
+def _explain(err: BaseException, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
+    """Turn a huggingface_hub/transport error into a one-line HubError (raise it ``from err``)."""
     url = f"{constants.ENDPOINT}/{repo_id}"
+    fields: dict[str, Any] = {"source": where, "repo_id": repo_id or None, "revision": revision}
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        fields["server_message"] = err.server_message or None
+        fields["request_id"] = err.request_id or None
     if isinstance(err, hf_errors.GatedRepoError):
         return GatedRepoAccessError(
-            f"{where}: {repo_id} is gated: request access at {url} and use a token of the account "
-            f"that has it ({_login_hint(token)})"
+            f"{where}: {repo_id} is gated and this account has no access ({_token_state(token)}); "
+            f"access is requested at {url}",
+            reason="gated",
+            **fields,
         )
     if isinstance(err, hf_errors.RepositoryNotFoundError):
         return RepoNotFoundError(
-            f"{where}: repository {repo_id} not found, or it is private and you have no access: "
-            f"check the name, or {_login_hint(token)}"
+            f"{where}: repository {repo_id} not found, or it is private and there is no access ({_token_state(token)})",
+            reason="repo_not_found",
+            **fields,
         )
     if isinstance(err, hf_errors.RevisionNotFoundError):
         return RevisionNotFoundError(
-            f"{where}: revision {revision!r} not found in {repo_id}: check the branch, tag or commit sha "
-            f"(see {url}/tree/main)"
+            f"{where}: revision {revision!r} not found in {repo_id} (its branches and tags: {url}/tree/main)",
+            reason="revision_not_found",
+            **fields,
         )
     if isinstance(err, hf_errors.OfflineModeIsEnabled):
         return HubError(
-            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id} is not in the local cache: "
-            "run once with network access, or unset HF_HUB_OFFLINE"
+            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id} is not in the local cache", reason="offline", **fields
         )
     if isinstance(err, hf_errors.HfHubHTTPError):
         status = err.response.status_code if err.response is not None else "?"
         detail = err.server_message or "no details"
-        return HubError(f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail}); try again later")
+        request = f", request id {err.request_id}" if err.request_id else ""
+        return HubError(
+            f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail}{request}); try again later",
+            reason="http_error",
+            **fields,
+        )
     if isinstance(err, hf_errors.LocalEntryNotFoundError) and err.__cause__ is not None:
         return _explain(err.__cause__, where, repo_id=repo_id, revision=revision, token=token)
-    return HubError(f"{where}: {_transport_failure(err)}")
+    return HubError(f"{where}: {_transport_failure(err)}", reason="transport", **fields)
 
 
 def _transport_failure(err: BaseException) -> str:
@@ -140,7 +181,7 @@ _HUB_FAILURES = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResolvedAdapter:
     """A Hub adapter before its download: where it is, at which commit, and how large its files are."""
 
@@ -165,7 +206,7 @@ def resolve_adapter(source: Source, *, token: str | bool | None = None, allow_pi
         AdapterNotFoundError: no adapter at that path of the repo.
         UnsafeAdapterError: only pickle weights and ``allow_pickle`` is false.
     """
-    repo_id, revision, where = source.repo_id, source.revision, source.text
+    repo_id, revision, where = _hub_repo(source), source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
     weights = [f"{prefix}{SAFETENSORS_NAME}"] + ([f"{prefix}{PICKLE_NAME}"] if allow_pickle else [])
     config_name = f"{prefix}{CONFIG_NAME}"
@@ -176,7 +217,7 @@ def resolve_adapter(source: Source, *, token: str | bool | None = None, allow_pi
             repo_id, revision=revision, token=token, files_metadata=True, timeout=_metadata_timeout()
         )
     except _HUB_FAILURES as err:
-        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
     files = {sibling.rfilename for sibling in info.siblings or []}
     _check_adapter_files(files, source, info.sha, allow_pickle)
     weights = [w for w in weights if w in files][:1]
@@ -202,7 +243,7 @@ def check_download_size(resolved: list[ResolvedAdapter], max_bytes: int | None) 
         if item.size > max_bytes:
             raise LimitExceededError(
                 f"{item.source.text}: the adapter files are {item.size:,} bytes, more than the {max_bytes:,} bytes "
-                "allowed; check the repo id, or raise the download limit",
+                "allowed",
                 limit="max_download_bytes",
             )
     total = sum(item.size for item in resolved)
@@ -210,7 +251,7 @@ def check_download_size(resolved: list[ResolvedAdapter], max_bytes: int | None) 
         parts = ", ".join(f"{item.source.text} {item.size:,}" for item in resolved)
         raise LimitExceededError(
             f"the adapter files of the {len(resolved)} Hub sources are {total:,} bytes together ({parts}), more "
-            f"than the {max_bytes:,} bytes allowed; check the repo ids, or raise the download limit",
+            f"than the {max_bytes:,} bytes allowed",
             limit="max_download_bytes",
         )
 
@@ -227,7 +268,7 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
         AdapterNotFoundError: the cached snapshot holds no adapter config.
     """
     source = resolved.source
-    repo_id, revision, where = source.repo_id, source.revision, source.text
+    repo_id, revision, where = _hub_repo(source), source.revision, source.text
     prefix = f"{source.subfolder}/" if source.subfolder else ""
     config_name, *weights = resolved.files
     snapshots = set()
@@ -240,31 +281,46 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
             if _offline():
                 at = f"{repo_id}{'@' + revision if revision else ''}"
                 raise HubError(
-                    f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache: run once with network "
-                    "access, or unset HF_HUB_OFFLINE"
-                ) from None
-            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+                    f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache",
+                    reason="offline",
+                    source=where,
+                    repo_id=repo_id,
+                    revision=revision,
+                ) from err
+            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
         except (*_HUB_FAILURES, hf_errors.EntryNotFoundError) as err:
             if isinstance(err, hf_errors.EntryNotFoundError) and filename != config_name:
                 continue
-            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+            raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
         # hf_hub_download answers <cache>/snapshots/<commit sha>/<filename>
         snapshots.add(Path(path).parents[len(Path(filename).parts) - 1])
     if len(snapshots) != 1 or (resolved.commit_sha is not None and next(iter(snapshots)).name != resolved.commit_sha):
-        raise HubError(f"{where}: {repo_id}@{revision or 'main'} moved while downloading; run the command again")
+        raise HubError(
+            f"{where}: {repo_id}@{revision or 'main'} moved while downloading; try again",
+            reason="moved",
+            source=where,
+            repo_id=repo_id,
+            revision=revision,
+        )
     snapshot = snapshots.pop()
     commit_sha = snapshot.name
     directory = snapshot / prefix if prefix else snapshot
     if not (directory / CONFIG_NAME).is_file():
         raise AdapterNotFoundError(
-            f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder"
+            f"{where}: the cached snapshot {commit_sha[:7]} has no {prefix}{CONFIG_NAME}; check the subfolder",
+            source=where,
+            repo_id=repo_id,
+            revision=revision,
         )
-    return PulledAdapter(
-        path=directory,
+    origin = HubOrigin(
+        repo_id=repo_id,
+        subfolder=source.subfolder,
+        revision=revision,
         commit_sha=commit_sha,
         license=resolved.license,
-        datasets=resolved.datasets,
+        datasets=tuple(resolved.datasets),
     )
+    return PulledAdapter(path=directory, origin=origin)
 
 
 def _metadata_timeout() -> float:
@@ -273,9 +329,9 @@ def _metadata_timeout() -> float:
     return constants.HF_HUB_ETAG_TIMEOUT
 
 
-def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle: bool) -> None:
+def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow_pickle: bool) -> None:
     prefix = f"{source.subfolder}/" if source.subfolder else ""
-    at = f"{source.repo_id}@{sha[:7]}"
+    at = f"{source.repo_id}@{(sha or 'head')[:7]}"
     if f"{prefix}{CONFIG_NAME}" not in files:
         found = sorted(name[: -len(CONFIG_NAME)].rstrip("/") or "." for name in files if name.endswith(CONFIG_NAME))
         place = f"subfolder {source.subfolder!r}" if source.subfolder else "the repo root"
@@ -286,17 +342,24 @@ def _check_adapter_files(files: set[str], source: Source, sha: str, allow_pickle
             )
         else:
             hint = "this repository holds no PEFT adapter (no adapter_config.json)"
-        raise AdapterNotFoundError(f"{source.text}: no {CONFIG_NAME} in {place} of {at}; {hint}")
+        raise AdapterNotFoundError(
+            f"{source.text}: no {CONFIG_NAME} in {place} of {at}; {hint}", source=source.text, repo_id=source.repo_id
+        )
     if f"{prefix}{SAFETENSORS_NAME}" in files:
         return
     if f"{prefix}{PICKLE_NAME}" in files:
         if not allow_pickle:
             raise UnsafeAdapterError(
                 f"{source.text}: only {PICKLE_NAME} (a pickle) is present in {at}; unpickling a file can run "
-                "arbitrary code. Pass --allow-pickle (allow_pickle=True) if you trust it"
+                "arbitrary code, so pickles are read only where they are allowed (allow_pickle)",
+                reason="pickle_only",
+                source=source.text,
+                repo_id=source.repo_id,
             )
         return
-    raise AdapterNotFoundError(f"{source.text}: {at} has {CONFIG_NAME} but no {SAFETENSORS_NAME}")
+    raise AdapterNotFoundError(
+        f"{source.text}: {at} has {CONFIG_NAME} but no {SAFETENSORS_NAME}", source=source.text, repo_id=source.repo_id
+    )
 
 
 def canonical_repo_id(name: str, *, token: str | bool | None = None) -> str | None:
@@ -321,14 +384,14 @@ def whoami(*, token: str | bool | None = None) -> str:
     """
     try:
         return HfApi().whoami(token=token)["name"]
-    except hf_errors.LocalTokenNotFoundError:
+    except hf_errors.LocalTokenNotFoundError as err:
         raise HubError(
-            "not logged in: run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)"
-        ) from None
+            "not logged in: no Hub token is set, so the user name is unknown", reason="not_logged_in"
+        ) from err
     except _HUB_FAILURES as err:
         if isinstance(err, hf_errors.HfHubHTTPError) and err.response is not None and err.response.status_code == 401:
-            raise HubError("the Hub rejected the token: log in again with `hf auth login`") from None
-        raise _explain(err, "whoami", repo_id="", revision=None, token=token) from None
+            raise HubError("the Hub rejected the token", reason="token_rejected") from err
+        raise _explain(err, "whoami", repo_id="", revision=None, token=token) from err
 
 
 def push_files(
@@ -340,7 +403,7 @@ def push_files(
     create_pr: bool = False,
     commit_message: str,
     commit_description: str | None = None,
-):
+) -> PushResult:
     """Create ``repo_id`` if needed and upload ``files`` in one commit.
 
     Nothing in the repository is deleted; an existing repo gets a new commit
@@ -354,7 +417,8 @@ def push_files(
             the Hub's default for the namespace.
 
     Returns:
-        huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``oid``).
+        A :class:`PushResult`; ``changed`` is false when the repo already held
+        exactly these files (huggingface_hub then makes no commit).
 
     Raises:
         PushError: the repo or the commit was refused, or the branch moved during the push.
@@ -364,16 +428,17 @@ def push_files(
         existing = _existing_repo(api, repo_id, token)
         if existing is not None and not existing.private and private:
             raise PushError(
-                f"{repo_id} exists and is public; --private does not change an existing repo's visibility: "
-                "make it private in its settings first, or push to a new repo"
+                f"{repo_id} exists and is public; a private push does not change an existing repo's visibility",
+                reason="public_repo",
+                repo_id=repo_id,
             )
         if existing is None:
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     except _HUB_FAILURES as err:
-        raise _push_error(err, repo_id, "create", token) from None
+        raise _push_error(err, repo_id, "create", token) from err
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
     try:
-        return api.create_commit(
+        info = api.create_commit(
             repo_id,
             operations=operations,
             commit_message=commit_message,
@@ -393,7 +458,17 @@ def push_files(
         failure = _hub_failure(err)
         if failure is None:
             raise
-        raise _push_error(failure, repo_id, "commit to", token) from None
+        raise _push_error(failure, repo_id, "commit to", token) from err
+    # huggingface_hub skips a commit whose files are all unchanged and answers with the head commit instead.
+    changed = existing is None or create_pr or info.oid != existing.sha
+    return PushResult(
+        repo_id=info.repo_url.repo_id,
+        repo_url=str(info.repo_url),
+        commit_url=info.commit_url,
+        pr_url=info.pr_url,
+        created_repo=existing is None,
+        changed=changed,
+    )
 
 
 def _hub_failure(err: BaseException) -> BaseException | None:
@@ -413,20 +488,30 @@ def _existing_repo(api: HfApi, repo_id: str, token):
         return None
 
 
-def _push_error(err: Exception, repo_id: str, action: str, token) -> HubError:
+def _push_error(err: BaseException, repo_id: str, action: str, token) -> HubError:
     status = getattr(getattr(err, "response", None), "status_code", None)
+    fields: dict[str, Any] = {"repo_id": repo_id}
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        fields["server_message"] = err.server_message or None
+        fields["request_id"] = err.request_id or None
     if status in (401, 403):
         return PushError(
-            f"cannot {action} {repo_id}: this token has no write access there; push to your own namespace, "
-            "use --create-pr to open a pull request, or log in with a write token (`hf auth login`)"
+            f"cannot {action} {repo_id}: this token has no write access there", reason="no_write_access", **fields
         )
     if status == 412:
-        return PushError(f"cannot {action} {repo_id}: the branch moved during the push; run the command again")
+        return PushError(f"cannot {action} {repo_id}: the branch moved during the push", reason="moved", **fields)
     if isinstance(err, hf_errors.HfHubHTTPError):
         detail = err.server_message or "no details"
-        return PushError(f"cannot {action} {repo_id}: the Hub answered HTTP {status} ({detail})")
+        request = f", request id {err.request_id}" if err.request_id else ""
+        return PushError(
+            f"cannot {action} {repo_id}: the Hub answered HTTP {status} ({detail}{request})",
+            reason="http_error",
+            **fields,
+        )
     return PushError(
-        f"cannot {action} {repo_id}: the Hub at {constants.ENDPOINT} did not answer ({type(err).__name__})"
+        f"cannot {action} {repo_id}: the Hub at {constants.ENDPOINT} did not answer ({type(err).__name__})",
+        reason="transport",
+        **fields,
     )
 
 
@@ -469,3 +554,21 @@ def fetch_base_model(repo_id: str, *, revision: str | None = None, token: str | 
             ) from None
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
     return Path(path), Path(path).name
+
+
+def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """Download only ``config.json`` of a base model (what a GGUF conversion needs to know its architecture).
+
+    Returns:
+        The local path of the file (in the HF cache).
+
+    Raises:
+        HubError: the repo, revision or file cannot be reached (the message says which and what to do).
+    """
+    where = f"base model {repo_id}"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token))
+    except hf_errors.EntryNotFoundError:
+        raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
+    except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None

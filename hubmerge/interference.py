@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .notice import Notice
+from .report import Matrix, ModuleSimilarity, SimilarityReport
 
 __all__ = ["ModuleGram", "SimilarityAccumulator", "Thresholds", "concat_gram", "module_gram"]
 
@@ -77,7 +78,7 @@ class Thresholds:
     retention: float = 0.5
     max_listed: int = 5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -124,13 +125,14 @@ def module_gram(
     Returns:
         The :class:`ModuleGram`; ``gram[i, j] = ⟨cᵢBᵢAᵢ, cⱼBⱼAⱼ⟩_F``.
     """
-    present = [i for i, f in enumerate(factors) if f is not None]
-    if not present:
+    given = [(i, f) for i, f in enumerate(factors) if f is not None]
+    present = [i for i, _ in given]
+    if not given:
         return concat_gram(None, None, [], [], len(factors))
-    work = torch.float64 if any(factors[i][0].dtype == torch.float64 for i in present) else torch.float32
-    a_all = torch.cat([factors[i][0].to(work) * coefficients[i] for i in present], dim=0)
-    b_all = torch.cat([factors[i][1].to(work) for i in present], dim=1)
-    return concat_gram(a_all, b_all, [factors[i][0].shape[0] for i in present], present, len(factors))
+    work = torch.float64 if any(a.dtype == torch.float64 for _, (a, _) in given) else torch.float32
+    a_all = torch.cat([a.to(work) * coefficients[i] for i, (a, _) in given], dim=0)
+    b_all = torch.cat([b.to(work) for _, (_, b) in given], dim=1)
+    return concat_gram(a_all, b_all, [a.shape[0] for _, (a, _) in given], present, len(factors))
 
 
 def concat_gram(
@@ -147,7 +149,7 @@ def concat_gram(
     """
     gram = torch.zeros(n, n, dtype=torch.float64)
     overlap = torch.full((n, n), math.nan, dtype=torch.float64)
-    if not present:
+    if not present or a_all is None or b_all is None:
         return ModuleGram(gram, overlap, present)
     a_gram = (a_all @ a_all.T).double()  # R×R
     b_gram = (b_all.T @ b_all).double()
@@ -173,7 +175,8 @@ class SimilarityAccumulator:
 
     names: list[str]
     thresholds: Thresholds = field(default_factory=Thresholds)
-    per_module: dict[str, dict] = field(default_factory=dict)
+    weights: Sequence[float] | None = None  # the merge weights: a zero-weight delta is zero on purpose
+    per_module: dict[str, ModuleSimilarity] = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.names)
@@ -208,16 +211,16 @@ class SimilarityAccumulator:
         self._total += float(stats.gram.sum())
         self._energy += float(diag.sum())
         for i in stats.present:
-            if diag[i] == 0:
+            if diag[i] == 0 and (self.weights is None or self.weights[i] != 0):
                 self._zero[i] = self._zero.get(i, 0) + 1
-        self.per_module[module] = {
-            "adapters": [self.names[i] for i in stats.present],
-            "norms": [round_float(float(stats.norms[i])) for i in stats.present],
-            "cosine": _pairs(cos, stats.present, self.names),
-            "interference": round_float(stats.interference),
-        }
+        self.per_module[module] = ModuleSimilarity(
+            adapters=tuple(self.names[i] for i in stats.present),
+            norms=tuple(round_float(float(stats.norms[i])) for i in stats.present),
+            cosine=_pairs(cos, stats.present, self.names),
+            interference=round_float(stats.interference),
+        )
 
-    def summary(self) -> tuple[dict, list[Notice]]:
+    def summary(self) -> tuple[SimilarityReport, list[Notice]]:
         """The pair matrices, the interference ratio and the warnings."""
         count = self._defined.to(torch.float64)
         with torch.no_grad():
@@ -229,17 +232,17 @@ class SimilarityAccumulator:
                 self._overlap_count > 0, self._overlap_sum / self._overlap_count.clamp_min(1), torch.nan
             )
         overall = self._total / self._energy if self._energy > 0 else None
-        result = {
-            "adapters": list(self.names),
-            "rms_cosine": _matrix(rms),
-            "mean_cosine": _matrix(mean),
-            "norm_weighted_cosine": _matrix(weighted),
-            "shared_modules": self._count.tolist(),
-            "a_overlap": _matrix(overlap),
-            "interference_ratio": round_float(overall),
-            "thresholds": self.thresholds.to_dict(),
-            "per_module": self.per_module,
-        }
+        result = SimilarityReport(
+            adapters=tuple(self.names),
+            rms_cosine=_matrix(rms),
+            mean_cosine=_matrix(mean),
+            norm_weighted_cosine=_matrix(weighted),
+            shared_modules=tuple(tuple(row) for row in self._count.tolist()),
+            a_overlap=_matrix(overlap),
+            interference_ratio=round_float(overall),
+            thresholds=self.thresholds.to_dict(),
+            per_module=dict(self.per_module),
+        )
         return result, self._warnings(rms, mean, overlap)
 
     def _warnings(self, rms, mean, overlap) -> list[Notice]:
@@ -279,9 +282,7 @@ class SimilarityAccumulator:
         cancelling = [
             key
             for key, stats in self.per_module.items()
-            if len(stats["adapters"]) > 1
-            and stats["interference"] is not None
-            and stats["interference"] < t.cancel_ratio
+            if len(stats.adapters) > 1 and stats.interference is not None and stats.interference < t.cancel_ratio
         ]
         if cancelling:
             shown = ", ".join(cancelling[: t.max_listed]) + (" …" if len(cancelling) > t.max_listed else "")
@@ -310,8 +311,8 @@ def round_float(value: float | None, digits: int = 6) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
-def _matrix(values: torch.Tensor) -> list[list[float | None]]:
-    return [[round_float(float(v)) for v in row] for row in values]
+def _matrix(values: torch.Tensor) -> Matrix:
+    return tuple(tuple(round_float(float(v)) for v in row) for row in values)
 
 
 def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:

@@ -37,6 +37,6 @@ def parse_size(text: str) -> int | None:
         return None
     match = _SIZE.fullmatch(text)
     unit = match.group(2).upper() if match else None
-    if unit not in _UNITS:
+    if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: write e.g. 500MB, 20GB, 1.5GiB, or none")
     return int(Fraction(match.group(1)) * _UNITS[unit])  # exact, and no float overflow for long numbers

@@ -19,18 +19,16 @@ from .errors import OutputExistsError
 __all__ = ["check_writable", "write_directory"]
 
 # name → a function that writes that file to the given path
-FileWriter = Callable[[Path], None]
+FileWriter = Callable[[Path], object]
 
 
 def check_writable(directory: str | Path, *, overwrite: bool = False) -> Path:
     """Fail early if ``directory`` exists, is not empty, and ``overwrite`` is false."""
     target = Path(directory).expanduser()
     if target.exists() and not target.is_dir():
-        raise OutputExistsError(f"{target}: exists and is not a directory; choose another output path")
+        raise OutputExistsError(f"{target}: exists and is not a directory", reason="not_a_directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{target}: directory exists and is not empty; choose another output (-o) or pass --overwrite"
-        )
+        raise OutputExistsError(f"{target}: directory exists and is not empty", reason="not_empty")
     return target
 
 
@@ -52,9 +50,13 @@ def write_directory(directory: str | Path, files: dict[str, FileWriter], *, over
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        mask = _umask()
         for name, write in files.items():
             write(staging / name)
-        os.chmod(staging, 0o777 & ~_umask())
+            # Writers that go through a temporary file (safetensors) leave it 0600: give every file the
+            # permissions the umask gives a new file, as the directory gets those of a new directory.
+            os.chmod(staging / name, 0o666 & ~mask)
+        os.chmod(staging, 0o777 & ~mask)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "previous")

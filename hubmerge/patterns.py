@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["backtracks_exponentially"]
 
 try:  # the parser behind re.compile, to look at a pattern's structure before matching with it
-    from re import _parser as _regex_parser  # Python ≥ 3.11
+    from re import _parser as _regex_parser  # type: ignore[attr-defined]  # Python ≥ 3.11
 except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _regex_parser
 

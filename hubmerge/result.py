@@ -1,134 +1,139 @@
 """A finished merge: its files, written locally or pushed to the Hub in one commit.
 
-Every file is built in memory first (weights, config, report, recipe, and
-for the Hub the model card and the heatmap), so a failure while building
-leaves nothing behind: no directory, no repo, no commit.
+Every file is built in memory first (weights, config, report, recipe, the
+model card and the heatmap), so a failure while building leaves nothing
+behind: no directory, no repo, no commit. A local save writes the same files
+a push uploads, so a folder uploaded later with ``hf upload`` has its card.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save, save_file
 
-from ._version import __version__
-from .adapter import SAFETENSORS_NAME, LoraAdapter
+from .adapter import SAFETENSORS_NAME
 from .config import CONFIG_NAME
 from .errors import InvalidArgumentError
+from .hub import PushResult
 from .output import write_directory
-from .report import REPORT_NAME, dtype_name
+from .recipe import RECIPE_NAME, Recipe
+from .report import REPORT_NAME, MergeReport
+from .sources import check_repo_id
 
-__all__ = ["CARD_NAME", "HEATMAP_NAME", "MergeResult", "RECIPE_NAME", "build_recipe"]
+__all__ = ["CARD_NAME", "HEATMAP_NAME", "MergeResult", "PushResult", "RECIPE_NAME"]
 
-RECIPE_NAME = "hubmerge_recipe.json"
 HEATMAP_NAME = "similarity.png"
 CARD_NAME = "README.md"
 
 
+@dataclass(frozen=True)
 class MergeResult:
     """A merged adapter held in memory, with its report and recipe.
 
     Attributes:
-        config: the merged ``adapter_config.json`` (a dict).
-        tensors: the merged adapter's tensors, PEFT key → tensor (empty for a report-only run).
-        report: the JSON-able merge report.
-        recipe: what reproduces this merge (sources pinned to commit shas, weights, dtype, command).
-        adapters: the loaded input adapters.
+        config: the merged ``adapter_config.json`` (built from an allow-list, never copied).
+        tensors: the merged adapter's tensors, PEFT key → tensor.
+        report: the :class:`~hubmerge.report.MergeReport`.
+        recipe: the :class:`~hubmerge.recipe.Recipe` that reproduces this merge.
+        extra_files: files saved and pushed next to the adapter's own, e.g. the llama.cpp
+            GGUF (:func:`hubmerge.gguf_export.attach_gguf`).
     """
 
-    def __init__(
-        self,
-        *,
-        config: dict,
-        tensors: dict[str, torch.Tensor],
-        report: dict,
-        recipe: dict,
-        adapters: list[LoraAdapter],
-    ):
-        self.config = config
-        self.tensors = tensors
-        self.report = report
-        self.recipe = recipe
-        self.adapters = adapters
+    config: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor]
+    report: MergeReport
+    recipe: Recipe
+    extra_files: Mapping[str, bytes] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        names = ", ".join(a.name for a in self.adapters)
-        modules = self.report["modules"]["union"]
-        return f"MergeResult(adapters=[{names}], modules={modules}, exact={self.report['exact']})"
+        names = ", ".join(self.report.names)
+        return f"MergeResult(adapters=[{names}], modules={self.report.modules.union}, exact={self.report.exact})"
 
     @property
-    def warnings(self) -> list[dict]:
-        return self.report["warnings"]
+    def warnings(self) -> tuple:
+        """The report's warnings (:class:`~hubmerge.notice.Notice`)."""
+        return self.report.warnings
 
     def default_repo_name(self) -> str:
         """A repo name derived from the sources, e.g. ``math-medicine-merged``."""
-        stem = "-".join(re.sub(r"[^A-Za-z0-9_]+", "-", a.name).strip("-") for a in self.adapters)
+        stem = "-".join(re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-") for name in self.report.names)
         stem = re.sub(r"-{2,}", "-", stem)[:80].strip("-")  # the Hub refuses "--" and ".."
         return (stem or "adapters") + "-merged"
 
-    def files(self, *, repo_id: str | None = None, card: bool = False) -> dict[str, bytes]:
-        """The merged adapter's files, in memory.
+    def files(self, *, repo_id: str | None = None, figure: bool = True) -> dict[str, bytes]:
+        """The merged adapter's files, in memory, exactly as a push uploads them.
 
         Args:
-            repo_id: the repo the card describes (needed with ``card``).
-            card: also build ``README.md`` (the model card) and ``similarity.png``.
+            repo_id: the repo the card describes; default the derived name.
+            figure: also draw ``similarity.png`` (the card links it).
 
         Returns:
             File name → content: ``adapter_model.safetensors``, ``adapter_config.json``,
-            ``hubmerge_report.json``, ``hubmerge_recipe.json`` (and the card files).
+            ``hubmerge_report.json``, ``hubmerge_recipe.json``, ``README.md`` (and ``similarity.png``).
         """
-        if not self.tensors:
-            raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
-        files = {
-            SAFETENSORS_NAME: save(self.tensors, metadata=self._metadata()),
-            CONFIG_NAME: _json(self.config),
-            REPORT_NAME: _json(self.report),
-            RECIPE_NAME: _json(self.recipe),
-        }
-        if card:
-            from .card import build_card  # matplotlib and the card are only needed for the Hub
-            from .figures import render_heatmap
-
-            files[HEATMAP_NAME] = render_heatmap(self.report["similarity"])
-            files[CARD_NAME] = str(
-                build_card(self.report, repo_id=repo_id or self.default_repo_name(), command=self.recipe["command"])
-            ).encode("utf-8")
+        files = {SAFETENSORS_NAME: save(dict(self.tensors), metadata=_metadata())}
+        for name, write in self._small_files(repo_id, figure).items():
+            files[name] = write()
         return files
 
-    def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write a directory that ``peft.PeftModel.from_pretrained`` loads.
+    def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False, figure: bool = True) -> Path:
+        """Write a directory that ``peft.PeftModel.from_pretrained`` loads, with its card.
 
-        It holds ``adapter_config.json``, ``adapter_model.safetensors``,
-        ``hubmerge_report.json`` and ``hubmerge_recipe.json``, written atomically.
+        It holds ``adapter_config.json``, ``adapter_model.safetensors``, ``hubmerge_report.json``,
+        ``hubmerge_recipe.json``, ``README.md`` (the model card) and ``similarity.png``: what
+        :meth:`push_to_hub` uploads. Written atomically, with the permissions the umask gives.
 
         Args:
             save_directory: where to write.
             overwrite: replace an existing non-empty directory.
+            figure: draw ``similarity.png`` (``False`` skips it and its matplotlib import).
 
         Returns:
             The directory written.
 
         Raises:
             OutputExistsError: the directory is not empty and ``overwrite`` is false.
-            InvalidArgumentError: this result was made with ``report_only=True``.
         """
-        if not self.tensors:
-            raise InvalidArgumentError("this result has no tensors (it was made with report_only=True)")
-        writers = {
+        small = {name: write() for name, write in self._small_files(None, figure).items()}  # built before writing
+        writers: dict[str, Callable[[Path], object]] = {
             # straight from the tensors to the file: no second in-memory copy of the weights
-            SAFETENSORS_NAME: lambda path: save_file(self.tensors, str(path), metadata=self._metadata()),
-            CONFIG_NAME: lambda path: path.write_bytes(_json(self.config)),
-            REPORT_NAME: lambda path: path.write_bytes(_json(self.report)),
-            RECIPE_NAME: lambda path: path.write_bytes(_json(self.recipe)),
+            SAFETENSORS_NAME: lambda path: save_file(dict(self.tensors), str(path), metadata=_metadata()),
         }
+        writers.update({name: _writer(data) for name, data in small.items()})
         return write_directory(save_directory, writers, overwrite=overwrite)
 
-    def _metadata(self) -> dict[str, str]:
-        return {"format": "pt", "hubmerge_version": __version__}
+    def _small_files(self, repo_id: str | None, figure: bool) -> dict[str, Callable[[], bytes]]:
+        from .card import build_card
+
+        def card() -> bytes:
+            text = build_card(
+                self.report,
+                repo_id=repo_id or self.default_repo_name(),
+                command=self.recipe.command,
+                heatmap_path=HEATMAP_NAME if figure else None,
+            )
+            return str(text).encode("utf-8")
+
+        files: dict[str, Callable[[], bytes]] = {
+            CONFIG_NAME: lambda: _json(self.config),
+            REPORT_NAME: lambda: _json(self.report.to_dict()),
+            RECIPE_NAME: lambda: _json(self.recipe.to_dict()),
+            CARD_NAME: card,
+        }
+        if figure:
+            from .figures import render_heatmap  # matplotlib, only when the figure is wanted
+
+            files[HEATMAP_NAME] = lambda: render_heatmap(self.report.similarity)
+        for name, data in self.extra_files.items():
+            files[name] = _constant(data)
+        return files
 
     def push_to_hub(
         self,
@@ -138,7 +143,7 @@ class MergeResult:
         private: bool | None = None,
         create_pr: bool = False,
         commit_message: str | None = None,
-    ):
+    ) -> PushResult:
         """Push the merged adapter, its model card, report, recipe and heatmap in one commit.
 
         Args:
@@ -151,19 +156,22 @@ class MergeResult:
             commit_message: default "Merge <names> with hubmerge".
 
         Returns:
-            huggingface_hub's ``CommitInfo`` (``commit_url``, ``pr_url``, ``repo_url``).
+            A :class:`PushResult`: the commit (or, unchanged content, the commit already holding it).
 
         Raises:
+            InvalidArgumentError: the target is not a valid repo id, or is one of the sources.
             HubError, PushError: not logged in, no write access, the Hub refused.
         """
         from .hub import push_files
 
         repo_id = self.resolve_repo_id(repo_id, token=token)
-        for adapter in self.adapters:
-            if adapter.repo_id and not adapter.subfolder and adapter.repo_id.lower() == repo_id.lower():
-                raise InvalidArgumentError(f"{repo_id} is also a source; pushing would overwrite that adapter")
-        files = self.files(repo_id=repo_id, card=True)  # built before anything is created
-        names = ", ".join(a.name for a in self.adapters)
+        for source in self.report.sources:
+            if source.repo_id and not source.subfolder and source.repo_id.lower() == repo_id.lower():
+                raise InvalidArgumentError(
+                    f"{repo_id} is also a source; pushing would overwrite that adapter", reason="target_is_source"
+                )
+        files = self.files(repo_id=repo_id)  # built before anything is created
+        names = ", ".join(self.report.names)
         return push_files(
             repo_id,
             files,
@@ -171,7 +179,7 @@ class MergeResult:
             private=private,
             create_pr=create_pr,
             commit_message=commit_message or f"Merge {names} with hubmerge",
-            commit_description=f"Reproduce with:\n\n    {self.recipe['command']}\n",
+            commit_description=f"Reproduce with:\n\n    {self.recipe.command}\n",
         )
 
     def resolve_repo_id(self, repo_id: str | None, *, token: str | bool | None = None) -> str:
@@ -180,60 +188,26 @@ class MergeResult:
         Raises:
             InvalidArgumentError: the result is not a valid repo id.
         """
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
         from .hub import whoami
 
         if not repo_id or "/" not in repo_id:
             repo_id = f"{whoami(token=token)}/{repo_id or self.default_repo_name()}"
-        try:
-            validate_repo_id(repo_id)
-        except HFValidationError as err:
-            raise InvalidArgumentError(f"{repo_id!r} is not a valid repo id ({err})") from None
-        return repo_id
+        return check_repo_id(repo_id)
 
 
-def _json(data: dict) -> bytes:
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def _writer(data: bytes) -> Callable[[Path], object]:
+    return lambda path: path.write_bytes(data)
+
+
+def _metadata() -> dict[str, str]:
+    # One key only: safetensors writes the metadata map in a random order, so with two keys the same merge gave
+    # different bytes half the time, and a re-push of identical content made a commit. The version is in the report.
+    return {"format": "pt"}
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _pinned(adapter: LoraAdapter) -> str:
-    if adapter.repo_id is None:
-        return adapter.source
-    where = adapter.repo_id + (f"/{adapter.subfolder}" if adapter.subfolder else "")
-    return f"{where}@{adapter.commit_sha}" if adapter.commit_sha else where
-
-
-def build_recipe(
-    adapters, weights, dtype, *, method: str, params: dict, allow_base_mismatch: bool, allow_pickle: bool
-) -> dict:
-    """What reproduces a merge: sources pinned to commit shas, weights, method, dtype, and the command."""
-    pinned = [_pinned(a) for a in adapters]
-    words = ["hubmerge", *pinned, f"--weights={','.join(_weight_text(w) for w in weights)}"]
-    words += [f"--method={method}"] * (method != "sum")
-    words += [f"--{name.replace('_', '-')}={value}" for name, value in params.items()]
-    words += [f"--dtype={dtype_name(dtype)}"]
-    words += ["--allow-base-mismatch"] * allow_base_mismatch + ["--allow-pickle"] * allow_pickle
-    return {
-        "hubmerge_version": __version__,
-        "method": method,
-        "method_parameters": params,
-        "sources": [
-            {
-                "source": text,
-                "repo_id": a.repo_id,
-                "subfolder": a.subfolder,
-                "revision": a.commit_sha,
-                "weight": w,
-            }
-            for text, a, w in zip(pinned, adapters, weights)
-        ],
-        "dtype": dtype_name(dtype),
-        "allow_base_mismatch": allow_base_mismatch,
-        "allow_pickle": allow_pickle,
-        "command": shlex.join(words),
-    }
-
-
-def _weight_text(weight: float) -> str:
-    return str(int(weight)) if weight == int(weight) else repr(weight)

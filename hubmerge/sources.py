@@ -21,9 +21,9 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import SourceError
+from .errors import InvalidArgumentError, SourceError
 
-__all__ = ["Source", "parse_source"]
+__all__ = ["Source", "check_repo_id", "is_repo_id", "parse_source"]
 
 # A subfolder segment: no "..", no empty segments, nothing that could escape the repo.
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -51,8 +51,9 @@ class Source:
         """A short readable name (the last path or subfolder component)."""
         if self.path is not None:
             return self.path.resolve().name or str(self.path)
-        leaf = self.subfolder.rsplit("/", 1)[-1] if self.subfolder else self.repo_id.split("/")[-1]
-        return leaf
+        if self.subfolder:
+            return self.subfolder.rsplit("/", 1)[-1]
+        return (self.repo_id or self.text).split("/")[-1]
 
     def __str__(self) -> str:
         return self.text
@@ -110,3 +111,26 @@ def parse_source(text: str) -> Source:
         subfolder="/".join(sub) or None,
         revision=revision or None,
     )
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if the Hub accepts it as ``namespace/name``, else :class:`InvalidArgumentError`.
+
+    Example:
+        >>> check_repo_id("alice/math-medicine-merged")
+        'alice/math-medicine-merged'
+    """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InvalidArgumentError(f"{repo_id!r} is not a valid repo id ({err})", reason="bad_repo_id") from err
+    return repo_id
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` passes the Hub's repo-id rules (a local path such as ``./llama`` does not)."""
+    try:
+        check_repo_id(name)
+    except InvalidArgumentError:
+        return False
+    return True

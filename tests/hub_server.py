@@ -215,10 +215,12 @@ class HubServer:
         private: bool = False,
         gated: bool = False,
         owner_token: str | None = None,
+        sdk: str | None = None,
     ) -> str:
         """Create a repo whose initial commit holds ``.gitattributes``, like the Hub; return that commit.
 
         With ``owner_token``, refuse (PermissionError) unless that user may write to the namespace.
+        ``sdk``: a Space's (gradio, docker, static), reported back by ``space_info`` as the Hub does.
         """
         with self.lock:
             if owner_token is not None and not self._can_write(self._user_for(owner_token), repo_id):
@@ -227,6 +229,8 @@ class HubServer:
                 raise FileExistsError(f"{repo_type} repo {repo_id} already exists")
             gate = "manual" if gated else False  # what the Hub reports for gated repos
             meta = {"private": private, "gated": gate, "granted": [], "created": _now(), "refs": {}}
+            if repo_type == "space":
+                meta["sdk"] = sdk
             self._save_meta(repo_type, repo_id, meta)
             files = {".gitattributes": self._put_blob(GITATTRIBUTES, lfs=False)}
             return self._commit(repo_type, repo_id, "refs/heads/main", None, files, "initial commit", "")
@@ -639,7 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             if self.hub._meta(repo_type, repo_id) is not None:
                 # The client reads "url" from this 409 even with exist_ok=True.
                 raise HubError(409, "RepoExists", f"You already created this {repo_type} repo", url=url)
-            self.hub.create_repo(repo_id, repo_type=repo_type, private=private)
+            # a Space's sdk comes as "sdk" in the body (create_repo(space_sdk=...)); the Hub requires one
+            if repo_type == "space" and body.get("sdk") not in ("gradio", "docker", "static"):
+                raise HubError(400, "BadRequest", "Invalid or missing sdk for a Space: gradio, docker or static")
+            self.hub.create_repo(repo_id, repo_type=repo_type, private=private, sdk=body.get("sdk"))
         self._json({"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self) -> None:
@@ -670,6 +677,8 @@ class _Handler(BaseHTTPRequestHandler):
         info = {"_id": rid, "id": repo_id, "author": repo_id.split("/")[0], "sha": commit["id"]}
         info.update(lastModified=commit["date"], createdAt=meta["created"], private=meta["private"])
         info.update(gated=meta["gated"], disabled=False, downloads=0, likes=0, tags=[], siblings=siblings)
+        if repo_type == "space":  # space_info's sdk; no runtime: this server never builds a Space
+            info["sdk"] = meta.get("sdk")
         self._json(info)
 
     def _tree(self, commit: dict, prefix: str) -> None:

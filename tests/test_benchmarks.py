@@ -104,6 +104,7 @@ def test_quick_run_writes_every_section_with_sensible_numbers(tmp_path):
     assert (e2e["shape"], e2e["n"]) == ("tiny", 2)
     check(e2e["hubmerge"])
     check(e2e["floor"])
+    check(e2e["hubmerge_figure"])
     assert abs(e2e["hubmerge_out_mb"] - e2e["floor_out_mb"]) < 0.01, "both write the same concatenated tensors"
     assert e2e["floor_out_mb"] == pytest.approx(e2e["in_mb"], rel=0.05)
 

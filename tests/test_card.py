@@ -28,7 +28,7 @@ def local_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
     a = make_adapter(root / "a", seed=1)
     b = make_adapter(root / "b", seed=2, r=2, lora_alpha=4)
-    return hubmerge.merge([a, b], weights=[1.0, 0.5]).report
+    return hubmerge.merge([a, b], weights=[1.0, 0.5]).report.to_dict()
 
 
 @pytest.fixture
@@ -121,7 +121,14 @@ def test_sources_table_pins_every_commit_and_links_it(report):
 def test_local_only_report_renders(local_report):
     text = build_card(local_report, repo_id=REPO_ID, command="hubmerge ./a ./b").text
     for source in local_report["sources"]:
-        assert f"| {source['name']} | `{source['source']}` | local |" in text
+        # a local folder by its name and the sha256 of its two files, never its path
+        digests = source["files_sha256"]
+        pinned = ", ".join(f"{name} `{digest[:12]}`" for name, digest in sorted(digests.items()))
+        assert source["source"] == source["name"] and set(digests) == {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
+        assert f"| {source['name']} | `{source['source']}` | local folder (sha256: {pinned}) |" in text
     assert "the licence of a is unknown" in text and "the licence of b is unknown" in text
     assert "license" not in reparse(build_card(local_report, repo_id=REPO_ID, command="x")).data.to_dict()
 

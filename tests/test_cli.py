@@ -32,7 +32,8 @@ def test_merge_writes_a_peft_directory_and_prints_the_table(capsys, tmp_path, pa
     code, out, err = cli(capsys, *pair, "-o", tmp_path / "out")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "hubmerge_recipe.json", "hubmerge_report.json",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "hubmerge_recipe.json", "hubmerge_report.json",
+        "similarity.png",
     ]  # fmt: skip
     assert "RMS cosine" in out and "math + med" in out and "saved to" in out
     report = json.loads((tmp_path / "out" / "hubmerge_report.json").read_text())

@@ -142,8 +142,8 @@ def test_single_modules_to_save_is_reported(tmp_path):
     a = make_adapter(tmp_path / "a", seed=1, modules_to_save=["lm_head"])
     b = make_adapter(tmp_path / "b", seed=2)
     result = hubmerge.merge([a, b])
-    assert result.report["modules_to_save"] == [{"module": "lm_head", "from": "a"}]
-    assert "modules_to_save" in [w["code"] for w in result.warnings]
+    assert result.report.to_dict()["modules_to_save"] == [{"module": "lm_head", "from": "a"}]
+    assert "modules_to_save" in [w.code for w in result.warnings]
     assert result.config["modules_to_save"] == ["lm_head"]
 
 

@@ -53,11 +53,16 @@ def _pair_examples(tokenizer, pairs, max_length):
 @pytest.fixture(scope="module")
 def measured(paths, tmp_path_factory):
     result = hubmerge.merge([paths["math"], paths["words"]])
-    section = hubmerge.evaluate(
-        result, {"math": paths["math_qa"], "words": paths["words_text"]}, samples=8, max_length=24, batch_size=3
+    result = hubmerge.evaluate(
+        result,
+        sources=[paths["math"], paths["words"]],
+        eval_data={"math": paths["math_qa"], "words": paths["words_text"]},
+        samples=8,
+        max_length=24,
+        batch_size=3,
     )
     merged_dir = result.save_pretrained(tmp_path_factory.mktemp("merged") / "out")
-    return result, section, merged_dir
+    return result, result.report.evaluation, merged_dir
 
 
 def test_text_and_question_answer_losses_equal_an_independent_computation(paths, tokenizer, measured):
@@ -79,7 +84,10 @@ def test_text_and_question_answer_losses_equal_an_independent_computation(paths,
             assert abs(value - reference) < TOL, (domain, row, value, reference)
         assert got["perplexity"]["base"] == pytest.approx(math.exp(got["loss"]["base"]), rel=1e-5)
     assert any(len(ids) == 24 for ids, _ in expected["words"])  # the text cut really happened
-    assert result.report["evaluation"] is section
+    assert result.report.to_dict()["evaluation"] == section
+    assert any(w.code == "merge_loses" for w in result.report.warnings) == any(
+        d["retention"][domain] < 0.5 for domain, d in section["domains"].items()
+    )
 
 
 def test_each_adapter_learned_its_domain_and_retention_is_the_formula(measured):
@@ -97,7 +105,14 @@ def test_each_adapter_learned_its_domain_and_retention_is_the_formula(measured):
 
 def test_prompt_completion_loses_the_start_of_the_prompt_never_the_completion(paths, tokenizer):
     result = hubmerge.merge([paths["math"], paths["words"]])
-    section = hubmerge.evaluate(result, {"words": paths["words_pc"]}, samples=4, max_length=64, batch_size=2)
+    section = hubmerge.evaluate(
+        result,
+        sources=[paths["math"], paths["words"]],
+        eval_data={"words": paths["words_pc"]},
+        samples=4,
+        max_length=64,
+        batch_size=2,
+    ).report.evaluation
     pairs = [(r["prompt"], r["completion"]) for r in _rows(paths["words_pc"])[:4]]
     examples = _pair_examples(tokenizer, pairs, 64)
     d = section["domains"]["words"]
@@ -111,7 +126,9 @@ def test_chat_messages_score_the_last_assistant_turn(paths, tokenizer, tmp_path)
     messages = [{"role": "user", "content": "add 12+30"}, {"role": "assistant", "content": "42"}]
     data.write_text(json.dumps({"messages": messages}) + "\n")
     result = hubmerge.merge([paths["math"], paths["words"]])
-    section = hubmerge.evaluate(result, {"math": data}, samples=1)
+    section = hubmerge.evaluate(
+        result, sources=[paths["math"], paths["words"]], eval_data={"math": data}, samples=1
+    ).report.evaluation
     prompt = "user: add 12+30\nassistant:"  # the test's template, rendered by hand
     completion = " 42\n"
     examples = _pair_examples(tokenizer, [(prompt, completion)], 512)
@@ -123,8 +140,12 @@ def test_chat_messages_score_the_last_assistant_turn(paths, tokenizer, tmp_path)
 def test_txt_lines_and_the_split_field(paths):
     result = hubmerge.merge([paths["math"], paths["words"]])
     section = hubmerge.evaluate(
-        result, {"words": paths["words_txt"], "math": paths["math_qa"]}, samples=32, split="train"
-    )
+        result,
+        sources=[paths["math"], paths["words"]],
+        eval_data={"words": paths["words_txt"], "math": paths["math_qa"]},
+        samples=32,
+        split="train",
+    ).report.evaluation
     assert section["domains"]["words"]["examples"] == 6  # one per line
     assert section["domains"]["words"]["data"]["split"] is None
     assert section["domains"]["math"]["examples"] == 8  # the 8 train rows, not the 16 test rows

@@ -102,7 +102,7 @@ def test_merged_adapter_matches_dense_sum(tmp_path, scenario):
 
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["use_rslora"] is False
-    assert result.report["exact"] is True
+    assert result.report.to_dict()["exact"] is True
 
 
 def test_single_adapter_with_weight_one_reproduces_it(tmp_path):
@@ -168,7 +168,7 @@ def test_output_config_is_built_not_copied(tmp_path):
     assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
     assert config["target_modules"] == ["q_proj", "v_proj"]
     assert config["base_model_name_or_path"] == "test-org/tiny-llama"
-    out = result.report["output"]
+    out = result.report.to_dict()["output"]
     assert (out["rank"], out["rank_min"], out["rank_max"], out["padded_modules"]) == (6, 2, 6, 2)
     v = result.tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"]
     assert v.shape[0] == 6 and torch.count_nonzero(v[2:]) == 0, "v_proj (rank 2) is zero-padded"
@@ -259,7 +259,7 @@ def test_nested_modules_to_save_of_a_classifier(tmp_path):
         peft_model.save_pretrained(tmp_path / name)
         dirs.append(tmp_path / name)
     result = hubmerge.merge(dirs)
-    assert result.report["modules_to_save"] == [{"module": "classifier", "from": "cls"}]
+    assert result.report.to_dict()["modules_to_save"] == [{"module": "classifier", "from": "cls"}]
     out = result.save_pretrained(tmp_path / "merged")
 
     ids = torch.arange(3, 15).reshape(1, 12)

@@ -284,7 +284,7 @@ def test_symlinked_files_are_followed_like_the_hf_cache(tmp_path, templates):
     for name in (CONFIG, WEIGHTS):
         (linked / name).symlink_to(templates[1] / name)
     result = hubmerge.merge([templates[0], linked], report_only=True)
-    assert [s["name"] for s in result.report["sources"]] == ["good", "linked"]
+    assert [s["name"] for s in result.to_dict()["sources"]] == ["good", "linked"]
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,6 @@ def test_only_adapter_files_are_fetched_from_a_large_repository(hub, base_repo, 
     )
     before = len(hub.requests)
     result = hubmerge.merge([f"{repo_id}/lora", str(other)], max_download_bytes=10**6, report_only=True)
-    assert result.report["sources"][0]["commit_sha"]
+    assert result.to_dict()["sources"][0]["commit_sha"]
     fetched = sorted(path.split("/resolve/")[1] for _, path in downloads(hub, before))
     assert fetched == sorted(f"main/lora/{name}" for name in test_hub.ADAPTER_FILES for _ in ("HEAD", "GET"))

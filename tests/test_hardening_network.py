@@ -27,7 +27,10 @@ from tests.test_hub import unique
 base_repo, two_repos = test_hub.base_repo, test_hub.two_repos  # the Hub fixtures of test_hub.py
 
 TIMEOUT = 0.5  # seconds, for both HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT
-LOCAL_FILES = ["adapter_config.json", "adapter_model.safetensors", "hubmerge_recipe.json", "hubmerge_report.json"]
+LOCAL_FILES = [
+    "README.md", "adapter_config.json", "adapter_model.safetensors", "hubmerge_recipe.json", "hubmerge_report.json",
+    "similarity.png",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ def test_transient_download_faults_are_retried(hub, two_repos, backoff, short_ti
     fault = rule()
     with hub.injected(fault):
         result = hubmerge.merge(sources(two_repos), report_only=True)
-    assert [s["commit_sha"] for s in result.report["sources"]] == [sha_a, sha_b]
+    assert [s["commit_sha"] for s in result.to_dict()["sources"]] == [sha_a, sha_b]
     weights_path = "/alice/x/resolve/main/adapter_model.safetensors"
     assert fault("GET", weights_path) is None and fault("HEAD", weights_path) is None, "the fault was injected"
     # the retried download is whole: byte for byte what was uploaded

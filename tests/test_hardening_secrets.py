@@ -95,7 +95,7 @@ def test_python_api_leaks_no_token(caplog, hub, two_repos, monkeypatch, fault):
         try:
             result = hubmerge.merge(sources, token=TOKEN)
             texts += [repr(result), str(result.report), str(result.recipe)]
-            texts += [data.decode("latin-1") for data in result.files(repo_id="alice/x", card=True).values()]
+            texts += [data.decode("latin-1") for data in result.files(repo_id="alice/x").values()]
             info = result.push_to_hub(f"alice/{unique('api')}", token=TOKEN)
             texts.append(repr(info))
         except hubmerge.HubmergeError as err:

@@ -250,8 +250,8 @@ def test_base_model_aliases_resolve_on_the_hub(hub, base_repo, tmp_path, monkeyp
     config["base_model_name_or_path"] = "tiny-llama-old-name"
     (b / "adapter_config.json").write_text(json.dumps(config))
     result = hubmerge.merge([a, b], report_only=True)
-    assert result.report["base_model"]["resolved"] is True
-    assert result.report["base_model"]["canonical"] == LLAMA_ID
+    assert result.to_dict()["base_model"]["resolved"] is True
+    assert result.to_dict()["base_model"]["canonical"] == LLAMA_ID
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(hubmerge.IncompatibleAdaptersError, match="tiny-llama-old-name"):
@@ -315,7 +315,7 @@ def test_download_and_count_limits_stop_before_downloading(hub, two_repos):
     with pytest.raises(hubmerge.LimitExceededError, match="at most 1"):
         hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_adapters=1)
     result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"], max_download_bytes=10**6, report_only=True)
-    assert result.report["sources"][1]["commit_sha"]
+    assert result.to_dict()["sources"][1]["commit_sha"]
 
 
 def test_push_that_would_swallow_a_source_is_refused(capsys, hub, two_repos):
@@ -356,3 +356,19 @@ def test_failed_commit_leaves_no_new_repo(capsys, hub, two_repos):
         hub.faults.remove(refuse_commits)
     assert code == 1 and f"cannot commit to {target}" in err and "HTTP 500" in err
     assert target not in hub.list_repos(), "the repo created for the push was removed again"
+
+
+def test_pushing_unchanged_content_says_no_commit_was_made(capsys, hub, two_repos):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('twice')}"
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target, "--json")
+    assert code == 0, err
+    first = json.loads(out)["push"]
+    assert first["created_repo"] is True and first["changed"] is True
+    assert f"created and pushed to {constants.ENDPOINT}/{target}" in err
+    commits = len(hub.list_commits(target))
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", target)
+    assert code == 0, err
+    assert "already holds exactly these files: no commit was made" in out
+    assert "/commit/" not in out
+    assert len(hub.list_commits(target)) == commits

@@ -262,3 +262,24 @@ def test_agent_harnesses_and_fault_injection(server):
         assert exc.value.response.status_code == 503 and exc.value.response.headers["X-Error-Code"]
     finally:
         server.faults.clear()
+
+
+def test_a_gradio_space_is_created_uploaded_and_downloaded(server, tmp_path):
+    api = HfApi(endpoint=server.url, token=ALICE)
+    url = api.create_repo("alice/space", repo_type="space", space_sdk="gradio")
+    assert str(url) == f"{server.url}/spaces/alice/space"
+    files = {"app.py": b"import gradio\n", "pkg/mod.py": b"x = 1\n", "README.md": b"---\nsdk: gradio\n---\n"}
+    operations = [CommitOperationAdd(path, data) for path, data in files.items()]
+    commit = api.create_commit("alice/space", operations=operations, commit_message="one", repo_type="space")
+    assert commit.commit_url.startswith(f"{server.url}/spaces/alice/space/commit/")
+    info = api.space_info("alice/space")
+    assert info.sdk == "gradio" and info.sha == commit.oid
+    assert "alice/space" in server.list_repos("space") and "alice/space" not in server.list_repos()
+    folder = snapshot_download("alice/space", repo_type="space", local_dir=tmp_path / "s", endpoint=server.url)
+    downloaded = {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in Path(folder).rglob("*")
+        if p.is_file() and ".cache" not in p.relative_to(folder).parts
+    }
+    attributes = server.read_file("alice/space", ".gitattributes", repo_type="space")
+    assert downloaded == {**files, ".gitattributes": attributes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -87,7 +88,7 @@ def test_pair_statistics_match_dense_definitions():
     for key, factors in modules.items():
         acc.add(key, module_gram(factors, weights))
         deltas[key] = [dense(f, w) if f is not None else None for f, w in zip(factors, weights)]
-    summary, _ = acc.summary()
+    summary = dataclasses.asdict(acc.summary()[0])
 
     for i, j in [(0, 1), (0, 2), (1, 2)]:
         shared = [k for k in deltas if deltas[k][i] is not None and deltas[k][j] is not None]
@@ -124,7 +125,7 @@ def test_warnings_follow_thresholds():
 def test_similarity_api_on_real_adapters(tmp_path):
     a = make_adapter(tmp_path / "a", seed=1)
     b = make_adapter(tmp_path / "b", seed=2)
-    sim = hubmerge.similarity([a, b, a], weights=[1.0, 1.0, -1.0])
+    sim = hubmerge.similarity([a, b, a], weights=[1.0, 1.0, -1.0]).to_dict()["similarity"]
     assert sim["adapters"] == ["a", "b", "a-2"]
     assert sim["rms_cosine"][0][2] == pytest.approx(1.0)
     assert sim["mean_cosine"][0][2] == pytest.approx(-1.0)

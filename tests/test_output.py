@@ -33,7 +33,7 @@ def test_crash_mid_write_leaves_old_state(tmp_path):
 def test_refuses_non_empty_without_overwrite_and_accepts_empty(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="not empty"):
         write_directory(tmp_path / "full", {"a": lambda p: p.write_text("A")})
     (tmp_path / "empty").mkdir()
     write_directory(tmp_path / "empty", {"a": lambda p: p.write_text("A")})

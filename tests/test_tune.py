@@ -22,8 +22,9 @@ def paths():
 @pytest.mark.parametrize("method", ["sum", "mean"])
 def test_all_sources_active_at_their_scalings_score_exactly_the_merged_adapter(paths, method):
     weights = [0.7, -0.4]
-    result = hubmerge.merge([paths["math"], paths["words"]], weights=weights, method=method)
-    evaluator = Evaluator(load_base_model(str(paths["base"]), device="cpu"), result.adapters, batch_size=4)
+    adapters = hubmerge.load_adapters([paths["math"], paths["words"]])
+    result = hubmerge.merge(adapters, weights=weights, method=method)
+    evaluator = Evaluator(load_base_model(str(paths["base"]), device="cpu"), adapters, batch_size=4)
     try:
         examples = {}
         for name, key in (("math", "math_qa"), ("words", "words_text")):

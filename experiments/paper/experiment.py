@@ -130,7 +130,7 @@ class Experiment:
                 merged = hubmerge.merge(dirs)  # the naive sum Σ sᵢBᵢAᵢ, exact
                 target = self.out / "sums" / f"seed{seed}" / condition / combo_name(combo)
                 merged.save_pretrained(target, overwrite=True)
-                sim = merged.report["similarity"]
+                sim = merged.report.to_dict()["similarity"]
                 result["combos"][f"{condition}:{combo_name(combo)}"] = {
                     "domains": list(combo),
                     "condition": condition,
@@ -141,7 +141,7 @@ class Experiment:
                     "a_overlap": sim["a_overlap"],
                     "interference_ratio": sim["interference_ratio"],
                     "per_module_cosine": {k: v["cosine"] for k, v in sim["per_module"].items()},
-                    "warnings": sorted({w["code"] for w in merged.report["warnings"]}),
+                    "warnings": sorted({w["code"] for w in merged.report.to_dict()["warnings"]}),
                 }
                 result["thresholds"] = sim["thresholds"]
         result["eval_seconds"] = round(time.perf_counter() - started, 1)

@@ -259,7 +259,7 @@ class Evaluator:
     def add_merge(self, name: str, result) -> None:
         """Attach a :class:`~hubmerge.MergeResult`'s adapter, written as hubmerge writes it and loaded by PEFT."""
         directory = Path(self._scratch.name) / name
-        result.save_pretrained(directory, overwrite=True)
+        result.save_pretrained(directory, overwrite=True, figure=False)
         self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
 
     def score(self, adapter: str | None, examples: Sequence[Example], *, label: str = "") -> tuple[float, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
+from ..formatting import markdown_table, text_table
+
 __all__ = ["card_markdown", "text_lines"]
 
 
@@ -42,8 +44,6 @@ def _names(section: dict) -> list[str]:
 
 def text_lines(section: dict) -> list[str]:
     """The terminal table: per domain, the loss (perplexity) of every row, retention and cost."""
-    from ..report import _table  # the one table layout of the terminal report
-
     names = _names(section)
     lines = [
         f"evaluation — mean NLL per predicted token, nats (perplexity); base: {_base_line(section)}; "
@@ -67,7 +67,7 @@ def text_lines(section: dict) -> list[str]:
                 f"{cost['loss_delta']:+.4f} ({cost['best_source']})",
             ]
         )
-    lines.extend(_table(header, rows))
+    lines.extend(text_table(header, rows).splitlines())
     tuning = section.get("tuning")
     if tuning:
         weights = ", ".join(f"{n} {w:g}" for n, w in zip(names, tuning["weights"]))
@@ -104,18 +104,19 @@ def card_markdown(section: dict) -> str:
         )
     lines.append("")
     header = ["domain", "base", *names, "merged", "retention"]
-    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
-    lines.append("|" + "---|" * len(header))
+    rows = []
     for name, d in section["domains"].items():
         loss, ppl = d["loss"], d["perplexity"]
-        cells = [
-            _cell(name),
-            _loss(loss["base"], ppl["base"]),
-            *(_loss(loss["sources"][n], ppl["sources"][n]) for n in names),
-            f"**{_loss(loss['merged'], ppl['merged'])}**",
-            _ratio(d["retention"].get(d["source"])),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(
+            [
+                name,
+                _loss(loss["base"], ppl["base"]),
+                *(_loss(loss["sources"][n], ppl["sources"][n]) for n in names),
+                f"**{_loss(loss['merged'], ppl['merged'])}**",
+                _ratio(d["retention"].get(d["source"])),
+            ]
+        )
+    lines.append(markdown_table(header, rows))
     tuning = section.get("tuning")
     if tuning:
         mean = tuning["held_out_mean_loss"]

@@ -11,6 +11,8 @@ first ``samples`` of each split, and the numbers reported are on the first
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,8 +51,8 @@ def read_domains(eval_data: EvalDataLike, *, split: str = "test") -> list[EvalDa
     return domains
 
 
-def _mapping(domains: list[EvalData], adapters) -> dict[str, int]:
-    names = [a.name for a in adapters]
+def _mapping(domains: list[EvalData], names: Sequence[str]) -> dict[str, int]:
+    names = list(names)
     unknown = [d.name for d in domains if d.name not in names]
     if unknown:
         raise EvaluationDataError(
@@ -88,30 +90,30 @@ def _examples(domains, tokenizer, *, samples, max_length, offset=0, purpose="eva
     return encoded
 
 
-def _open(adapters, report: dict, base_model, revision, token, device, batch_size):
+def _open(adapters, report, base_model, revision, token, device, batch_size):
     from .model import Evaluator, load_base_model
 
-    base_name = base_model or (report.get("base_model") or {}).get("name")
+    base_name = base_model or report.base_model.name
     if not base_name:
         raise BaseModelError("the adapters name no base model: give the base model to evaluate on")
     if base_model is None:
-        revision = revision or (report.get("base_model") or {}).get("revision")
+        revision = revision or report.base_model.revision
     base = load_base_model(str(base_name), revision=revision, token=token, device=device)
     return Evaluator(base, adapters, batch_size=batch_size)
 
 
-def _measure(evaluator, domains, encoded, mapping, adapters, merged: str) -> dict:
+def _measure(evaluator, domains, encoded, mapping, names: Sequence[str], merged: str) -> dict:
     out = {}
     for data in domains:
         examples = encoded[data.name]["examples"]
         base = Score(*evaluator.score(None, examples, label=data.name))
         merged_score = Score(*evaluator.score(merged, examples, label=data.name))
         sources = {
-            adapter.name: Score(*evaluator.score(name, examples, label=data.name))
-            for adapter, name in zip(adapters, evaluator.sources)
+            shown: Score(*evaluator.score(name, examples, label=data.name))
+            for shown, name in zip(names, evaluator.sources)
         }
         section = domain_section(
-            source=adapters[mapping[data.name]].name,
+            source=names[mapping[data.name]],
             base=base,
             merged=merged_score,
             sources=sources,
@@ -127,6 +129,7 @@ def evaluate(
     result,
     eval_data: EvalDataLike,
     *,
+    sources: Sequence | None = None,
     base_model: str | Path | None = None,
     revision: str | None = None,
     samples: int = 32,
@@ -136,16 +139,16 @@ def evaluate(
     batch_size: int = 8,
     token: str | bool | None = None,
     thresholds: Thresholds | None = None,
-) -> dict:
+):
     """Score the base, each source alone and the merged adapter on each domain's text.
 
-    The section is also stored as ``result.report["evaluation"]``, and its
-    ``merge_loses`` warnings are added to ``result.report["warnings"]``.
-
     Args:
-        result: a :class:`~hubmerge.MergeResult` with its tensors (not ``report_only``).
+        result: a :class:`~hubmerge.MergeResult`.
         eval_data: ``{NAME: PATH}`` or ``["NAME=PATH", …]``; NAME is a source's display name,
             PATH a ``.jsonl`` / ``.txt`` file or a Hub dataset id (see :mod:`hubmerge.evaluation.data`).
+        sources: the sources merged, in merge order (paths, Hub references or loaded adapters);
+            default: the Hub sources of the result's recipe, at the commits merged (a result keeps
+            local folders by name only, so local sources must be given).
         base_model: a local directory or Hub id; default the adapters' base (and its revision).
         revision: the base model's revision on the Hub.
         samples: the first N records of each domain's split are scored.
@@ -153,37 +156,51 @@ def evaluate(
         split: the split to read where records carry a ``split`` field.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         batch_size: examples per forward pass.
-        token: Hub token for the base model.
+        token: Hub token for the base model (and the sources).
         thresholds: when ``merge_loses`` warns (``Thresholds.retention``).
 
     Returns:
-        ``report["evaluation"]``: ``base_model``, ``device``, ``dtype``, ``settings``, ``domains[NAME]``
-        (``examples``, ``tokens``, ``loss``, ``perplexity``, ``retention``, ``cost``, ``data``), ``seconds``.
+        A copy of ``result`` whose ``report.evaluation`` holds ``base_model``, ``device``, ``dtype``,
+        ``settings``, ``domains[NAME]`` (``examples``, ``tokens``, ``loss``, ``perplexity``,
+        ``retention``, ``cost``, ``data``) and ``seconds``, and whose warnings add ``merge_loses``.
 
     Raises:
         EvaluationDataError, BaseModelError, EvaluationMemoryError, MissingDependencyError, HubError.
 
     Example:
-        >>> result = hubmerge.merge(["./math", "./medicine"])
-        >>> hubmerge.evaluate(result, {"math": "math.jsonl", "medicine": "med.jsonl"})["domains"]["math"]["retention"]
+        >>> result = hubmerge.evaluate(hubmerge.merge(["./math", "./medicine"]), {"math": "math.jsonl"})
+        >>> result.report.evaluation["domains"]["math"]["retention"]
         {'math': 0.93}
     """
+    from ..loading import load_adapters
+
     _check_settings(samples, max_length, batch_size)
-    if not result.tensors:
-        raise InvalidArgumentError("evaluation needs the merged tensors; this result was made with report_only=True")
     domains = read_domains(eval_data, split=split)
-    mapping = _mapping(domains, result.adapters)
+    names = list(result.report.names)
+    mapping = _mapping(domains, names)
+    if sources is None:
+        local = [s.source for s in result.recipe.sources if not s.repo_id]
+        if local:
+            raise InvalidArgumentError(
+                f"evaluation needs the source adapters, and the result names local ones by folder only "
+                f"({', '.join(local)}): pass sources=[...] in merge order"
+            )
+        sources = [s.source for s in result.recipe.sources]
+    adapters = load_adapters(sources, token=token)
+    if len(adapters) != len(names):
+        raise InvalidArgumentError(
+            f"{len(adapters)} sources given for a merge of {len(names)}; give them all, in order"
+        )
     started = time.perf_counter()
-    evaluator = _open(result.adapters, result.report, base_model, revision, token, device, batch_size)
+    evaluator = _open(adapters, result.report, base_model, revision, token, device, batch_size)
     try:
         encoded = _examples(domains, evaluator.base.tokenizer, samples=samples, max_length=max_length)
         evaluator.add_merge(MERGED, result)
-        measured = _measure(evaluator, domains, encoded, mapping, result.adapters, MERGED)
+        measured = _measure(evaluator, domains, encoded, mapping, names, MERGED)
     finally:
         evaluator.close()
     section = _section(evaluator, measured, samples, max_length, split, batch_size, started)
-    _attach(result, section, thresholds)
-    return section
+    return dataclasses.replace(result, report=_with_evaluation(result.report, section, thresholds))
 
 
 def _section(evaluator, measured, samples, max_length, split, batch_size, started) -> dict:
@@ -202,14 +219,11 @@ def _section(evaluator, measured, samples, max_length, split, batch_size, starte
     }
 
 
-def _attach(result, section: dict, thresholds: Thresholds | None) -> None:
-    import logging
-
+def _with_evaluation(report, section: dict, thresholds: Thresholds | None):
     notes = evaluation_notices(section, thresholds or Thresholds())
-    result.report["evaluation"] = section
-    result.report["warnings"] = [*result.report["warnings"], *(n.to_dict() for n in notes)]
     for note in notes:
         logging.getLogger("hubmerge.evaluation").warning(note.message)
+    return dataclasses.replace(report, evaluation=section, warnings=(*report.warnings, *notes))
 
 
 def merge_with_evaluation(
@@ -231,8 +245,9 @@ def merge_with_evaluation(
     """``merge(sources, **merge_options)``, then measured; with ``tune``, merged again with tuned weights.
 
     Returns:
-        The :class:`~hubmerge.MergeResult` (with the tuned weights when tuning), with
-        ``report["evaluation"]`` (and ``report["evaluation"]["tuning"]``).
+        The :class:`~hubmerge.MergeResult` (with the tuned weights when tuning) whose
+        ``report.evaluation`` holds the measurements (and ``["tuning"]``); with
+        ``report_only``, the :class:`~hubmerge.report.MergeReport` alone.
     """
     from ..methods import get_method
 
@@ -240,14 +255,23 @@ def merge_with_evaluation(
     tune_samples = samples if tune_samples is None else tune_samples
     if tune:
         _check_settings(tune_samples, max_length, batch_size)
+    from ..loading import load_adapters
+
     domains = read_domains(eval_data, split=split)  # bad data fails before any download
     report_only = merge_options.get("report_only", False)
     options = {**merge_options, "report_only": False}
-    result = merge(sources, **options)
-    mapping = _mapping(domains, result.adapters)
-    started = time.perf_counter()
     token = options.get("token")
-    evaluator = _open(result.adapters, result.report, base_model, None, token, device, batch_size)
+    adapters = load_adapters(
+        sources,
+        token=token,
+        allow_pickle=options.get("allow_pickle", False),
+        **{k: options[k] for k in ("max_adapters", "max_download_bytes") if k in options},
+    )
+    result = merge(adapters, **options)  # loaded adapters are used as they are: loaded once for both
+    names = list(result.report.names)
+    mapping = _mapping(domains, names)
+    started = time.perf_counter()
+    evaluator = _open(adapters, result.report, base_model, None, token, device, batch_size)
     try:
         tokenizer = evaluator.base.tokenizer
         encoded = _examples(domains, tokenizer, samples=samples, max_length=max_length)
@@ -256,7 +280,7 @@ def merge_with_evaluation(
             from .tune import DEFAULT_STEPS, tune_weights
 
             method = get_method(options.get("method", "sum"))
-            start = [s["weight"] / method.weight_scale(len(result.adapters)) for s in result.report["sources"]]
+            start = [float(s.weight) for s in result.recipe.sources]  # the user's weights, before any scale
             tuning_set = _examples(
                 domains, tokenizer, samples=tune_samples, max_length=max_length, offset=samples, purpose="tuning"
             )
@@ -267,9 +291,9 @@ def merge_with_evaluation(
                 weight_scale=method.weight_scale,
                 steps=DEFAULT_STEPS if tune_steps is None else tune_steps,
             )
-            tuned = merge(list(result.adapters), **{**options, "weights": found["weights"]})
+            tuned = merge(adapters, **{**options, "weights": found["weights"]})
             evaluator.add_merge(START, result)
-            start_measured = _measure(evaluator, domains, encoded, mapping, result.adapters, START)
+            start_measured = _measure(evaluator, domains, encoded, mapping, names, START)
             result = tuned
             tuning = {
                 "method": method.name,
@@ -295,7 +319,7 @@ def merge_with_evaluation(
                 },
             }
         evaluator.add_merge(MERGED, result)
-        measured = _measure(evaluator, domains, encoded, mapping, result.adapters, MERGED)
+        measured = _measure(evaluator, domains, encoded, mapping, names, MERGED)
     finally:
         evaluator.close()
     section = _section(evaluator, measured, samples, max_length, split, batch_size, started)
@@ -308,9 +332,7 @@ def merge_with_evaluation(
         tuning["held_out_mean_loss"] = {"start": round_float(start_mean, 9), "tuned": round_float(tuned_mean, 9)}
         tuning["tuned_beats_start"] = tuned_mean < start_mean
         section["tuning"] = tuning
-        result.recipe["tuning"] = {"start_weights": tuning["start_weights"], "eval_data": [d.path for d in domains]}
-    _attach(result, section, options.get("thresholds"))
-    if report_only:
-        result.tensors.clear()
-        result.report["output"] = None
-    return result
+    report = _with_evaluation(result.report, section, options.get("thresholds"))
+    if report_only:  # the merge was built to be measured; only its report is returned
+        return dataclasses.replace(report, output=None, kept_energy=None)
+    return dataclasses.replace(result, report=report)

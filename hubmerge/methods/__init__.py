@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
+from . import combine
+from .combine import ModuleInput
 
 if TYPE_CHECKING:
-    from .combine import ModuleInput
     from .lowrank import LowRank
 
 __all__ = ["METHODS", "MergeMethod", "MethodParams", "ModuleInput", "get_method"]
@@ -70,9 +71,8 @@ class MergeMethod:
         paper: a link to the paper it comes from (``None`` for plain arithmetic).
         parameters: the :class:`MethodParams` fields it uses.
         exact: whether the result is always the exact weighted sum.
-        function: the name of the function in :mod:`hubmerge.methods.combine` that
-            merges one module (looked up when a merge runs, so that reading the
-            registry does not import torch).
+        function: merges one module (from :mod:`hubmerge.methods.combine`, which
+            imports torch only when a merge runs).
         weight_scale: multiplies the user's weights given N adapters (``mean``: 1/N).
         exact_if_untruncated: exact whenever the rank cut keeps all the energy (``svd``).
     """
@@ -82,7 +82,7 @@ class MergeMethod:
     paper: str | None
     parameters: tuple[str, ...]
     exact: bool
-    function: str = field(repr=False)
+    function: Callable[[ModuleInput, MethodParams], LowRank] = field(repr=False)
     weight_scale: Callable[[int], float] = field(default=lambda n: 1.0, repr=False)
     exact_if_untruncated: bool = False
 
@@ -91,31 +91,73 @@ class MergeMethod:
 
     def combine(self, module: ModuleInput, params: MethodParams) -> LowRank:
         """Merge one module's factors into a low-rank result."""
-        from .combine import COMBINE
-
-        return COMBINE[self.function](module, params)
+        return self.function(module, params)
 
 
 _DENSE = ("rank", "density")
 METHODS: dict[str, MergeMethod] = {
     m.name: m
     for m in (
-        MergeMethod("sum", "exact weighted sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ by rank concatenation (rank grows to Σ rᵢ)",
-                    "https://arxiv.org/abs/2508.11985", (), True, "sum"),
-        MergeMethod("mean", "exact sum with every weight divided by the number of adapters",
-                    None, (), True, "sum", weight_scale=lambda n: 1.0 / n),
-        MergeMethod("svd", "the exact sum truncated to --rank per module (best rank-K approximation, via QR)",
-                    None, ("rank",), False, "svd", exact_if_untruncated=True),
-        MergeMethod("ties", "TIES: trim each delta to --density by magnitude, elect a sign, merge agreeing entries",
-                    "https://arxiv.org/abs/2306.01708", (*_DENSE, "majority_sign"), False, "ties"),
-        MergeMethod("dare_linear", "DARE: drop entries at random (keep --density, rescale), then weighted sum",
-                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "seed"), False, "dare_linear"),
-        MergeMethod("dare_ties", "DARE drop and rescale, then TIES sign election and disjoint merge",
-                    "https://arxiv.org/abs/2311.03099", (*_DENSE, "majority_sign", "seed"), False, "dare_ties"),
-        MergeMethod("magnitude_prune", "trim each delta to --density by magnitude, then weighted sum",
-                    "https://arxiv.org/abs/2306.01708", _DENSE, False, "magnitude_prune"),
+        MergeMethod(
+            name="sum",
+            description="exact weighted sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ by rank concatenation (rank grows to Σ rᵢ)",
+            paper="https://arxiv.org/abs/2508.11985",
+            parameters=(),
+            exact=True,
+            function=combine.exact_sum,
+        ),
+        MergeMethod(
+            name="mean",
+            description="exact sum with every weight divided by the number of adapters",
+            paper=None,
+            parameters=(),
+            exact=True,
+            function=combine.exact_sum,
+            weight_scale=lambda n: 1.0 / n,
+        ),
+        MergeMethod(
+            name="svd",
+            description="the exact sum truncated to `rank` per module (best rank-K approximation, via QR)",
+            paper=None,
+            parameters=("rank",),
+            exact=False,
+            function=combine.svd_truncation,
+            exact_if_untruncated=True,
+        ),
+        MergeMethod(
+            name="ties",
+            description="TIES: trim each delta to `density` by magnitude, elect a sign, merge agreeing entries",
+            paper="https://arxiv.org/abs/2306.01708",
+            parameters=(*_DENSE, "majority_sign"),
+            exact=False,
+            function=combine.ties,
+        ),
+        MergeMethod(
+            name="dare_linear",
+            description="DARE: drop entries at random (keep `density`, rescale), then weighted sum",
+            paper="https://arxiv.org/abs/2311.03099",
+            parameters=(*_DENSE, "seed"),
+            exact=False,
+            function=combine.dare_linear,
+        ),
+        MergeMethod(
+            name="dare_ties",
+            description="DARE drop and rescale, then TIES sign election and disjoint merge",
+            paper="https://arxiv.org/abs/2311.03099",
+            parameters=(*_DENSE, "majority_sign", "seed"),
+            exact=False,
+            function=combine.dare_ties,
+        ),
+        MergeMethod(
+            name="magnitude_prune",
+            description="trim each delta to `density` by magnitude, then weighted sum",
+            paper="https://arxiv.org/abs/2306.01708",
+            parameters=_DENSE,
+            exact=False,
+            function=combine.magnitude_prune,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def get_method(name: str) -> MergeMethod:
@@ -128,11 +170,3 @@ def get_method(name: str) -> MergeMethod:
         return METHODS[name]
     except (KeyError, TypeError):
         raise InvalidArgumentError(f"unknown merge method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def __getattr__(name: str):
-    if name == "ModuleInput":  # torch-backed: imported on first use
-        from .combine import ModuleInput
-
-        return ModuleInput
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,22 +1,31 @@
-"""How each registered method merges one module: the torch side of the registry.
+"""How each registered method merges one module.
 
-Kept apart from :mod:`hubmerge.methods` so that reading the registry (``--help``,
-argument errors, the Space's dropdown) does not import torch.
+The registry (:mod:`hubmerge.methods`) refers to these functions directly. Reading
+the registry (``--help``, argument errors, the Space's dropdown) must not import
+torch, so this module imports it, and the kernels, only inside the functions.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from . import MethodParams
-from .dense import dare, disjoint_merge, magnitude_trim, weighted_sum
-from .exact import concat_factors
-from .lowrank import LowRank, dense_to_lowrank, truncate
+    from . import MethodParams
+    from .lowrank import LowRank
 
-__all__ = ["ModuleInput"]
+__all__ = [
+    "ModuleInput",
+    "dare_linear",
+    "dare_ties",
+    "exact_sum",
+    "magnitude_prune",
+    "svd_truncation",
+    "ties",
+]
 
 
 @dataclass
@@ -32,6 +41,8 @@ class ModuleInput:
 
     @property
     def work_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.float64 if any(a.dtype == torch.float64 for a, _ in self.factors) else torch.float32
 
     def dense_deltas(self) -> list[torch.Tensor]:
@@ -40,6 +51,8 @@ class ModuleInput:
         return [s * (b.to(work) @ a.to(work)) for (a, b), s in zip(self.factors, self.scales)]
 
     def generator(self, seed: int) -> torch.Generator:
+        import torch
+
         # Derived from the seed and the module key, so a module's drops do not
         # depend on which other modules are merged or in what order.
         digest = hashlib.sha256(f"{seed}:{self.key}".encode()).digest()
@@ -47,13 +60,19 @@ class ModuleInput:
 
 
 def _concat(module: ModuleInput) -> tuple[torch.Tensor, torch.Tensor]:
+    from .exact import concat_factors
+
     if module.concat is not None:
         return module.concat
     coefficients = [w * s for w, s in zip(module.weights, module.scales)]
     return concat_factors(module.factors, coefficients, dtype=module.work_dtype)
 
 
-def _sum(module: ModuleInput, params: MethodParams) -> LowRank:
+def exact_sum(module: ModuleInput, params: MethodParams) -> LowRank:
+    """Σ wᵢ·sᵢ·Bᵢ·Aᵢ by rank concatenation: exact."""
+    from .exact import concat_factors
+    from .lowrank import LowRank
+
     if module.out_dtype is None:
         a, b = _concat(module)
     else:  # straight from the inputs into the output dtype: no round trip through float32
@@ -62,7 +81,10 @@ def _sum(module: ModuleInput, params: MethodParams) -> LowRank:
     return LowRank(a, b, energy=0.0, kept=1.0)
 
 
-def _svd(module: ModuleInput, params: MethodParams) -> LowRank:
+def svd_truncation(module: ModuleInput, params: MethodParams) -> LowRank:
+    """The exact sum, truncated to ``rank`` by the QR of its stacked factors."""
+    from .lowrank import truncate
+
     a, b = _concat(module)
     rank = params.rank or max(a.shape[0] for a, _ in module.factors)
     return truncate(a, b, rank)
@@ -72,33 +94,39 @@ def _dense_rank(module: ModuleInput, params: MethodParams) -> int:
     return params.rank or sum(a.shape[0] for a, _ in module.factors)
 
 
-def _ties(module: ModuleInput, params: MethodParams) -> LowRank:
+def ties(module: ModuleInput, params: MethodParams) -> LowRank:
+    """TIES on the dense deltas, then SVD to ``rank``."""
+    from .dense import disjoint_merge, magnitude_trim
+    from .lowrank import dense_to_lowrank
+
     trimmed = [magnitude_trim(d, params.density) for d in module.dense_deltas()]
     return dense_to_lowrank(disjoint_merge(trimmed, module.weights, params.majority_sign), _dense_rank(module, params))
 
 
-def _dare_linear(module: ModuleInput, params: MethodParams) -> LowRank:
+def dare_linear(module: ModuleInput, params: MethodParams) -> LowRank:
+    """DARE drops and rescales, weighted sum, then SVD."""
+    from .dense import dare, weighted_sum
+    from .lowrank import dense_to_lowrank
+
     generator = module.generator(params.seed)
     dropped = [dare(d, params.density, generator) for d in module.dense_deltas()]
     return dense_to_lowrank(weighted_sum(dropped, module.weights), _dense_rank(module, params))
 
 
-def _dare_ties(module: ModuleInput, params: MethodParams) -> LowRank:
+def dare_ties(module: ModuleInput, params: MethodParams) -> LowRank:
+    """DARE drops and rescales, TIES merge, then SVD."""
+    from .dense import dare, disjoint_merge
+    from .lowrank import dense_to_lowrank
+
     generator = module.generator(params.seed)
     dropped = [dare(d, params.density, generator) for d in module.dense_deltas()]
     return dense_to_lowrank(disjoint_merge(dropped, module.weights, params.majority_sign), _dense_rank(module, params))
 
 
-def _magnitude_prune(module: ModuleInput, params: MethodParams) -> LowRank:
+def magnitude_prune(module: ModuleInput, params: MethodParams) -> LowRank:
+    """Magnitude trim, weighted sum, then SVD."""
+    from .dense import magnitude_trim, weighted_sum
+    from .lowrank import dense_to_lowrank
+
     trimmed = [magnitude_trim(d, params.density) for d in module.dense_deltas()]
     return dense_to_lowrank(weighted_sum(trimmed, module.weights), _dense_rank(module, params))
-
-
-COMBINE = {
-    "sum": _sum,
-    "svd": _svd,
-    "ties": _ties,
-    "dare_linear": _dare_linear,
-    "dare_ties": _dare_ties,
-    "magnitude_prune": _magnitude_prune,
-}

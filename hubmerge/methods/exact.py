@@ -51,7 +51,8 @@ def concat_factors(
         # product in float32 and rounds it once, so the values equal the path below.
         a = torch.cat([a * c for (a, _), c in zip(factors, coefficients)], dim=0)
         return a, torch.cat([b for _, b in factors], dim=1)
-    work = torch.float64 if torch.float64 in dtypes else torch.float32
+    # float64 when asked for or given: scaling in float32 first would overflow or round what float64 holds.
+    work = torch.float64 if torch.float64 in dtypes or dtype == torch.float64 else torch.float32
     # Preallocated: each factor is converted and scaled in place, no per-factor temporaries.
     ranks = [a.shape[0] for a, _ in factors]
     total, d_in, d_out = sum(ranks), factors[0][0].shape[1], factors[0][1].shape[0]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LowRank", "dense_to_lowrank", "truncate"]
+__all__ = ["LowRank", "core_svd", "dense_to_lowrank", "truncate"]
 
 # Dense matrices with both sides above this use a randomized SVD (torch.svd_lowrank);
 # the kept-energy figure is still computed exactly.
@@ -46,9 +46,7 @@ def truncate(a: torch.Tensor, b: torch.Tensor, rank: int | None) -> LowRank:
         the singular values are split evenly (√σ) between the two factors.
     """
     work = a.dtype
-    q_b, r_b = torch.linalg.qr(b)
-    q_a, r_a = torch.linalg.qr(a.T)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    q_b, u, s, vh, q_a = core_svd(a, b)
     energy = float((s.double() ** 2).sum())
     k = s.numel() if rank is None else min(rank, s.numel())
     kept = float((s[:k].double() ** 2).sum()) / energy if energy > 0 else 1.0
@@ -56,6 +54,22 @@ def truncate(a: torch.Tensor, b: torch.Tensor, rank: int | None) -> LowRank:
     new_b = (q_b @ u[:, :k]) * root
     new_a = root[:, None] * (vh[:k] @ q_a.T)
     return LowRank(new_a.to(work).contiguous(), new_b.to(work).contiguous(), energy, kept)
+
+
+def core_svd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The SVD of ``b @ a`` from its factors: ``b @ a == (q_b @ u) · diag(s) · (vh @ q_a.T)``.
+
+    Args:
+        a: R×in, b: out×R, in float32 or float64.
+
+    Returns:
+        ``(q_b, u, s, vh, q_a)``; ``s`` holds the min(R, in, out) singular values in
+        descending order, the true singular values of the out×in product.
+    """
+    q_b, r_b = torch.linalg.qr(b)
+    q_a, r_a = torch.linalg.qr(a.T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    return q_b, u, s, vh, q_a
 
 
 def dense_to_lowrank(delta: torch.Tensor, rank: int) -> LowRank:

@@ -1,0 +1,104 @@
+"""Sources in, loaded adapters out: parse every reference, resolve the Hub ones, download, read.
+
+All sources are parsed, and every Hub source resolved to a commit with its
+file sizes, before the first byte is downloaded: a typo in the last source,
+or a set too large for the download limit, fails before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .adapter import LoraAdapter, load_adapter
+from .errors import InvalidArgumentError, LimitExceededError
+from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
+from .sources import Source, parse_source
+
+__all__ = ["SourceLike", "display_names", "load_adapters"]
+
+SourceLike = str | Path | Source | LoraAdapter
+
+
+def load_adapters(
+    sources: Sequence[SourceLike],
+    *,
+    token: str | bool | None = None,
+    allow_pickle: bool = False,
+    max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
+    max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+) -> list[LoraAdapter]:
+    """Parse, fetch (for Hub references) and load every source.
+
+    Args:
+        sources: directories, ``user/repo[/sub][@rev]`` references, parsed
+            :class:`Source` objects or already loaded adapters (returned as they are).
+        token: Hub token; default the logged-in one.
+        allow_pickle: accept ``adapter_model.bin`` where there is no safetensors file.
+        max_adapters: refuse more sources than this (default 64; ``None``: no limit).
+        max_download_bytes: refuse, before downloading, Hub adapters whose files
+            add up to more than this, by the sizes the Hub reports (default 20 GB;
+            ``None``: no limit). A mistyped repo id must not fill the disk.
+
+    Returns:
+        The adapters, in order. Names may repeat: :func:`display_names` makes them unique.
+
+    Raises:
+        SourceError, AdapterError, HubError: a source is malformed, missing, unreachable or unreadable.
+        LimitExceededError: more sources or more bytes than allowed.
+
+    Example:
+        >>> [a.name for a in load_adapters(["examples/adapters/math", "examples/adapters/math"])]
+        ['math', 'math']
+    """
+    if not sources:
+        raise InvalidArgumentError("no adapters given: pass one or more sources", reason="no_sources")
+    if max_adapters is not None and len(sources) > max_adapters:
+        raise LimitExceededError(
+            f"{len(sources)} adapters given; at most {max_adapters} can be merged here", limit="max_adapters"
+        )
+    parsed = [item if isinstance(item, (LoraAdapter, Source)) else parse_source(str(item)) for item in sources]
+    resolved = {}
+    if any(isinstance(item, Source) and not item.is_local for item in parsed):
+        from .hub import check_download_size, resolve_adapter
+
+        for index, item in enumerate(parsed):
+            if isinstance(item, Source) and not item.is_local:
+                resolved[index] = resolve_adapter(item, token=token, allow_pickle=allow_pickle)
+        check_download_size(list(resolved.values()), max_download_bytes)
+    adapters = []
+    for index, item in enumerate(parsed):
+        if isinstance(item, LoraAdapter):
+            adapters.append(item)
+        elif item.is_local:
+            assert item.path is not None
+            adapters.append(load_adapter(item.path, name=item.name, source=item.text, allow_pickle=allow_pickle))
+        else:
+            from .hub import fetch_adapter
+
+            pulled = fetch_adapter(resolved[index], token=token)
+            adapters.append(
+                load_adapter(
+                    pulled.path, name=item.name, source=item.text, allow_pickle=allow_pickle, hub_origin=pulled.origin
+                )
+            )
+    return adapters
+
+
+def display_names(names: Sequence[str]) -> list[str]:
+    """Unique display names, in order: the first ``a`` stays ``a``, later ones become ``a-2``, ``a-3``…
+
+    Example:
+        >>> display_names(["math", "math", "math-2"])
+        ['math', 'math-2', 'math-2-2']
+    """
+    taken: set[str] = set()
+    unique = []
+    for base in names:
+        name, count = base, 1
+        while name in taken:
+            count += 1
+            name = f"{base}-{count}"
+        taken.add(name)
+        unique.append(name)
+    return unique

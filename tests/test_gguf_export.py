@@ -1,0 +1,233 @@
+"""--gguf and hubmerge-gguf: tensor by tensor against llama.cpp's own convert_lora_to_gguf.py, read back with gguf.
+
+llama.cpp's converter comes from the llama-cpp-python sdist (tests/llamacpp.py, cached outside the repo). Values
+are also checked against PEFT's own dense deltas, so agreement with the converter is not the only evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+import hubmerge
+from hubmerge.cli import main
+from hubmerge.errors import GGUFExportError
+from hubmerge.gguf_cli import main as gguf_main
+from hubmerge.gguf_export import GGUF_NAME, convert_to_gguf
+from tests.factory import BASES, dense_deltas, make_adapter, tiny_gpt2, tiny_llama
+from tests.llamacpp import run_converter
+
+SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MODELS = {
+    "mistral": (MistralForCausalLM, MistralConfig, ATTENTION + ["gate_proj", "up_proj", "down_proj"]),
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, ATTENTION),
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config, ATTENTION + ["down_proj"]),
+}
+
+
+def _save_base(model, directory):
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(directory)
+    return directory
+
+
+def _adapter(directory, model, targets, seed):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    peft_model.save_pretrained(directory, save_embedding_layers=False)  # no full copies: llama.cpp takes none
+    return directory
+
+
+def _merged(tmp_path, build, targets, **kwargs):
+    """Two real PEFT adapters of one tiny base, merged by hubmerge; returns (merged dir, base config dir)."""
+    base = _save_base(build(), tmp_path / "base")
+    sources = [_adapter(tmp_path / f"s{seed}", build(), targets, seed) for seed in (1, 2)]
+    out = hubmerge.merge(sources, **kwargs).save_pretrained(tmp_path / "merged")
+    return out, base
+
+
+def _tensors(path) -> dict[str, tuple[list[int], np.ndarray]]:
+    reader = gguf.GGUFReader(path)
+    return {t.name: (list(map(int, t.shape)), np.array(t.data)) for t in reader.tensors}
+
+
+def _fields(path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {name: reader.fields[name].contents() for name in reader.fields if not name.startswith("GGUF.")}
+
+
+def _check_structure(path, config: dict, arch: str) -> None:
+    fields = _fields(path)
+    assert fields["general.architecture"] == arch and fields["general.type"] == "adapter"
+    assert fields["adapter.type"] == "lora" and fields["adapter.lora.alpha"] == float(config["lora_alpha"])
+    tensors = _tensors(path)
+    bases = {name.rsplit(".", 1)[0] for name in tensors}
+    assert tensors and all(f"{b}.lora_a" in tensors and f"{b}.lora_b" in tensors for b in bases)
+    for b in bases:
+        (a_ne, _), (b_ne, _) = tensors[f"{b}.lora_a"], tensors[f"{b}.lora_b"]
+        if b.startswith("token_embd."):  # A is stored transposed for the row lookup (llm_build_inp_embd)
+            assert a_ne[0] == b_ne[0] == config["r"]
+        else:
+            assert a_ne[1] == b_ne[0] == config["r"]  # llama.cpp: "lora_a tensor is not transposed" otherwise
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16"])
+def test_llama_equals_llama_cpps_converter_tensor_by_tensor(tmp_path, outtype):
+    targets = ATTENTION + ["gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
+    merged, base = _merged(tmp_path, tiny_llama, targets)
+    ours = convert_to_gguf(merged, base=base, outtype=outtype)
+    reference = run_converter(merged, base, tmp_path / "ref.gguf", outtype)
+    mine, theirs = _tensors(ours), _tensors(reference)
+    assert sorted(mine) == sorted(theirs) and len(mine) == 2 * (7 * 2 + 2)
+    for name, (shape, data) in mine.items():
+        assert shape == theirs[name][0], name
+        assert np.array_equal(data, theirs[name][1]), name
+    _check_structure(ours, json.loads((merged / "adapter_config.json").read_text()), "llama")
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_other_architectures_equal_the_converter(tmp_path, family):
+    model_class, config_class, targets = MODELS[family]
+
+    def build():
+        torch.manual_seed(0)
+        return model_class(config_class(**SMALL)).eval()
+
+    merged, base = _merged(tmp_path, build, targets)
+    ours, reference = convert_to_gguf(merged, base=base), run_converter(merged, base, tmp_path / "ref.gguf")
+    mine, theirs = _tensors(ours), _tensors(reference)
+    assert sorted(mine) == sorted(theirs)
+    assert all(mine[n][0] == theirs[n][0] and np.array_equal(mine[n][1], theirs[n][1]) for n in mine)
+    arch = {"mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[family]
+    _check_structure(ours, json.loads((merged / "adapter_config.json").read_text()), arch)
+
+
+def test_unpermuted_modules_carry_peft_deltas(tmp_path):
+    # Independent of the converter: v_proj and down_proj are written without any reordering,
+    # so B·A read back from the GGUF (ggml: ne = [in, out]) must be PEFT's own delta.
+    merged, base = _merged(tmp_path, tiny_llama, ["q_proj", "v_proj", "down_proj"])
+    tensors = _tensors(convert_to_gguf(merged, base=base))
+    deltas = dense_deltas("llama", merged)
+    for layer in range(2):
+        for hf, ll in (("self_attn.v_proj", "attn_v"), ("mlp.down_proj", "ffn_down")):
+            a, b = tensors[f"blk.{layer}.{ll}.weight.lora_a"][1], tensors[f"blk.{layer}.{ll}.weight.lora_b"][1]
+            expected = deltas[f"model.layers.{layer}.{hf}.weight"].numpy()
+            np.testing.assert_allclose(b @ a, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gpt2_keeps_peft_layout_where_llama_cpps_converter_swaps_a_and_b(tmp_path):
+    a1 = make_adapter(tmp_path / "a1", base="gpt2", seed=1, target_modules=["c_attn", "c_proj"])
+    a2 = make_adapter(tmp_path / "a2", base="gpt2", seed=2, target_modules=["c_attn", "c_proj"])
+    merged = hubmerge.merge([a1, a2]).save_pretrained(tmp_path / "merged")
+    base = _save_base(tiny_gpt2(), tmp_path / "base")
+    mine = _tensors(convert_to_gguf(merged, base=base))
+    theirs = _tensors(run_converter(merged, base, tmp_path / "ref.gguf"))
+    assert sorted(mine) == sorted(theirs)
+    deltas = dense_deltas("gpt2", merged)  # PEFT's Conv1D deltas are in×out, like the Conv1D weight
+    model = BASES["gpt2"][0]()
+    for name in {n.rsplit(".", 1)[0] for n in mine}:
+        (a_ne, a), (b_ne, b) = mine[f"{name}.lora_a"], mine[f"{name}.lora_b"]
+        # the converter's pair is ours swapped and transposed (it transposes Conv1D weights and their LoRA alike)
+        assert np.array_equal(theirs[f"{name}.lora_a"][1], b.T) and np.array_equal(theirs[f"{name}.lora_b"][1], a.T)
+        layer, kind = int(name.split(".")[1]), name.split(".")[2]
+        hf = {"attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_down": "mlp.c_proj"}[kind]
+        conv = model.transformer.h[layer].get_submodule(hf).weight  # (in, out); llama.cpp holds it as ne = [in, out]
+        assert a_ne[0] == conv.shape[0] and b_ne[1] == conv.shape[1]  # the shape check llama.cpp makes at load
+        np.testing.assert_allclose(b @ a, deltas[f"transformer.h.{layer}.{hf}.weight"].numpy().T, atol=1e-6)
+
+
+def test_refuses_what_llama_cpp_cannot_take(tmp_path):
+    base = _save_base(tiny_llama(), tmp_path / "base")
+    saved = make_adapter(tmp_path / "saved", target_modules=["q_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(GGUFExportError, match="full weight copies of lm_head"):
+        convert_to_gguf(saved, base=base)
+    head = _adapter(tmp_path / "head", tiny_llama(), ["q_proj", "lm_head"], seed=1)
+    tied = json.loads((base / "config.json").read_text()) | {"tie_word_embeddings": True}
+    (tmp_path / "tied").mkdir()
+    (tmp_path / "tied" / "config.json").write_text(json.dumps(tied))
+    with pytest.raises(GGUFExportError, match="ties lm_head to the embeddings"):
+        convert_to_gguf(head, base=tmp_path / "tied")
+    other = json.loads((base / "config.json").read_text()) | {"architectures": ["FalconForCausalLM"]}
+    (tmp_path / "falcon").mkdir()
+    (tmp_path / "falcon" / "config.json").write_text(json.dumps(other))
+    with pytest.raises(GGUFExportError, match="FalconForCausalLM has no GGUF LoRA conversion"):
+        convert_to_gguf(head, base=tmp_path / "falcon")
+    assert not any(p.name == GGUF_NAME for d in ("saved", "head") for p in (tmp_path / d).iterdir())
+
+
+def test_rslora_scale_is_folded_into_b(tmp_path):
+    source = make_adapter(tmp_path / "rs", target_modules=["v_proj"], use_rslora=True, r=4, lora_alpha=8)
+    base = _save_base(tiny_llama(), tmp_path / "base")
+    tensors = _tensors(convert_to_gguf(source, base=base))
+    a, b = tensors["blk.0.attn_v.weight.lora_a"][1], tensors["blk.0.attn_v.weight.lora_b"][1]
+    # llama.cpp applies alpha / rank = 2; PEFT's rsLoRA scale is alpha / √rank = 4
+    np.testing.assert_allclose(2 * (b @ a), dense_deltas("llama", source)["model.layers.0.self_attn.v_proj.weight"],
+                               atol=1e-6, rtol=1e-5)  # fmt: skip
+
+
+def test_cli_gguf_writes_the_file_and_updates_the_verdict(tmp_path, capsys):
+    a = make_adapter(tmp_path / "a", seed=1)
+    b = make_adapter(tmp_path / "b", seed=2)
+    base = _save_base(tiny_llama(), tmp_path / "base")
+    code = main([str(a), str(b), "-o", str(tmp_path / "out"), "--gguf", "--gguf-base", str(base)])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "out" / GGUF_NAME).is_file()
+    assert f"--lora {tmp_path / 'out'}/{GGUF_NAME}" in out
+    report = json.loads((tmp_path / "out" / "hubmerge_report.json").read_text())
+    llama_cpp = next(v for v in report["serving"]["engines"] if v["engine"] == "llama.cpp")
+    assert llama_cpp["status"] == "servable" and report["serving"]["facts"]["gguf_type"] == "f32"
+    # the separate entry point on the same folder writes the same file
+    shutil.copytree(tmp_path / "out", tmp_path / "again")
+    (tmp_path / "again" / GGUF_NAME).unlink()
+    assert gguf_main([str(tmp_path / "again"), "--base", str(base)]) == 0
+    again, first = _tensors(tmp_path / "again" / GGUF_NAME), _tensors(tmp_path / "out" / GGUF_NAME)
+    assert again.keys() == first.keys() and all(np.array_equal(again[k][1], first[k][1]) for k in again)
+    name = "general.name"  # the folder's name here, the merge's default repo name there; the rest is the same
+    assert {k: v for k, v in _fields(tmp_path / "again" / GGUF_NAME).items() if k != name} == {
+        k: v for k, v in _fields(tmp_path / "out" / GGUF_NAME).items() if k != name
+    }
+    assert gguf_main([str(tmp_path / "again"), "--base", str(base)]) == 1  # exists: refused without --overwrite
+    assert "exists" in capsys.readouterr().err
+
+
+def test_push_uploads_the_gguf_with_a_base_config_from_the_hub(tmp_path, capsys, hub):
+    from huggingface_hub import constants
+
+    from tests.conftest import TOKENS
+    from tests.factory import LLAMA_ID
+
+    if LLAMA_ID not in hub.list_repos():  # the whole tiny model, as tests/test_hub.py's base_repo puts it there
+        folder = tmp_path / "base"
+        tiny_llama().save_pretrained(folder)
+        hub.create_repo(LLAMA_ID, owner_token=TOKENS["alice"])
+        hub.commit_files(LLAMA_ID, {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
+    a, b = make_adapter(tmp_path / "a", seed=1), make_adapter(tmp_path / "b", seed=2)
+    target = "alice/gguf-push"
+    assert main([str(a), str(b), "--gguf", "--push", target]) == 0, capsys.readouterr().err
+    assert f"pushed to {constants.ENDPOINT}/{target}" in capsys.readouterr().out
+    assert GGUF_NAME in hub.list_commits(target)[0]["files"]
+
+
+def test_a_report_only_result_has_nothing_to_convert(tmp_path):
+    from hubmerge.gguf_export import attach_gguf
+
+    result = hubmerge.merge([make_adapter(tmp_path / "a")], report_only=True)
+    with pytest.raises(GGUFExportError, match="report_only"):
+        attach_gguf(result, base=_save_base(tiny_llama(), tmp_path / "base"))
