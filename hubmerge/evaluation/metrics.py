@@ -52,7 +52,7 @@ def retention(base: float, merged: float, source: float) -> float | None:
 def domain_section(
     *, source: str, base: Score, merged: Score, sources: dict[str, Score], examples: int, skipped: int, truncated: int
 ) -> dict:
-    """The report entry of one domain (``report["evaluation"]["domains"][NAME]``).
+    """The report entry of one domain (``report.evaluation["domains"][NAME]``).
 
     Args:
         source: the display name of the source the domain is mapped to.

@@ -1,6 +1,6 @@
 """The evaluation section shown to people: terminal lines, and the model card's measured table.
 
-Pure: a report section (``report["evaluation"]``) in, text out. Every number
+Pure: a report section (``report.evaluation``) in, text out. Every number
 shown is one the section holds.
 """
 

@@ -2,7 +2,7 @@
 
 Per domain (a NAME mapped to the source of that display name) the same
 examples are scored for the base, each source alone at weight 1, and the merge
-hubmerge wrote; the report section ``report["evaluation"]`` holds the losses,
+hubmerge wrote; the report section ``report.evaluation`` holds the losses,
 perplexities, retentions and costs (see :mod:`hubmerge.evaluation.metrics`).
 With ``tune_weights`` the weights are tuned on the records that follow the
 first ``samples`` of each split, and the numbers reported are on the first
