@@ -217,7 +217,7 @@ class EvaluationMemoryError(HubmergeError, MemoryError):
     """Raised when the evaluation runs out of memory. :attr:`setting` names the argument to
     lower first (``"batch_size"``; with a batch of one, ``"max_length"``)."""
 
-    def __init__(self, message: str, *, setting: str):
+    def __init__(self, message: str, *, setting: str = "batch_size"):
         super().__init__(message, reason=setting)
         self.setting = setting
 
