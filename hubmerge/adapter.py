@@ -28,6 +28,8 @@ from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+from .experts import ParameterLayout, expert_factors, index_parameters
+from .legacy import expand_lora_b, merged_linear_problem
 from .provenance import HubOrigin, LocalOrigin, Origin, local_origin_soon
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
@@ -42,7 +44,11 @@ _EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 @dataclass(frozen=True)
 class ModuleFactors:
-    """Where one adapted module's factors live, and their shapes (no data)."""
+    """Where one adapted module's factors live, and their shapes (no data).
+
+    A LoRA on a parameter (``target_parameters``, :mod:`hubmerge.experts`) is a module too:
+    ``parameter`` is PEFT's key for it, and each expert of a 3-D parameter is a module of its own.
+    """
 
     key: str
     a_name: str
@@ -51,6 +57,11 @@ class ModuleFactors:
     in_features: int
     out_features: int
     kind: str  # "linear" or "embedding"
+    parameter: str | None = None  # M.p for a parameter LoRA
+    experts: int = 1
+    expert: int | None = None  # which expert of the stored factors, for a 3-D parameter
+    depth: int = 0  # the parameter's nesting depth in the saved keys
+    enable_lora: tuple[bool, ...] | None = None  # PEFT 0.2's MergedLinear: B is stored grouped
 
 
 class LoraAdapter:
@@ -101,6 +112,8 @@ class LoraAdapter:
         self._dtypes = dtypes
         self._shapes = shapes
         self.problems: list[str] = []
+        self.parameter_layouts: dict[str, ParameterLayout] = {}
+        self._last: tuple[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.modules, self.saved_modules, self.base_layers = self._index(tensor_names)
         counts: dict[torch.dtype, int] = {}
         for spec in self.modules.values():
@@ -134,17 +147,24 @@ class LoraAdapter:
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Read ``(A, B)`` of ``module`` as stored (A: r×in, B: out×r)."""
         spec = self.modules[module]
-        return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
+        if spec.enable_lora is not None:
+            return self._reader.get(spec.a_name), expand_lora_b(self._reader.get(spec.b_name), spec.enable_lora)
+        if spec.expert is None:
+            return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
+        # The experts of one parameter share two tensors and come one after another: read them once.
+        names = (spec.a_name, spec.b_name)
+        if self._last is None or self._last[0] != names:
+            self._last = names, (self._reader.get(spec.a_name), self._reader.get(spec.b_name))
+        return expert_factors(*self._last[1], spec.experts, spec.expert)
 
     def scale(self, module: str) -> float:
-        """PEFT's scaling s for ``module``."""
-        return self.config.scale_for(module)
+        """PEFT's scaling s for ``module`` (patterns match a parameter LoRA by its parameter key)."""
+        return self.config.scale_for(self.modules[module].parameter or module)
 
     def iter_tensor_names(self) -> Iterator[str]:
         """Every tensor name this adapter's merge would read."""
-        for spec in self.modules.values():
-            yield spec.a_name
-            yield spec.b_name
+        # The experts of one parameter share their tensors: each name once.
+        yield from dict.fromkeys(name for spec in self.modules.values() for name in (spec.a_name, spec.b_name))
         for group in (self.saved_modules, self.base_layers):
             for names in group.values():
                 yield from names
@@ -192,12 +212,18 @@ class LoraAdapter:
                     f"{self._where(name)} matches no PEFT LoRA name (lora_A/lora_B/lora_embedding_A/B) "
                     "and no entry of modules_to_save"
                 )
-        modules: dict[str, ModuleFactors] = {}
-        for module in sorted(halves):
+        taken, parameters, self.parameter_layouts, problems = index_parameters(
+            self.config, halves, self._shapes, self._dtypes, f"{self.source}: {self.weights_file.name}"
+        )
+        self.problems.extend(problems)
+        modules: dict[str, ModuleFactors] = {
+            key: ModuleFactors(kind="linear", **vars(spec)) for key, spec in parameters.items()
+        }
+        for module in sorted(set(halves) - taken):
             spec = self._module_spec(module, halves[module])
             if spec is not None:
                 modules[module] = spec
-        return modules, dict(sorted(saved.items())), dict(sorted(base_layers.items()))
+        return dict(sorted(modules.items())), dict(sorted(saved.items())), dict(sorted(base_layers.items()))
 
     def _saved_module(self, rel: str) -> str | None:
         """The ``modules_to_save`` module a tensor belongs to: the shortest prefix of its
@@ -227,6 +253,17 @@ class LoraAdapter:
             )
             return None
         a_shape, b_shape = self._shapes[a_name], self._shapes[b_name]
+        if self.config.enable_lora is not None and len(b_shape) == 3 and kind == "linear":
+            enable_lora = tuple(self.config.enable_lora)
+            floats = self._dtypes[a_name].is_floating_point and self._dtypes[b_name].is_floating_point
+            problem = merged_linear_problem(enable_lora, self.config.r, a_shape, b_shape, floats=floats)
+            if problem is not None:
+                self.problems.append(f"{self._where(b_name)}: {problem}")
+                return None
+            out_features = b_shape[0] // sum(enable_lora) * len(enable_lora)
+            return ModuleFactors(
+                module, a_name, b_name, a_shape[0], a_shape[1], out_features, kind, enable_lora=enable_lora
+            )
         bad = False
         for tensor, shape in ((a_name, a_shape), (b_name, b_shape)):
             if not self._dtypes[tensor].is_floating_point:

@@ -24,6 +24,7 @@ from .adapter import KEY_PREFIX, LoraAdapter
 from .compat import Compatibility, check_compatibility, nonfinite_factors, normalize_base_model
 from .config import build_config
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, Problem
+from .experts import output_notice, place_parameters
 from .interference import ModuleGram, SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .loading import SourceLike, display_names, load_adapters
@@ -262,10 +263,14 @@ def merge(
     exact = chosen.exact or (chosen.exact_if_untruncated and all(m.method_kept == 1.0 for m in modules.values()))
     fits = {key: m.fit for key, m in modules.items() if m.fit is not None}
     exact = exact and not any(f.truncated for f in fits.values())
+    if report_only:
+        # Nothing was built: only a method that is always exact, with no rank cap, is known to be.
+        exact = chosen.exact and cap is None
     ranks = {key: m.a.shape[0] for key, m in modules.items()}
+    parameters = sorted({m.parameter for m in modules.values() if m.parameter is not None})
     report = _report(
         adapters, names, coefficients, compat, canonical, similarity_report,
-        [*compat.warnings, *dtype_notes, *zero, *similarity_notes],
+        [*compat.warnings, *dtype_notes, *zero, *similarity_notes, *output_notice(parameters)],
         method=MethodSummary(
             name=chosen.name, description=chosen.description, paper=chosen.paper, exact=exact, parameters=used
         ),
@@ -280,13 +285,14 @@ def merge(
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
     config = build_config(
-        list(modules),
+        [key for key, m in modules.items() if m.parameter is None],
         max(ranks.values(), default=1),
         base_model_name_or_path=compat.base_model,
         revision=compat.revision,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
+        target_parameters=parameters,
     )
     recipe = recipe_of(
         [_recipe_source(a, w) for a, w in zip(adapters, user_weights)],
@@ -340,6 +346,8 @@ class _MergedModule:
     kept: float  # the share of it the stored factors keep
     method_kept: float = 1.0  # the share the method itself kept, before any rank cap
     fit: ModuleFit | None = None  # how the rank cap fitted this module
+    parameter: str | None = None  # a parameter LoRA (hubmerge.experts): its key, and which expert
+    expert: int | None = None
 
 
 def _merge_module(
@@ -405,8 +413,10 @@ def _merge_module(
             reason="dtype_overflow",
             module=key,
         )
-    kind = adapters[owners[0]].modules[key].kind
-    return stats, _MergedModule(a, b, kind, combined.energy, combined.kept, method_kept, fitted)
+    spec = adapters[owners[0]].modules[key]
+    return stats, _MergedModule(
+        a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert
+    )
 
 
 def _output_tensors(
@@ -415,7 +425,11 @@ def _output_tensors(
     """PEFT's tensor names → the merged factors (one stored rank: see build_config) and carried-over weights."""
     stored_rank = max((m.a.shape[0] for m in modules.values()), default=1)
     tensors: dict[str, torch.Tensor] = {}
+    parameters: dict[str, dict] = {}  # parameter key → expert → (A, B): PEFT's layout is built from all of them
     for key, merged in modules.items():
+        if merged.parameter is not None:
+            parameters.setdefault(merged.parameter, {})[merged.expert] = (merged.a, merged.b)
+            continue
         a_name, b_name = (
             ("lora_embedding_A", "lora_embedding_B")
             if merged.kind == "embedding"
@@ -423,6 +437,7 @@ def _output_tensors(
         )
         a, b = pad_rank(merged.a, merged.b, stored_rank)
         tensors[f"{KEY_PREFIX}{key}.{a_name}"], tensors[f"{KEY_PREFIX}{key}.{b_name}"] = a, b
+    tensors.update(place_parameters(parameters, compat.parameter_depths, stored_rank, KEY_PREFIX))
     for owners in (compat.saved_modules, compat.base_layers):
         group = "saved_modules" if owners is compat.saved_modules else "base_layers"
         for key, owner in owners.items():

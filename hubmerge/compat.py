@@ -17,6 +17,7 @@ import torch
 
 from .adapter import LoraAdapter
 from .errors import IncompatibleAdaptersError, Problem
+from .experts import plan_parameters
 from .notice import Notice
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
@@ -36,6 +37,7 @@ class Compatibility:
         coverage: module key → indices of the adapters that adapt it (sorted by key).
         saved_modules: module key → index of the adapter whose full copy is carried over.
         base_layers: module key → index of the adapter whose saved base embedding is carried over.
+        parameter_depths: parameter key → its nesting depth in the merged file (``target_parameters``).
         warnings: things the user should know that do not stop the merge.
     """
 
@@ -45,6 +47,7 @@ class Compatibility:
     saved_modules: dict[str, int] = field(default_factory=dict)
     base_layers: dict[str, int] = field(default_factory=dict)
     warnings: list[Notice] = field(default_factory=list)
+    parameter_depths: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_base_model(name: str) -> str:
@@ -90,7 +93,7 @@ def check_compatibility(
         >>> compat.warnings
         []
     """
-    problems: list[str] = []
+    problems: list[Problem | str] = []
     warnings: list[Notice] = []
     if not adapters:
         raise IncompatibleAdaptersError(["no adapters given"])
@@ -109,6 +112,12 @@ def check_compatibility(
 
     base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
     _check_fields(adapters, problems, warnings)
+    parameter_depths, parameter_problems = plan_parameters(
+        [a.source for a in adapters],
+        [a.parameter_layouts for a in adapters],
+        [[k for k, spec in a.modules.items() if spec.parameter is None] for a in adapters],
+    )
+    problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
     coverage = _check_modules(adapters, problems)
     saved_modules = _check_saved_modules(adapters, problems)
     base_layers = {key: owners[0] for key, owners in _owners(adapters, "base_layers").items()}
@@ -135,6 +144,7 @@ def check_compatibility(
         saved_modules=saved_modules,
         base_layers=base_layers,
         warnings=warnings,
+        parameter_depths=parameter_depths,
     )
 
 

@@ -39,7 +39,6 @@ _VARIANTS: dict[str, str] = {
     "monteclora_config": "MonteCLoRA samples its factors, so there is no single B·A",
     "alora_invocation_tokens": "Activated LoRA only applies after invocation tokens, so it is not a weight delta",
     "arrow_config": "Arrow routes between several LoRAs per token",
-    "target_parameters": "LoRA on raw parameters (target_parameters) is not supported yet",
     "trainable_token_indices": "trainable tokens store full embedding rows, not a low-rank delta",
     "layer_replication": "layer_replication changes the base model's layer structure",
 }
@@ -64,6 +63,8 @@ class AdapterConfig:
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     fan_in_fan_out: bool = False
     target_modules: list[str] | str | None = None
+    target_parameters: list[str] = field(default_factory=list)
+    enable_lora: list[bool] | None = None  # PEFT 0.2's MergedLinear (hubmerge.legacy)
     layers_to_transform: list[int] | int | None = None
     modules_to_save: list[str] = field(default_factory=list)
     use_dora: bool = False
@@ -191,6 +192,14 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
     target_modules = data.get("target_modules")
     if target_modules is not None and not isinstance(target_modules, (str, list)):
         raise fail("target_modules", target_modules, "a list of names or a regex string")
+    target_parameters = data.get("target_parameters") or []
+    if not isinstance(target_parameters, list) or not all(isinstance(t, str) and t for t in target_parameters):
+        raise fail("target_parameters", target_parameters, "a list of parameter names")
+    enable_lora = data.get("enable_lora")
+    if enable_lora is not None and (
+        not isinstance(enable_lora, list) or not enable_lora or not all(isinstance(e, bool) for e in enable_lora)
+    ):
+        raise fail("enable_lora", enable_lora, "a list of true/false values")
     bias = data.get("bias", "none") or "none"
     if bias not in ("none", "all", "lora_only"):
         raise fail("bias", bias, "'none', 'all' or 'lora_only'")
@@ -214,6 +223,8 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
         alpha_pattern=alpha_pattern,
         fan_in_fan_out=flag("fan_in_fan_out"),
         target_modules=target_modules,
+        target_parameters=target_parameters,
+        enable_lora=enable_lora,
         layers_to_transform=data.get("layers_to_transform"),
         modules_to_save=modules_to_save,
         use_dora=flag("use_dora"),
@@ -235,6 +246,7 @@ def build_config(
     task_type: str | None,
     fan_in_fan_out: bool,
     modules_to_save: Sequence[str] = (),
+    target_parameters: Sequence[str] = (),
 ) -> dict:
     """The merged adapter's ``adapter_config.json``, built from an allow-list.
 
@@ -254,8 +266,10 @@ def build_config(
         rank: the stored rank of every module.
         base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
         modules_to_save: full modules carried over from one input.
+        target_parameters: full keys of the parameters that carry LoRA (:mod:`hubmerge.experts`):
+            exactly those are wrapped; such an output needs PEFT ≥ 0.17.
     """
-    return {
+    config: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
@@ -277,3 +291,7 @@ def build_config(
         "init_lora_weights": True,
         "inference_mode": True,
     }
+    if target_parameters:
+        # Only where used: PEFT releases before 0.17 do not know the field.
+        config["target_parameters"] = list(target_parameters)
+    return config

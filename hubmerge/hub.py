@@ -41,6 +41,7 @@ __all__ = [
     "fetch_adapter",
     "fetch_base_model",
     "push_files",
+    "upload_repo_files",
     "resolve_adapter",
     "whoami",
 ]
@@ -572,3 +573,33 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
         raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
     except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+
+
+def upload_repo_files(
+    repo_id: str,
+    files: dict[str, bytes],
+    *,
+    repo_type: str,
+    token: str | bool | None = None,
+    message: str,
+    private: bool | None = None,
+):
+    """Create a model or Space repo if needed and commit ``files`` to it at once (unchanged files: no commit).
+
+    For the Space deploy (:mod:`hubmerge.space_deploy`) and its example adapters; a merge pushes with
+    :func:`push_files`, which also guards visibility and the parent commit.
+
+    Returns:
+        huggingface_hub's ``CommitInfo``.
+
+    Raises:
+        PushError: the repo or the commit was refused.
+    """
+    api = HfApi()
+    sdk = "gradio" if repo_type == "space" else None
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token, space_sdk=sdk)
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
+        return api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, token=token)
+    except _HUB_FAILURES as err:
+        raise _push_error(err, repo_id, f"upload to the {repo_type} repo", token) from err

@@ -125,7 +125,10 @@ def publish_examples(namespace: str, examples_dir: Path, *, token: str | bool | 
         if (folder / name).is_file()
     }
     repo_id = f"{namespace}/{EXAMPLES_REPO_NAME}"
-    commit = _upload(repo_id, files, repo_type="model", token=token, message="Example adapters for the hubmerge Space")
+    from .hub import upload_repo_files  # the network, and torch with it, only when uploading
+
+    message = "Example adapters for the hubmerge Space"
+    commit = upload_repo_files(repo_id, files, repo_type="model", token=token, message=message)
     refs = [f"{repo_id}/{folder.name}@{commit.oid}" for folder in folders]
     names = [folder.name for folder in folders]
     forms = [{"label": " + ".join(names), "adapters": refs, "weights": [1.0] * len(refs), "method": "sum"}]
@@ -173,24 +176,9 @@ def deploy(
         examples = publish_examples(repo_id.split("/")[0], Path(examples_dir), token=token)
         files = space_files(space_dir, examples=examples)
     message = commit_message or f"Deploy hubmerge {__version__}"
-    return _upload(repo_id, files, repo_type="space", token=token, private=private, message=message)
+    from .hub import upload_repo_files
 
-
-def _upload(repo_id: str, files: dict[str, bytes], *, repo_type: str, token, message: str, private=None):
-    """Create ``repo_id`` if needed and commit ``files`` to it at once (unchanged files: no commit)."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from .errors import PushError
-
-    api = HfApi()
-    sdk = "gradio" if repo_type == "space" else None
-    try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token, space_sdk=sdk)
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
-        return api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, token=token)
-    except (HfHubHTTPError, OSError) as err:
-        raise PushError(f"uploading to the {repo_type} repo {repo_id} was refused: {err}", repo_id=repo_id) from err
+    return upload_repo_files(repo_id, files, repo_type="space", token=token, private=private, message=message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,9 @@ HINTS: dict[tuple[type[BaseException], str | None], str] = {
     (hubmerge.InvalidArgumentError, "weight_overflow"): "Use smaller weights.",
     (hubmerge.InvalidArgumentError, "dtype_overflow"): "Use smaller weights.",
     (hubmerge.InvalidArgumentError, None): "Change the value named above in the form.",
+    (hubmerge.GGUFExportError, None): (
+        "This Space publishes the PEFT adapter only; convert it to GGUF on your machine with hubmerge-gguf."
+    ),
     (hubmerge.GatedRepoAccessError, None): (
         "Ask for access on the repo's page, then sign in with Hugging Face with the account that has it."
     ),

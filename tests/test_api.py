@@ -170,3 +170,10 @@ def test_the_same_merge_gives_the_same_bytes(pair):
     first = hubmerge.merge(list(pair)).files(figure=False)
     for _ in range(4):
         assert hubmerge.merge(list(pair)).files(figure=False) == first
+
+
+def test_an_analysis_claims_exactness_only_where_it_is_certain(pair):
+    # Without building the factors nobody knows whether svd's cut or a rank cap will drop anything.
+    assert hubmerge.merge(list(pair), report_only=True).exact is True
+    assert hubmerge.merge(list(pair), method="svd", rank=64, report_only=True).exact is False
+    assert hubmerge.merge(list(pair), method="svd", rank=64).report.exact is True

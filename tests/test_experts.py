@@ -1,0 +1,277 @@
+"""LoRA on fused MoE expert parameters (``target_parameters``): exact sums on tiny Mixtral,
+Qwen3-MoE and gpt-oss models, checked against PEFT applying the sources itself and against
+base + Σ wᵢ·``get_delta_weight``; refusals where the files cannot say how to lay the sum out.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer, ParamWrapper
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, DeepseekV3Config, GptOssConfig, MixtralConfig, Qwen3MoeConfig
+
+import hubmerge
+from hubmerge.cli import main
+from hubmerge.experts import assemble, expert_factors
+
+BASE_ID = "test-org/tiny-moe"
+VOCAB = 64
+# Each tiny model has 3 experts whose fused parameters have distinct in/out sizes.
+CONFIGS = {
+    "mixtral": lambda: MixtralConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=3, num_experts_per_tok=2, tie_word_embeddings=False,
+    ),
+    "qwen3_moe": lambda: Qwen3MoeConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, moe_intermediate_size=12, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_experts=3, num_experts_per_tok=2,
+        tie_word_embeddings=False,
+    ),
+    # Layer 0 dense (gate_proj/up_proj/down_proj modules), layer 1 routed experts next to a shared MLP.
+    "deepseek_v3": lambda: DeepseekV3Config(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, moe_intermediate_size=12, num_hidden_layers=2,
+        first_k_dense_replace=1, n_routed_experts=3, num_experts_per_tok=2, n_shared_experts=1,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4,
+        qk_nope_head_dim=4, v_head_dim=4, n_group=1, topk_group=1, tie_word_embeddings=False,
+    ),
+    # gpt-oss stores its experts transposed (E × in × out, ``is_transposed``), with biases.
+    "gpt_oss": lambda: GptOssConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, num_local_experts=3, num_experts_per_tok=2, tie_word_embeddings=False,
+    ),
+}  # fmt: skip
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def tiny(arch: str):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch]()).eval()
+    with torch.no_grad():  # gpt-oss zero-initialises its expert weights; give every weight some size
+        for param in model.parameters():
+            if param.abs().sum() == 0:
+                param.normal_(0, 0.2)
+    return model
+
+
+def make(directory, arch: str, seed: int, **lora):
+    lora.setdefault("r", 2)
+    lora.setdefault("lora_alpha", 4)
+    lora.setdefault("init_lora_weights", False)
+    base = tiny(arch)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(**lora))
+    model.peft_config["default"].base_model_name_or_path = BASE_ID
+    with torch.no_grad():  # PEFT's random B is small; make the deltas move the logits clearly
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(20)
+    model.save_pretrained(directory)
+    return directory
+
+
+def ids() -> torch.Tensor:
+    return torch.arange(2, 2 + 2 * 10).remainder(VOCAB).reshape(2, 10)
+
+
+@torch.no_grad()
+def dense_reference(arch: str, sources) -> torch.Tensor:
+    """Logits of the base with Σ wᵢ·ΔWᵢ added by hand, ΔWᵢ from PEFT's get_delta_weight (each source alone)."""
+    model = tiny(arch)
+    params = dict(model.named_parameters())
+    for directory, weight in sources:
+        peft_model = PeftModel.from_pretrained(tiny(arch), str(directory))
+        for name, module in peft_model.base_model.model.named_modules():
+            if not (isinstance(module, LoraLayer) and "default" in module.lora_A):
+                continue
+            if isinstance(module, ParamWrapper):
+                target = f"{name.replace('.base_layer', '')}.{module.parameter_name}"
+            else:
+                target = f"{name}.weight"
+            params[target].add_(weight * module.get_delta_weight("default"))
+    return model(ids()).logits
+
+
+@torch.no_grad()
+def peft_reference(arch: str, sources) -> torch.Tensor:
+    """Logits with PEFT applying every source at once, each layer's scaling multiplied by its weight."""
+    model = PeftModel.from_pretrained(tiny(arch), str(sources[0][0]), adapter_name="s0")
+    for index, (directory, _) in enumerate(sources[1:], start=1):
+        model.load_adapter(str(directory), adapter_name=f"s{index}")
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for index, (_, weight) in enumerate(sources):
+                if f"s{index}" in module.scaling:
+                    module.scaling[f"s{index}"] *= weight
+    model.base_model.set_adapter([f"s{i}" for i in range(len(sources))])
+    return model(ids()).logits
+
+
+@torch.no_grad()
+def merged_logits(arch: str, directory) -> torch.Tensor:
+    return PeftModel.from_pretrained(tiny(arch), str(directory)).eval()(ids()).logits
+
+
+def merge_to(tmp_path, sources, name="merged"):
+    result = hubmerge.merge([str(d) for d, _ in sources], weights=[w for _, w in sources])
+    out = tmp_path / name
+    result.save_pretrained(out)
+    return result, out
+
+
+@torch.no_grad()
+def base_logits(arch: str) -> torch.Tensor:
+    return tiny(arch)(ids()).logits
+
+
+@pytest.mark.parametrize(
+    ("arch", "lora"),
+    [
+        # transformers 5 + all-linear: PEFT targets the fused experts and the router itself,
+        # and (Mixtral, Qwen3-MoE) doubles the rank of the fused gate_up_proj through rank_pattern.
+        ("mixtral", {"target_modules": "all-linear"}),
+        ("qwen3_moe", {"target_modules": "all-linear"}),
+        ("deepseek_v3", {"target_modules": "all-linear"}),
+        ("gpt_oss", {"target_modules": ["q_proj", "v_proj"], "target_parameters": EXPERTS}),
+    ],
+)
+def test_same_parameters_merge_exactly(tmp_path, arch, lora):
+    a = make(tmp_path / "a", arch, seed=1, **lora)
+    b = make(tmp_path / "b", arch, seed=2, **{**lora, "r": 3, "lora_alpha": 5, "use_rslora": True})
+    sources = [(a, 1.0), (b, -0.7)]
+    result, out = merge_to(tmp_path, sources)
+
+    assert json.loads((a / "adapter_config.json").read_text())["target_parameters"]  # really parameter LoRA
+    got = merged_logits(arch, out)
+    dense, peft_both = dense_reference(arch, sources), peft_reference(arch, sources)
+    assert (dense - base_logits(arch)).abs().max() > 0.05  # the deltas matter, so a wrong sum would show
+    assert torch.allclose(dense, peft_both, atol=2e-5)
+    assert torch.allclose(got, dense, atol=2e-5), (got - dense).abs().max()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert all(p.startswith("model.layers.") for p in config["target_parameters"])
+    assert result.report.exact is True
+    assert "needs_recent_peft" in {w.code for w in result.report.warnings}
+
+
+def test_different_parameter_subsets(tmp_path):
+    """One adapter adapts both expert parameters of every layer, another only layer 0's down_proj
+    (and other attention modules): PEFT refuses to load them together, their deltas still add up."""
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=["q_proj"], target_parameters=EXPERTS)
+    b = make(
+        tmp_path / "b", "mixtral", seed=2, r=4, lora_alpha=3,
+        target_modules=["v_proj"], target_parameters=["model.layers.0.mlp.experts.down_proj"],
+    )  # fmt: skip
+    sources = [(a, 0.5), (b, 2.0)]
+    with pytest.raises(ValueError, match="same set of parameters"):
+        peft_reference("mixtral", sources)
+    _, out = merge_to(tmp_path, sources)
+    dense = dense_reference("mixtral", sources)
+    assert (dense - dense_reference("mixtral", sources[:1])).abs().max() > 0.05
+    assert torch.allclose(merged_logits("mixtral", out), dense, atol=2e-5)
+
+
+def test_disjoint_parameters_of_one_module_are_refused(tmp_path, capsys):
+    """Nothing says in which order the model registers gate_up_proj and down_proj, so the merged
+    file's nesting cannot be decided: refused with that reason first, nothing written."""
+    a = make(tmp_path / "a", "qwen3_moe", seed=1, target_modules=[], target_parameters=["experts.gate_up_proj"])
+    b = make(tmp_path / "b", "qwen3_moe", seed=2, target_modules=[], target_parameters=["experts.down_proj"])
+    code = main([str(a), str(b), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert "no adapter adapts all of its parameters" in problems[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_equal_shapes_that_cannot_be_told_apart_are_refused(tmp_path):
+    """Two same-shaped parameters on one module, each adapter targeting a different one: a guessed
+    label could not be checked, so hubmerge refuses instead of risking a swapped sum."""
+    from hubmerge.experts import ParameterLayout, plan_parameters
+
+    both = {"m": ParameterLayout("m", ("w1", "w3"), ((8, 4, 2), (8, 4, 2)), ambiguous=True)}
+    one = {"m": ParameterLayout("m", ("w3",), ((8, 4, 2),), ambiguous=False)}
+    _, problems = plan_parameters(["a", "b"], [both, one])
+    assert any("cannot tell which" in p for p in problems)
+    _, problems = plan_parameters(["a", "b"], [both, both])  # same parameters: same nesting, depth by depth
+    assert problems == []
+
+
+def test_layout_round_trip_matches_peft():
+    """PEFT's own reshape (ParamWrapper.get_delta_weight) against expert_factors, on hand-made factors."""
+    torch.manual_seed(0)
+    experts, rank, d_in, d_out = 3, 2, 5, 4
+    a, b = torch.randn(experts * rank, d_in), torch.randn(d_out, rank * experts)
+    peft_a = a.reshape(experts, -1, d_in)
+    peft_b = b.reshape(d_out, -1, experts)
+    delta = torch.einsum("o r e, e r i -> e o i", peft_b, peft_a)
+    parts = [expert_factors(a, b, experts, e) for e in range(experts)]
+    for e, (a_e, b_e) in enumerate(parts):
+        assert torch.allclose(b_e @ a_e, delta[e])
+    a2, b2 = assemble(parts)
+    assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
+def test_expert_factors_are_read_once_per_parameter(tmp_path):
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    adapter = hubmerge.load_adapters([str(a)])[0]
+    keys = [k for k in adapter.modules if "[" in k]
+    assert len(keys) == 2 * 2 * 3  # layers × parameters × experts
+    saved = load_file(a / "adapter_model.safetensors")
+    for key in keys:
+        spec = adapter.modules[key]
+        got = adapter.factors(key)
+        want = expert_factors(saved[spec.a_name], saved[spec.b_name], spec.experts, spec.expert)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_methods_work_per_expert(tmp_path):
+    """Each expert is a module of its own: svd at full rank is the exact sum, truncated it is not."""
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    b = make(tmp_path / "b", "mixtral", seed=2, target_modules=[], target_parameters=EXPERTS)
+    sources = [(a, 1.0), (b, 1.0)]
+    full = hubmerge.merge([str(a), str(b)], method="svd", rank=4)
+    full.save_pretrained(tmp_path / "full")
+    assert full.report.exact is True
+    assert torch.allclose(merged_logits("mixtral", tmp_path / "full"), dense_reference("mixtral", sources), atol=1e-4)
+    cut = hubmerge.merge([str(a), str(b)], method="svd", rank=1)
+    assert cut.report.exact is False
+    per_module = cut.report.kept_energy.per_module
+    assert len(per_module) == 2 * 2 * 3 and all(0 < share < 1 for share in per_module.values())  # layers·params·experts
+
+
+def test_same_key_different_parameter(tmp_path):
+    """``experts.lora_A.weight`` is down_proj in an adapter of both parameters but gate_up_proj in one of
+    gate_up_proj alone: mapped through each adapter's target_parameters, not by key."""
+    a = make(tmp_path / "a", "qwen3_moe", seed=1, target_modules=[], target_parameters=EXPERTS)
+    c = make(tmp_path / "c", "qwen3_moe", seed=3, r=3, target_modules=[], target_parameters=["experts.gate_up_proj"])
+    outer = "base_model.model.model.layers.0.mlp.experts.lora_A.weight"
+    assert load_file(a / "adapter_model.safetensors")[outer].shape[1] == 12  # down_proj: moe_intermediate_size in
+    assert load_file(c / "adapter_model.safetensors")[outer].shape[1] == 16  # gate_up_proj: hidden_size in
+    sources = [(a, 1.0), (c, 1.5)]
+    _, out = merge_to(tmp_path, sources)
+    assert torch.allclose(merged_logits("qwen3_moe", out), dense_reference("qwen3_moe", sources), atol=2e-5)
+
+
+def test_module_and_parameter_lora_on_one_module_are_refused():
+    from hubmerge.experts import ParameterLayout, plan_parameters
+
+    gate = {"m.gate": ParameterLayout("m.gate", ("weight",), ((16, 3, 1),), ambiguous=False)}
+    _, problems = plan_parameters(["a", "b"], [gate, {}], [[], ["m.gate"]])
+    assert len(problems) == 1 and "LoRA on its parameters in a and LoRA on the whole module in b" in problems[0]
+
+
+def test_a_config_that_contradicts_the_tensors_says_so_first(tmp_path):
+    """A rank_pattern that does not divide the expert factors: the first problem names the module and
+    target_parameters, not a generic rank mismatch of a module called 'experts'."""
+    a = make(tmp_path / "a", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    config = json.loads((a / "adapter_config.json").read_text())
+    config["rank_pattern"] = {"down_proj": 4, "gate_up_proj": 4}  # stored rank 2, 3 experts: 6 rows
+    (a / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
+        hubmerge.merge([str(a)])
+    first = str(info.value.problems[0])
+    assert "module 'model.layers.0.mlp.experts' holds LoRA factors of 2 parameter(s)" in first
+    assert "target_parameters" in first
