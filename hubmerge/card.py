@@ -238,8 +238,10 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
     names = [_cell(n) for n in sim.get("adapters") or []]
     parts = [
         f"RMS cosine: for each pair, the root mean square of the cosine between their weight deltas wᵢ·sᵢ·Bᵢ·Aᵢ "
-        f"over the modules both adapt (0: orthogonal updates, 1: the same direction); merges degrade as it grows "
-        f"([arXiv 2508.11985]({PAPER_URL}))."
+        f"over the modules both adapt (0: orthogonal updates, 1: the same direction). [arXiv 2508.11985]({PAPER_URL}) "
+        "reports merges degrading as it grows; hubmerge's reproduction on SmolLM2-135M did not find the cosine "
+        "predicting what a sum loses, so it describes the overlap of the updates, not the merge's quality "
+        "(measure that on text with hubmerge's evaluation)."
     ]
     matrix = sim.get("rms_cosine") or []
     if names and matrix:

@@ -176,3 +176,11 @@ def test_cli_reports_the_table_json_and_card(paths, tmp_path, capsys):
     section = text.split("## Evaluation")[1].split("## Usage")[0]
     assert str(paths["base"]) not in section and str(paths["math_qa"]) not in section  # no local paths
     assert "a local model (local directory, weights sha256" in section
+
+
+def test_report_only_measures_and_writes_nothing(paths, tmp_path, capsys):
+    args = [str(paths["math"]), str(paths["words"]), "--report-only", "--json", "--eval-samples", "2"]
+    assert main([*args, "--eval-data", f"words={paths['words_text']}"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] is None and report["evaluation"]["domains"]["words"]["examples"] == 2
+    assert list(tmp_path.iterdir()) == []  # the working directory (tmp_path) stays empty
