@@ -38,8 +38,6 @@ SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 # PEFT prefixes every saved key with the PeftModel's path to the base model.
 KEY_PREFIX = "base_model.model."
-# Modules whose full weights PEFT saves when the vocabulary was resized (its EMBEDDING_LAYER_NAMES).
-_EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 
 @dataclass(frozen=True)
@@ -181,6 +179,7 @@ class LoraAdapter:
         halves: dict[str, dict[str, str]] = {}
         saved: dict[str, list[str]] = {}
         base_layers: dict[str, list[str]] = {}
+        candidates: dict[str, list[str]] = {}
         for name in names:
             if not name.startswith(KEY_PREFIX):
                 self.problems.append(f"{self._where(name)} does not follow PEFT's naming ('{KEY_PREFIX}…')")
@@ -198,20 +197,16 @@ class LoraAdapter:
                 base_layers.setdefault(module[: -len(".base_layer")], []).append(name)
             elif owner is not None:
                 saved.setdefault(owner, []).append(name)
-            elif module.rsplit(".", 1)[-1] in _EMBEDDING_NAMES and rel.endswith(".weight"):
-                # A resized vocabulary: PEFT saves the whole (base) embedding or head.
-                base_layers.setdefault(module, []).append(name)
             elif any(part.startswith("lora_velora") for part in rel.split(".")):
                 continue  # VeLoRA's training-time buffer: its delta is plain B·A
             elif rel.endswith("lora_magnitude_vector") or ".lora_magnitude_vector." in rel:
                 self.problems.append(f"{self._where(name)} is a DoRA magnitude vector; DoRA cannot be summed exactly")
             elif rel.endswith(".lora_B.bias"):
                 self.problems.append(f"{self._where(name)} is a lora_B bias; lora_bias cannot be summed exactly")
+            elif rel.endswith(".weight"):
+                candidates.setdefault(module, []).append(name)  # a saved embedding? decided below
             else:
-                self.problems.append(
-                    f"{self._where(name)} matches no PEFT LoRA name (lora_A/lora_B/lora_embedding_A/B) "
-                    "and no entry of modules_to_save"
-                )
+                self._unknown(name)
         taken, parameters, self.parameter_layouts, problems = index_parameters(
             self.config, halves, self._shapes, self._dtypes, f"{self.source}: {self.weights_file.name}"
         )
@@ -223,15 +218,54 @@ class LoraAdapter:
             spec = self._module_spec(module, halves[module])
             if spec is not None:
                 modules[module] = spec
+        widths = {w for spec in modules.values() for w in (spec.in_features, spec.out_features)}
+        under: dict[str, int] = {}  # module → how many tensors lie under it (one pass, not one per candidate)
+        for name in names:
+            parts = name[len(KEY_PREFIX) :].split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                if prefix in candidates:
+                    under[prefix] = under.get(prefix, 0) + 1
+        for module, tensors in candidates.items():
+            if self._is_saved_embedding(tensors, widths, alone=under.get(module, 0) == 1):
+                base_layers.setdefault(module, []).extend(tensors)
+            else:
+                for name in tensors:
+                    self._unknown(name)
         return dict(sorted(modules.items())), dict(sorted(saved.items())), dict(sorted(base_layers.items()))
 
+    def _unknown(self, name: str) -> None:
+        self.problems.append(
+            f"{self._where(name)} matches no PEFT LoRA name (lora_A/lora_B/lora_embedding_A/B), "
+            "no entry of modules_to_save and no saved embedding layer"
+        )
+
+    def _is_saved_embedding(self, tensors: list[str], widths: set[int], *, alone: bool) -> bool:
+        """Whether ``module.weight`` is a full embedding PEFT saved (``save_embedding_layers``, a resized vocabulary).
+
+        PEFT saves the model's input and output embeddings under whatever name the
+        architecture gives them (``embed_tokens``, ``wte``, ``embed_in``,
+        ``word_embeddings``, ``lm_head``, ``embed_out`` …), so they are recognised by
+        what is saved, not by name: one 2-D float ``weight`` and nothing else of that
+        module (no bias, no LoRA inside it), as wide as the hidden size the adapter's
+        factors show. ``alone``: no other tensor lies under the module.
+        """
+        if len(tensors) != 1 or not alone:
+            return False
+        shape, dtype = self._shapes[tensors[0]], self._dtypes[tensors[0]]
+        return len(shape) == 2 and dtype.is_floating_point and (not widths or shape[1] in widths)
+
     def _saved_module(self, rel: str) -> str | None:
-        """The ``modules_to_save`` module a tensor belongs to: the shortest prefix of its
-        name that is, or ends at a dot with, an entry (``classifier`` for ``classifier.dense.weight``)."""
+        """The ``modules_to_save`` module a tensor belongs to: the shortest prefix of its name
+        that ends with an entry (``classifier`` for ``classifier.dense.weight``).
+
+        A plain ``endswith``, as PEFT matches ``modules_to_save`` (every release): with
+        ``classifier`` listed, DistilBERT's ``pre_classifier`` is saved in full too.
+        """
         parts = rel.split(".")
         for end in range(1, len(parts)):
             prefix = ".".join(parts[:end])
-            if any(prefix == m or prefix.endswith("." + m) for m in self.config.modules_to_save):
+            if any(prefix.endswith(m) for m in self.config.modules_to_save if m):
                 return prefix
         return None
 

@@ -33,6 +33,7 @@ from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
 from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
+from .peft_releases import plain_target_names
 from .provenance import HubOrigin, LocalOrigin
 from .recipe import RecipeSource, recipe_of
 from .report import (
@@ -230,21 +231,26 @@ def merge(
     dtype_notes: list[Notice] = []
     if out_dtype is None:
         out_dtype, dtype_notes = _inputs_dtype(adapters, names)
-    canonical = _canonical_base_models(adapters, resolve_base_model, token)
+    canonical, model_types, base_notes = _canonical_base_models(adapters, resolve_base_model, token)
     compat = check_compatibility(
-        adapters, allow_base_mismatch=allow_base_mismatch, canonical=canonical, scan_factors=False
+        adapters,
+        allow_base_mismatch=allow_base_mismatch,
+        canonical=canonical,
+        model_types=model_types,
+        scan_factors=False,
     )
 
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds(), weights=coefficients)
     modules: dict[str, _MergedModule] = {}
     broken: list[Problem] = []  # NaN/Inf found during the pass: refused before anything is written
-    scratch = _scratch_buffer(adapters, compat.coverage)
+    scratch = _scratch_buffer(adapters, compat)
     cap = target.max_rank if target else None
     items = tqdm(compat.coverage.items(), desc="merging modules", unit="module", total=len(compat.coverage))
     for key, owners in items:
         stats, merged = _merge_module(
-            adapters, key, owners, coefficients, chosen, params, out_dtype, scratch, report_only=report_only, cap=cap
-        )
+            adapters, key, owners, coefficients, chosen, params, out_dtype, scratch,
+            own_keys=[compat.own_key(i, key) for i in owners], report_only=report_only, cap=cap,
+        )  # fmt: skip
         if isinstance(stats, list):
             broken.extend(stats)
             continue
@@ -270,7 +276,7 @@ def merge(
     parameters = sorted({m.parameter for m in modules.values() if m.parameter is not None})
     report = _report(
         adapters, names, coefficients, compat, canonical, similarity_report,
-        [*compat.warnings, *dtype_notes, *zero, *similarity_notes, *output_notice(parameters)],
+        [*compat.warnings, *base_notes, *dtype_notes, *zero, *similarity_notes, *output_notice(parameters)],
         method=MethodSummary(
             name=chosen.name, description=chosen.description, paper=chosen.paper, exact=exact, parameters=used
         ),
@@ -284,14 +290,16 @@ def merge(
         return replace(report, serving=serving_section(serving_facts(report, {}, full_weights=[])))
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
+    module_keys = [key for key, m in modules.items() if m.parameter is None]
     config = build_config(
-        [key for key, m in modules.items() if m.parameter is None],
+        module_keys,
         max(ranks.values(), default=1),
         base_model_name_or_path=compat.base_model,
         revision=compat.revision,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         fan_in_fan_out=adapters[0].config.fan_in_fan_out,
         modules_to_save=list(compat.saved_modules),
+        target_names=plain_target_names([a.config for a in adapters], module_keys),
         target_parameters=parameters,
     )
     recipe = recipe_of(
@@ -360,15 +368,19 @@ def _merge_module(
     out_dtype: torch.dtype,
     scratch: torch.Tensor,
     *,
+    own_keys: Sequence[str],
     report_only: bool,
     cap: int | None = None,
 ) -> tuple[ModuleGram | list[Problem], _MergedModule | None]:
     """One module: read its factors, compare them in rank space, combine them with the method.
 
+    ``own_keys`` are the names each owner gives the module (an adapter saved against an older
+    checkpoint layout names it differently from the merge).
+
     Returns the module's statistics (or, for NaN/Inf inputs, the problems) and its merged factors.
     """
-    factors = [adapters[i].factors(key) for i in owners]
-    scales = [adapters[i].scale(key) for i in owners]
+    factors = [adapters[i].factors(k) for i, k in zip(owners, own_keys)]
+    scales = [adapters[i].scale(k) for i, k in zip(owners, own_keys)]
     weights = [coefficients[i] for i in owners]
     ranks = [a.shape[0] for a, _ in factors]
     # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
@@ -379,8 +391,8 @@ def _merge_module(
     if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
         problems = [
             Problem(text, code="nonfinite", source=adapters[i].source, module=key)
-            for i in owners
-            for text in nonfinite_factors(adapters[i], key)
+            for i, own in zip(owners, own_keys)
+            for text in nonfinite_factors(adapters[i], own)
         ]
         if problems:
             return problems, None
@@ -413,7 +425,7 @@ def _merge_module(
             reason="dtype_overflow",
             module=key,
         )
-    spec = adapters[owners[0]].modules[key]
+    spec = adapters[owners[0]].modules[own_keys[0]]
     return stats, _MergedModule(
         a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert
     )
@@ -441,8 +453,15 @@ def _output_tensors(
     for owners in (compat.saved_modules, compat.base_layers):
         group = "saved_modules" if owners is compat.saved_modules else "base_layers"
         for key, owner in owners.items():
-            for name in getattr(adapters[owner], group)[key]:
-                tensors[name] = adapters[owner].tensor(name)
+            own = compat.own_key(owner, key)
+            for name in getattr(adapters[owner], group)[own]:
+                # Written under the merge's layout: the rest of the name follows the module key.
+                rest = name[len(KEY_PREFIX) + len(own) :]
+                if group == "base_layers":
+                    # A full embedding sits under the LoRA wrapper when the merge adapts that module (another
+                    # adapter may have), beside it otherwise: PEFT loads `X.weight` into a wrapped X nowhere.
+                    rest = ".base_layer.weight" if key in modules else ".weight"
+                tensors[KEY_PREFIX + key + rest] = adapters[owner].tensor(name)
     return tensors
 
 
@@ -574,23 +593,43 @@ def _inputs_dtype(adapters: Sequence[LoraAdapter], names: Sequence[str]) -> tupl
     return chosen, [Notice("mixed_dtypes", message)]
 
 
-def _canonical_base_models(adapters: Sequence[LoraAdapter], resolve: bool | None, token) -> dict[str, str]:
+def _canonical_base_models(
+    adapters: Sequence[LoraAdapter], resolve: bool | None, token
+) -> tuple[dict[str, str], dict[str, str], list[Notice]]:
+    """Where the Hub was asked: base model name → the model whose weights it holds (canonical id,
+    quantized mirrors followed to their root), name → its model_type, and a notice per quantized
+    mirror saying who trained on it."""
     names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
     if resolve is None:
         from_hub = any(a.hub_origin is not None for a in adapters)
         resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
     if not resolve:
-        return {}
-    from .hub import canonical_repo_id
+        return {}, {}, []
+    from .hub import resolve_base_model
 
-    found = {}
+    found: dict[str, str] = {}
+    model_types: dict[str, str] = {}
+    notes: list[Notice] = []
     for name in sorted(names):
         if Path(name).expanduser().is_dir():
             continue  # a local base model: nothing to ask the Hub
-        canonical = canonical_repo_id(name, token=token)
-        if canonical is not None:
-            found[name] = canonical
-    return found
+        info = resolve_base_model(name, token=token)
+        if info is None:
+            continue
+        found[name] = info.root
+        if info.model_type:
+            model_types[name] = info.model_type
+        if info.quantized_from:
+            users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
+            notes.append(
+                Notice(
+                    "quantized_base",
+                    f"{users}: trained on {info.repo_id!r}, a quantized mirror "
+                    f"({info.quantization or 'quantization_config'}) of {info.root!r}; compared as {info.root!r}, "
+                    "so its delta was learnt against the quantized weights",
+                )
+            )
+    return found, model_types, notes
 
 
 def _kept_energy(modules: dict[str, _MergedModule]) -> KeptEnergy:
@@ -599,11 +638,11 @@ def _kept_energy(modules: dict[str, _MergedModule]) -> KeptEnergy:
     return KeptEnergy(overall=round_float(overall), per_module={key: round_float(m.kept) for key, m in modules.items()})
 
 
-def _scratch_buffer(adapters: Sequence[LoraAdapter], coverage: dict[str, list[int]]) -> torch.Tensor:
+def _scratch_buffer(adapters: Sequence[LoraAdapter], compat: Compatibility) -> torch.Tensor:
     """One float32 buffer, sized for the largest module, that every module's analysis copy reuses."""
     largest = 0
-    for key, owners in coverage.items():
-        spec = adapters[owners[0]].modules[key]
-        rank = sum(adapters[i].modules[key].rank for i in owners)
+    for key, owners in compat.coverage.items():
+        spec = adapters[owners[0]].modules[compat.own_key(owners[0], key)]
+        rank = sum(adapters[i].modules[compat.own_key(i, key)].rank for i in owners)
         largest = max(largest, rank * (spec.in_features + spec.out_features))
     return torch.empty(largest, dtype=torch.float32)

@@ -18,6 +18,7 @@ import torch
 from .adapter import LoraAdapter
 from .errors import IncompatibleAdaptersError, Problem
 from .experts import plan_parameters
+from .layouts import layout_keymaps
 from .notice import Notice
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
@@ -39,6 +40,8 @@ class Compatibility:
         base_layers: module key → index of the adapter whose saved base embedding is carried over.
         parameter_depths: parameter key → its nesting depth in the merged file (``target_parameters``).
         warnings: things the user should know that do not stop the merge.
+        own_keys: per adapter, module key in the merge's layout → the adapter's own key,
+            where they differ (an adapter saved against an older checkpoint layout).
     """
 
     base_model: str | None
@@ -48,6 +51,11 @@ class Compatibility:
     base_layers: dict[str, int] = field(default_factory=dict)
     warnings: list[Notice] = field(default_factory=list)
     parameter_depths: dict[str, int] = field(default_factory=dict)
+    own_keys: list[dict[str, str]] = field(default_factory=list)
+
+    def own_key(self, index: int, key: str) -> str:
+        """The key adapter ``index`` itself uses for the merge's module ``key``."""
+        return self.own_keys[index].get(key, key) if index < len(self.own_keys) else key
 
 
 def normalize_base_model(name: str) -> str:
@@ -69,6 +77,7 @@ def check_compatibility(
     check_values: bool = True,
     scan_factors: bool = True,
     canonical: Mapping[str, str] | None = None,
+    model_types: Mapping[str, str] | None = None,
 ) -> Compatibility:
     """Check that ``adapters`` can be summed exactly.
 
@@ -81,6 +90,8 @@ def check_compatibility(
             the factors detects NaN/Inf itself, from the Gram diagonals.
         canonical: base model name → its canonical Hub id, where the Hub was
             asked (so ``gpt2`` and ``openai-community/gpt2`` compare equal).
+        model_types: base model name → its ``model_type``, where the Hub told it; it
+            decides which checkpoint layout renames apply (:mod:`hubmerge.layouts`).
 
     Returns:
         A :class:`Compatibility` with the module coverage and the warnings.
@@ -99,14 +110,15 @@ def check_compatibility(
         raise IncompatibleAdaptersError(["no adapters given"])
 
     for adapter in adapters:
-        problems.extend(adapter.problems)
         config = adapter.config
+        # The config says why first (DoRA, lora_bias …); the tensors it explains come after.
         if (config.peft_type or "").upper() != "LORA":
             problems.append(
                 f"{adapter.source}: peft_type is {config.peft_type!r}, not 'LORA'; only LoRA adapters can be merged"
             )
         for key, reason in config.unsupported.items():
             problems.append(f"{adapter.source}: {key} is set: {reason}")
+        problems.extend(adapter.problems)
         if not adapter.modules and not adapter.problems:  # else the problems say why none could be used
             problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
 
@@ -118,14 +130,16 @@ def check_compatibility(
         [[k for k, spec in a.modules.items() if spec.parameter is None] for a in adapters],
     )
     problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
-    coverage = _check_modules(adapters, problems)
-    saved_modules = _check_saved_modules(adapters, problems)
-    base_layers = {key: owners[0] for key, owners in _owners(adapters, "base_layers").items()}
+    known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
+    views = _layout_views(adapters, warnings, known.pop() if len(known) == 1 else None)
+    coverage = _check_modules(adapters, views, problems)
+    saved_modules = _check_saved_modules(adapters, views, problems)
+    base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
     if check_values:
         # Without scan_factors the caller checks the factors in its own pass; but when the
         # check fails anyway, scanning costs nothing that matters and completes the list.
         _check_values(adapters, problems, factors=scan_factors or bool(problems))
-        _check_base_layers_agree(adapters, problems)
+        _check_base_layers_agree(adapters, views, problems)
 
     if problems:
         raise IncompatibleAdaptersError(problems)
@@ -145,7 +159,31 @@ def check_compatibility(
         base_layers=base_layers,
         warnings=warnings,
         parameter_depths=parameter_depths,
+        own_keys=[{new: own for own, new in view["renames"].items()} for view in views],
     )
+
+
+def _layout_views(adapters, warnings, model_type: str | None) -> list[dict]:
+    """Each adapter's modules, saved modules and saved base layers under the merge's layout keys."""
+    attributes = ("modules", "saved_modules", "base_layers")
+    keymaps, renamed = layout_keymaps(
+        [[k for a in attributes for k in getattr(adapter, a)] for adapter in adapters], model_type=model_type
+    )
+    for index, family in renamed:
+        warnings.append(
+            Notice(
+                "layout_renamed",
+                f"{adapters[index].source} was saved against an older checkpoint layout of the model ({family}: "
+                f"e.g. {next(iter(keymaps[index].items()))[0]!r}); its module keys are renamed as transformers and "
+                "PEFT rename them at load, so a module is merged once under its current name",
+            )
+        )
+    views = []
+    for adapter, keymap in zip(adapters, keymaps):
+        view = {a: {keymap.get(k, k): v for k, v in getattr(adapter, a).items()} for a in attributes}
+        view["renames"] = keymap
+        views.append(view)
+    return views
 
 
 def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tuple[str | None, str | None]:
@@ -166,9 +204,16 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
     for adapter in named[1:]:
         theirs = adapter.config.base_model_name_or_path or ""
         if identity(theirs) != identity(base or ""):
+            unresolved = [n for n in (base, theirs) if n not in canonical]
             message = (
                 f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"
+                + (
+                    f" ({', '.join(map(repr, unresolved))} not resolved on the Hub, so compared by name: a renamed "
+                    "repo or a quantized mirror of the same model is only recognised online)"
+                    if unresolved
+                    else ""
+                )
             )
             if allow_mismatch:
                 warnings.append(Notice("base_model_mismatch", message + _MISMATCH_ALLOWED))
@@ -199,15 +244,15 @@ def _check_fields(adapters, problems, warnings) -> None:
         )
 
 
-def _check_modules(adapters, problems) -> dict[str, list[int]]:
+def _check_modules(adapters, views, problems) -> dict[str, list[int]]:
     coverage: dict[str, list[int]] = {}
-    for index, adapter in enumerate(adapters):
-        for key in adapter.modules:
+    for index, view in enumerate(views):
+        for key in view["modules"]:
             coverage.setdefault(key, []).append(index)
     for key, owners in coverage.items():
-        first = adapters[owners[0]].modules[key]
+        first = views[owners[0]]["modules"][key]
         for index in owners[1:]:
-            spec = adapters[index].modules[key]
+            spec = views[index]["modules"][key]
             if spec.kind != first.kind:
                 problems.append(
                     f"{adapters[index].source}: module {key!r} is {spec.kind} LoRA but "
@@ -222,17 +267,17 @@ def _check_modules(adapters, problems) -> dict[str, list[int]]:
     return dict(sorted(coverage.items()))
 
 
-def _owners(adapters, attribute: str) -> dict[str, list[int]]:
+def _owners(views, attribute: str) -> dict[str, list[int]]:
     owners: dict[str, list[int]] = {}
-    for index, adapter in enumerate(adapters):
-        for key in getattr(adapter, attribute):
+    for index, view in enumerate(views):
+        for key in view[attribute]:
             owners.setdefault(key, []).append(index)
     return owners
 
 
-def _check_saved_modules(adapters, problems) -> dict[str, int]:
+def _check_saved_modules(adapters, views, problems) -> dict[str, int]:
     carried = {}
-    for key, owners in _owners(adapters, "saved_modules").items():
+    for key, owners in _owners(views, "saved_modules").items():
         if len(owners) > 1:
             listing = ", ".join(adapters[i].source for i in owners)
             problems.append(
@@ -241,11 +286,25 @@ def _check_saved_modules(adapters, problems) -> dict[str, int]:
             )
         else:
             carried[key] = owners[0]
-        lora = [adapters[i].source for i, a in enumerate(adapters) if key in a.modules]
+        # The module itself or any module inside it (a LoRA on classifier.dense under a saved classifier):
+        # PEFT loads the full copy and drops the LoRA keys under it.
+        lora = {
+            adapters[i].source: inner
+            for i, view in enumerate(views)
+            for inner in view["modules"]
+            if inner == key or inner.startswith(key + ".")
+        }
         if lora:
+            listing = ", ".join(f"{source} ({inner!r})" for source, inner in lora.items())
             problems.append(
-                f"module {key!r} is saved in full by {adapters[owners[0]].source} and LoRA-adapted by "
-                f"{', '.join(lora)}; the full copy would overwrite the LoRA delta"
+                Problem(
+                    f"module {key!r} is saved in full (modules_to_save) by {adapters[owners[0]].source} and "
+                    f"LoRA-adapted by {listing}; PEFT loads the full copy and drops the LoRA delta inside it, "
+                    "so the sum would not be exact; drop the module from modules_to_save or from the LoRA targets",
+                    code="saved_module_adapted",
+                    source=adapters[owners[0]].source,
+                    module=key,
+                )
             )
     return carried
 
@@ -271,12 +330,12 @@ def _check_values(adapters, problems, *, factors: bool = True) -> None:
                 )
 
 
-def _check_base_layers_agree(adapters, problems) -> None:
-    for key, owners in _owners(adapters, "base_layers").items():
+def _check_base_layers_agree(adapters, views, problems) -> None:
+    for key, owners in _owners(views, "base_layers").items():
         reference = adapters[owners[0]]
-        first = [reference.tensor(n) for n in reference.base_layers[key]]
+        first = [reference.tensor(n) for n in views[owners[0]]["base_layers"][key]]
         for index in owners[1:]:
-            other = [adapters[index].tensor(n) for n in adapters[index].base_layers[key]]
+            other = [adapters[index].tensor(n) for n in views[index]["base_layers"][key]]
             same = len(first) == len(other) and all(
                 a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)
             )

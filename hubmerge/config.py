@@ -66,6 +66,7 @@ class AdapterConfig:
     target_parameters: list[str] = field(default_factory=list)
     enable_lora: list[bool] | None = None  # PEFT 0.2's MergedLinear (hubmerge.legacy)
     layers_to_transform: list[int] | int | None = None
+    exclude_modules: list[str] | str | None = None
     modules_to_save: list[str] = field(default_factory=list)
     use_dora: bool = False
     lora_bias: bool = False
@@ -226,6 +227,7 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
         target_parameters=target_parameters,
         enable_lora=enable_lora,
         layers_to_transform=data.get("layers_to_transform"),
+        exclude_modules=data.get("exclude_modules") or None,
         modules_to_save=modules_to_save,
         use_dora=flag("use_dora"),
         lora_bias=flag("lora_bias"),
@@ -246,6 +248,7 @@ def build_config(
     task_type: str | None,
     fan_in_fan_out: bool,
     modules_to_save: Sequence[str] = (),
+    target_names: Sequence[str] | None = None,
     target_parameters: Sequence[str] = (),
 ) -> dict:
     """The merged adapter's ``adapter_config.json``, built from an allow-list.
@@ -255,43 +258,47 @@ def build_config(
     leak into the result and change its scale.
 
     Every module is stored with one rank (``r = lora_alpha = rank``, scale
-    exactly 1; smaller modules are zero-padded) and ``target_modules`` lists
-    the modules' short names. No per-module patterns and no full module keys:
-    those break on loading when a key is a dotted suffix of another, when PEFT
-    renames an older checkpoint layout's keys, or with older PEFT pattern rules.
-    Same-named modules the inputs did not adapt get a LoRA whose B is zero.
+    exactly 1; smaller modules are zero-padded) and ``target_modules`` is one
+    regular expression that selects exactly the merged modules (see
+    :mod:`hubmerge.peft_releases`). Only the fields some supported PEFT
+    release needs are written: releases 0.6 to 0.13 refuse keys they do not
+    know, and every field left out defaults, in every supported release, to
+    the value written here.
 
     Args:
         modules: the merged module keys.
         rank: the stored rank of every module.
         base_model_name_or_path, revision, task_type, fan_in_fan_out: agreed by the inputs.
         modules_to_save: full modules carried over from one input.
+        target_names: module names to write as ``target_modules`` instead of the regex, where they
+            select exactly the merged modules (:func:`hubmerge.peft_releases.plain_target_names`).
         target_parameters: full keys of the parameters that carry LoRA (:mod:`hubmerge.experts`):
-            exactly those are wrapped; such an output needs PEFT ≥ 0.17.
+            exactly those are wrapped; such an output needs PEFT ≥ 0.17 (the field is written only then).
     """
-    config: dict[str, Any] = {
+    from .peft_releases import select_fields, target_modules_pattern
+
+    wanted: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "revision": revision,
         "r": rank,
         "lora_alpha": rank,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_rslora": False,
-        "target_modules": sorted({key.rsplit(".", 1)[-1] for key in modules}),
-        "layers_to_transform": None,
-        "layers_pattern": None,
+        # No module at all (LoRA on expert parameters only): an empty list, as PEFT writes it.
+        "target_modules": list(target_names) if target_names else target_modules_pattern(modules) if modules else [],
         "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(modules_to_save) or None,
         "bias": "none",
         "lora_dropout": 0.0,
-        "lora_bias": False,
-        "use_dora": False,
         "init_lora_weights": True,
-        "inference_mode": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": False,
+        "use_dora": False,
+        "lora_bias": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
     }
     if target_parameters:
-        # Only where used: PEFT releases before 0.17 do not know the field.
-        config["target_parameters"] = list(target_parameters)
-    return config
+        wanted["target_parameters"] = list(target_parameters)
+    return select_fields(wanted, always=("peft_type", "r", "lora_alpha", "target_modules"))

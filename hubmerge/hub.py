@@ -33,16 +33,17 @@ from .provenance import HubOrigin
 from .sources import Source
 
 __all__ = [
+    "BaseModelInfo",
     "PulledAdapter",
     "PushResult",
     "ResolvedAdapter",
-    "canonical_repo_id",
     "check_download_size",
     "fetch_adapter",
     "fetch_base_model",
     "push_files",
     "upload_repo_files",
     "resolve_adapter",
+    "resolve_base_model",
     "whoami",
 ]
 
@@ -363,18 +364,79 @@ def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow
     )
 
 
-def canonical_repo_id(name: str, *, token: str | bool | None = None) -> str | None:
-    """The canonical id of a Hub model (renamed repos redirect: ``gpt2`` → ``openai-community/gpt2``).
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """A base model as the Hub knows it: its canonical id and, through quantized mirrors, its root.
 
-    Returns ``None`` when it cannot be asked (offline, unreachable, not on the Hub).
+    Attributes:
+        repo_id: the canonical id of the name that was asked (renamed repos redirect).
+        root: the model whose weights it holds: ``repo_id`` itself, or, for a quantized mirror
+            (``unsloth/…-bnb-4bit``, ``…-GPTQ``, ``…-AWQ``), the model its card names as
+            ``base_model`` with ``base_model_relation: quantized``, followed to the end.
+        quantized_from: the mirrors followed on the way, starting with ``repo_id``.
+        quantization: the ``quant_method`` of the first mirror's ``quantization_config``, where it has one.
+        model_type: the ``model_type`` of its ``config.json``, where the Hub shows one.
+    """
+
+    repo_id: str
+    root: str
+    quantized_from: tuple[str, ...] = ()
+    quantization: str | None = None
+    model_type: str | None = None
+
+
+# A chain of quantized mirrors longer than this is not a chain of mirrors.
+_MAX_MIRRORS = 4
+
+
+def resolve_base_model(name: str, *, token: str | bool | None = None) -> BaseModelInfo | None:
+    """Resolve a base model name on the Hub, following quantized mirrors to their root.
+
+    Only ``base_model_relation: quantized`` is followed (or no relation with a
+    ``quantization_config`` in the mirror's config, which is how the Hub infers
+    it): a fine-tune or a merge of a model has other weights, so it stays its own root.
+
+    Returns:
+        The :class:`BaseModelInfo`, or ``None`` when the Hub cannot be asked (offline,
+        unreachable, not on the Hub).
     """
     if _offline():
         return None
-    try:
-        return HfApi().model_info(name, token=token, timeout=_metadata_timeout()).id
-    except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
-        logger.info("could not resolve base model %r on the Hub: %s", name, type(err).__name__)
-        return None
+    chain: list[str] = []
+    quantization = model_type = None
+    current = name
+    while True:
+        try:
+            info = HfApi().model_info(current, token=token, timeout=_metadata_timeout())
+        except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
+            logger.info("could not resolve base model %r on the Hub: %s", current, type(err).__name__)
+            if not chain:
+                return None
+            # The mirror names a base the Hub does not have: stop at the mirror.
+            return BaseModelInfo(chain[0], chain[-1], tuple(chain[:-1]), quantization, model_type)
+        chain.append(info.id)
+        config = info.config if isinstance(info.config, dict) else {}
+        model_type = model_type or (config.get("model_type") if isinstance(config.get("model_type"), str) else None)
+        parent, method = _quantized_parent(info)
+        if parent is None or parent in chain or len(chain) > _MAX_MIRRORS:
+            return BaseModelInfo(chain[0], info.id, tuple(chain[:-1]), quantization, model_type)
+        quantization = quantization or method
+        current = parent
+
+
+def _quantized_parent(info) -> tuple[str | None, str | None]:
+    """The model a quantized mirror was made from, and its quantization method, from card and config."""
+    card = info.card_data.to_dict() if info.card_data is not None else {}
+    parents = card.get("base_model")
+    parents = [parents] if isinstance(parents, str) else list(parents or [])
+    config = info.config if isinstance(info.config, dict) else {}
+    quantization = config.get("quantization_config") if isinstance(config.get("quantization_config"), dict) else None
+    relation = card.get("base_model_relation")
+    if len(parents) != 1 or not isinstance(parents[0], str):
+        return None, None
+    if relation == "quantized" or (relation is None and quantization is not None):
+        return parents[0], (quantization or {}).get("quant_method")
+    return None, None
 
 
 def whoami(*, token: str | bool | None = None) -> str:

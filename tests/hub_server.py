@@ -136,6 +136,28 @@ def _is_lfs(path: str, size: int, patterns: list[str]) -> bool:
     return size > LFS_THRESHOLD or any(fnmatch.fnmatchcase(path if "/" in p else name, p) for p in patterns)
 
 
+def _front_matter(text: str) -> dict:
+    """The YAML metadata block of a model card, for the flat subset cards use here (``key: value`` and
+    ``key:`` followed by ``- item`` lines); the standard library has no YAML parser."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    data: dict = {}
+    key = None
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return data
+        if line.lstrip().startswith("- ") and key is not None:
+            data.setdefault(key, [])
+            if isinstance(data[key], list):
+                data[key].append(line.strip()[2:].strip().strip("'\""))
+        elif ":" in line and not line.startswith(" "):
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip().strip("'\"")
+            data[key] = value if value else []
+    return {}
+
+
 def _file_json(path: str, entry: dict) -> dict:
     """A file as the tree endpoint lists it."""
     out = {"type": "file", "path": path, "size": entry["size"], "oid": entry["oid"]}
@@ -677,6 +699,16 @@ class _Handler(BaseHTTPRequestHandler):
         info = {"_id": rid, "id": repo_id, "author": repo_id.split("/")[0], "sha": commit["id"]}
         info.update(lastModified=commit["date"], createdAt=meta["created"], private=meta["private"])
         info.update(gated=meta["gated"], disabled=False, downloads=0, likes=0, tags=[], siblings=siblings)
+        # Like the Hub: the model card's metadata, and the part of config.json it shows (quantization included).
+        files = commit["files"]
+        if "README.md" in files:
+            card = _front_matter(self.hub._blob_path(files["README.md"]["oid"]).read_text(encoding="utf-8"))
+            if card:
+                info["cardData"] = card
+        if "config.json" in files:
+            config = json.loads(self.hub._blob_path(files["config.json"]["oid"]).read_text(encoding="utf-8"))
+            shown = ("architectures", "model_type", "quantization_config")
+            info["config"] = {k: config[k] for k in shown if isinstance(config, dict) and k in config}
         if repo_type == "space":  # space_info's sdk; no runtime: this server never builds a Space
             info["sdk"] = meta.get("sdk")
         self._json(info)

@@ -120,7 +120,7 @@ def test_old_release_merges_exactly(tmp_path, release, family):
         for module, delta in fixture_deltas(directory).items():
             want[module] = want.get(module, 0) + weight * delta
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == config["lora_alpha"] and not config["use_rslora"]
+    assert config["r"] == config["lora_alpha"] and not config.get("use_rslora", False)
     got_state = load_file(out / "adapter_model.safetensors")
     got = {
         name[len(PREFIX) : -len(".lora_A.weight")]: got_state[name.replace("lora_A", "lora_B")].double() @ a.double()
