@@ -130,6 +130,16 @@ def merge(
     resolve_base_model: bool | None = None,
     max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
     max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+    eval_data=None,
+    base_model: str | Path | None = None,
+    eval_samples: int = 32,
+    eval_max_length: int = 512,
+    eval_split: str = "test",
+    eval_batch_size: int = 8,
+    device: str = "auto",
+    tune_weights: bool = False,
+    tune_samples: int | None = None,
+    tune_steps: int | None = None,
     max_rank: int | None = None,
     fit: str | None = None,
 ) -> MergeResult | MergeReport:
@@ -153,6 +163,15 @@ def merge(
             (so renamed repos compare equal). Default: when a source comes from
             the Hub or the names differ; never with ``HF_HUB_OFFLINE=1``.
         max_adapters, max_download_bytes: limits, see :func:`load_adapters`.
+        eval_data: measure the merge on text: ``{NAME: PATH}`` or ``["NAME=PATH", …]``, NAME a
+            source's display name (see :func:`hubmerge.evaluate`); needs ``hubmerge[eval]``.
+        base_model, eval_samples, eval_max_length, eval_split, eval_batch_size, device: the
+            evaluation's base model (default the adapters'), examples per domain, tokens per
+            example, split, batch size and device (:func:`hubmerge.evaluate`).
+        tune_weights: choose the weights (``weights`` is the start) on the records after the first
+            ``eval_samples`` of each split; the numbers reported are on the first ``eval_samples``.
+        tune_samples, tune_steps: how many records per domain to tune on (default ``eval_samples``)
+            and how many gradient steps (default 20).
         max_rank: cap every module's rank at this; a module whose true rank fits stays
             exact (refactored at its true rank when that is below its stacked rank), one
             above is truncated by SVD and its kept energy reported.
@@ -162,7 +181,8 @@ def merge(
 
     Returns:
         A :class:`MergeResult` (``result.save_pretrained(dir)`` writes it), or with
-        ``report_only`` the :class:`MergeReport` alone.
+        ``report_only`` the :class:`MergeReport` alone. With ``eval_data``, ``report.evaluation``
+        holds the measurements.
 
     Raises:
         SourceError, AdapterError, HubError: a source cannot be read or fetched.
@@ -175,6 +195,22 @@ def merge(
         0.0123
         >>> result.save_pretrained("merged")
     """
+    if eval_data is not None or tune_weights:
+        if eval_data is None:
+            raise InvalidArgumentError("tune_weights needs eval_data: the weights are tuned on it")
+        from .evaluation.runner import merge_with_evaluation
+
+        options = dict(
+            weights=weights, method=method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
+            dtype=dtype, allow_pickle=allow_pickle, allow_base_mismatch=allow_base_mismatch, report_only=report_only,
+            thresholds=thresholds, token=token, resolve_base_model=resolve_base_model, max_adapters=max_adapters,
+            max_download_bytes=max_download_bytes, max_rank=max_rank, fit=fit,
+        )  # fmt: skip
+        return merge_with_evaluation(
+            merge, sources, eval_data=eval_data, merge_options=options, base_model=base_model, samples=eval_samples,
+            max_length=eval_max_length, split=eval_split, device=device, batch_size=eval_batch_size, tune=tune_weights,
+            tune_samples=tune_samples, tune_steps=tune_steps,
+        )  # fmt: skip
     # Bad options fail before any download.
     chosen = get_method(method)
     params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()

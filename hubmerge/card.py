@@ -94,6 +94,7 @@ def build_card(
             "## Sources\n\n" + _sources_table(sources),
             "## Method\n\n" + _method(report),
             "## Interference\n\n" + _interference(report, heatmap_path),
+            *(["## Evaluation\n\n" + _evaluation(report["evaluation"])] if report.get("evaluation") else []),
             "## Usage\n\n" + _usage(report, base, repo_id),
             *(["## Serving\n\n" + render_serving(report["serving"], adapter=repo_id)] if report.get("serving") else []),
             "## Reproduce\n\n" + _reproduce(command),
@@ -237,8 +238,10 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
     names = [_cell(n) for n in sim.get("adapters") or []]
     parts = [
         f"RMS cosine: for each pair, the root mean square of the cosine between their weight deltas wᵢ·sᵢ·Bᵢ·Aᵢ "
-        f"over the modules both adapt (0: orthogonal updates, 1: the same direction); merges degrade as it grows "
-        f"([arXiv 2508.11985]({PAPER_URL}))."
+        f"over the modules both adapt (0: orthogonal updates, 1: the same direction). [arXiv 2508.11985]({PAPER_URL}) "
+        "reports merges degrading as it grows; hubmerge's reproduction on SmolLM2-135M did not find the cosine "
+        "predicting what a sum loses, so it describes the overlap of the updates, not the merge's quality "
+        "(measure that on text with hubmerge's evaluation)."
     ]
     matrix = sim.get("rms_cosine") or []
     if names and matrix:
@@ -259,6 +262,12 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
     else:
         parts.append("No interference warnings.")
     return "\n\n".join(parts)
+
+
+def _evaluation(section: dict) -> str:
+    from .evaluation.render import card_markdown
+
+    return card_markdown(section)
 
 
 def _usage(report: dict, base: str | None, repo_id: str) -> str:

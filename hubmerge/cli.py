@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ._version import __version__
 from .errors import (
+    EvaluationMemoryError,
     GatedRepoAccessError,
     GGUFExportError,
     HubError,
@@ -72,6 +73,8 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (RevisionNotFoundError, None): "check the branch, tag or commit sha",
     (GatedRepoAccessError, None): "request access on the repo's page, then use that account's token (`hf auth login`)",
     (HubError, "offline"): "run once with network access, or unset HF_HUB_OFFLINE",
+    (EvaluationMemoryError, "batch_size"): "lower --eval-batch-size (or --eval-max-length)",
+    (EvaluationMemoryError, "max_length"): "lower --eval-max-length",
     (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)",
     (HubError, "token_rejected"): "log in again with `hf auth login`",
     (HubError, "moved"): "run the command again",
@@ -185,6 +188,42 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="merge adapters naming different base models (warns)",
     )
+    evaluation = parser.add_argument_group(
+        "evaluation on text (needs pip install 'hubmerge[eval]')",
+        "score the base, each source alone and the merge on each domain's text: mean NLL per predicted token",
+    )
+    evaluation.add_argument(
+        "--eval-data",
+        action="append",
+        metavar="NAME=PATH",
+        help="a source's display name = a .jsonl (text, prompt+completion, question+answer or messages), .txt or "
+        "Hub dataset (repeat per domain)",
+    )
+    evaluation.add_argument(
+        "--base-model", metavar="ID_OR_DIR", help="base model to evaluate on (default: the adapters')"
+    )
+    evaluation.add_argument(
+        "--eval-samples", type=_positive, default=32, metavar="N", help="first N records per domain (32)"
+    )
+    evaluation.add_argument(
+        "--eval-max-length", type=_positive, default=512, metavar="L", help="tokens per example (512)"
+    )
+    evaluation.add_argument(
+        "--eval-split", default="test", metavar="SPLIT", help="records whose split field is this (test)"
+    )
+    evaluation.add_argument(
+        "--eval-batch-size", type=_positive, default=8, metavar="B", help="examples per forward pass (8)"
+    )
+    evaluation.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to evaluate"
+    )
+    evaluation.add_argument(
+        "--tune-weights",
+        action="store_true",
+        help="choose the weights (--weights is the start) on the records after the first N; report on the first N",
+    )
+    evaluation.add_argument("--tune-samples", type=_positive, metavar="T", help="records per domain to tune on (N)")
+    evaluation.add_argument("--tune-steps", type=_count0, default=20, metavar="S", help="gradient steps (20)")
     hub = parser.add_argument_group("Hub")
     hub.add_argument(
         "--push",
@@ -248,6 +287,26 @@ def _glue_negative_weights(argv: list[str]) -> list[str]:
         else:
             glued.append(arg)
     return glued
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _count0(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return value
 
 
 def _count(text: str) -> int | None:
@@ -315,6 +374,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         parser.error("--gguf-base goes with --gguf")
     if args.report_only and (pushing or args.output or args.gguf):
         parser.error("--report-only writes nothing; it cannot be combined with --push, -o or --gguf")
+    if args.tune_weights and not args.eval_data:
+        parser.error("--tune-weights tunes on the evaluation data: give --eval-data NAME=PATH")
     if pushing:
         _check_push_target(args, parser, argv)
     output = None
@@ -340,6 +401,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         max_download_bytes=args.max_download_size,
         max_rank=args.max_rank,
         fit=args.fit,
+        **_evaluation_options(args),
     )
     if args.report_only:
         report = merge(args.sources, report_only=True, **options)
@@ -404,6 +466,23 @@ def _print(args: argparse.Namespace, data: dict, text: str, lines: list[str]) ->
         print()
     for line in lines:
         print(line)
+
+
+def _evaluation_options(args: argparse.Namespace) -> dict:
+    if not args.eval_data:
+        return {}
+    return {
+        "eval_data": args.eval_data,
+        "base_model": args.base_model,
+        "eval_samples": args.eval_samples,
+        "eval_max_length": args.eval_max_length,
+        "eval_split": args.eval_split,
+        "eval_batch_size": args.eval_batch_size,
+        "device": args.device,
+        "tune_weights": args.tune_weights,
+        "tune_samples": args.tune_samples,
+        "tune_steps": args.tune_steps,
+    }
 
 
 def _check_push_target(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:

@@ -14,6 +14,10 @@ the builtin it resembles, so ``except ValueError`` keeps working::
     ├── InvalidArgumentError (ValueError)     a merge option with a bad value
     ├── OutputExistsError (FileExistsError)   would overwrite a non-empty directory
     ├── LimitExceededError (ValueError)       too many adapters, or too many bytes to download
+    ├── EvaluationDataError (ValueError)      evaluation data that cannot be read or matched to a source
+    ├── BaseModelError (ValueError)           a base model that cannot be used to evaluate these adapters
+    ├── EvaluationMemoryError (MemoryError)   the evaluation ran out of memory
+    ├── MissingDependencyError (ImportError)  an optional extra (``hubmerge[eval]``) is not installed
     ├── GGUFExportError (ValueError)          llama.cpp cannot take this adapter (or its base) as GGUF
     └── HubError (OSError)                    a Hub request failed or was refused
         ├── RepoNotFoundError                 missing, or private without access
@@ -39,6 +43,9 @@ __all__ = [
     "AdapterError",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "BaseModelError",
+    "EvaluationDataError",
+    "EvaluationMemoryError",
     "GGUFExportError",
     "GatedRepoAccessError",
     "HubError",
@@ -46,6 +53,7 @@ __all__ = [
     "IncompatibleAdaptersError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "MissingDependencyError",
     "OutputExistsError",
     "Problem",
     "PushError",
@@ -193,3 +201,27 @@ class RevisionNotFoundError(HubError):
 class PushError(HubError):
     """Raised when creating the target repository or its commit is refused
     (no write access, a branch that moved during the push)."""
+
+
+class EvaluationDataError(HubmergeError, ValueError):
+    """Raised when evaluation data cannot be used: a missing or empty file, a record with no usable
+    text field, no record of the chosen split, or a domain name that matches no source."""
+
+
+class BaseModelError(HubmergeError, ValueError):
+    """Raised when the base model cannot evaluate the adapters: not a model, no tokenizer, or
+    modules whose shapes do not fit the adapters' factors (checked before any forward pass)."""
+
+
+class EvaluationMemoryError(HubmergeError, MemoryError):
+    """Raised when the evaluation runs out of memory. :attr:`setting` names the argument to
+    lower first (``"batch_size"``; with a batch of one, ``"max_length"``)."""
+
+    def __init__(self, message: str, *, setting: str = "batch_size"):
+        super().__init__(message, reason=setting)
+        self.setting = setting
+
+
+class MissingDependencyError(HubmergeError, ImportError):
+    """Raised when a feature needs an optional extra that is not installed; the message names the
+    ``pip install`` command."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
 from .adapter import PICKLE_NAME, SAFETENSORS_NAME
@@ -39,6 +39,7 @@ __all__ = [
     "ResolvedAdapter",
     "check_download_size",
     "fetch_adapter",
+    "fetch_base_model",
     "push_files",
     "upload_repo_files",
     "resolve_adapter",
@@ -575,6 +576,47 @@ def _push_error(err: BaseException, repo_id: str, action: str, token) -> HubErro
         reason="transport",
         **fields,
     )
+
+
+# What a transformers model needs to load: config, weights and tokenizer files (no pickles, no ONNX).
+_BASE_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def fetch_base_model(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> tuple[Path, str]:
+    """Download a base model's config, safetensors weights and tokenizer (or find them in the HF cache).
+
+    Args:
+        repo_id: the model repository.
+        revision: branch, tag or commit; default the main branch.
+        token: Hub token; default the logged-in one.
+
+    Returns:
+        ``(snapshot directory, commit sha)``.
+
+    Raises:
+        RepoNotFoundError, GatedRepoAccessError, RevisionNotFoundError: the Hub refused.
+        HubError: offline and not cached, or the Hub could not be reached.
+    """
+    where = f"base model {repo_id}"
+    try:
+        path = snapshot_download(
+            repo_id, revision=revision, token=token, allow_patterns=_BASE_MODEL_FILES, etag_timeout=_metadata_timeout()
+        )
+    except hf_errors.LocalEntryNotFoundError as err:
+        if _offline() or err.__cause__ is None:
+            at = f"{repo_id}{'@' + revision if revision else ''}"
+            raise HubError(
+                f"{where}: HF_HUB_OFFLINE=1 is set (or the Hub is unreachable) and {at} is not in the local cache: "
+                "download it once with network access, or give a local model directory as the base model"
+            ) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+    except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
+        if isinstance(err, (hf_errors.HFValidationError, ValueError)) and not isinstance(err, hf_errors.HfHubHTTPError):
+            raise RepoNotFoundError(
+                f"{where}: {repo_id!r} is neither a local directory nor a valid Hub repo id; check the name"
+            ) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+    return Path(path), Path(path).name
 
 
 def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> Path:

@@ -64,12 +64,18 @@ class Thresholds:
             same-seed pairs measured 0.995, different seeds 0.076–0.079; 0.53 is the middle
             of that gap. By chance the overlap is about √(r/in_features): raise this for
             ranks near the layer width.
+        retention: warn (``merge_loses``) for a source whose retention on its own evaluation
+            domain, (L_base − L_merged) / (L_base − L_source), is below this: the merge keeps
+            less than this share of the loss the source alone gained over the base. Only
+            measured merges are judged (``eval_data``). 0.5 is a choice, not a calibration:
+            below it the merge loses more than half of what the adapter learned.
         max_listed: how many module keys a warning names before summarising.
     """
 
     rms_cosine: float = 0.1
     cancel_ratio: float = 0.5
     a_overlap: float = 0.53
+    retention: float = 0.5
     max_listed: int = 5
 
     def to_dict(self) -> dict[str, int | float]:

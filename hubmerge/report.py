@@ -182,6 +182,7 @@ class MergeReport:
     ``report_only`` runs leave :attr:`output` (and :attr:`kept_energy`) ``None``.
     :attr:`serving` is where the adapter can be served (:mod:`hubmerge.serving`): the
     facts checked, the rank fit if one was asked, and one verdict per engine.
+    :attr:`evaluation` is what ``eval_data`` measured on text (:mod:`hubmerge.evaluation`).
     """
 
     method: MethodSummary
@@ -195,6 +196,7 @@ class MergeReport:
     output: OutputSummary | None
     kept_energy: KeptEnergy | None = None
     serving: Mapping[str, Any] | None = None
+    evaluation: Mapping[str, Any] | None = None
     hubmerge_version: str = __version__
 
     @property
@@ -372,6 +374,10 @@ def render_text(report: MergeReport, *, adapter: str | None = None) -> str:
         from .serving import render_text as render_serving
 
         lines += ["", *render_serving(report.serving, adapter=adapter)]
+    if report.evaluation:
+        from .evaluation.render import text_lines
+
+        lines += ["", *text_lines(report.evaluation)]
     if report.warnings:
         lines += ["", f"warnings ({len(report.warnings)}):"]
         lines += [f"  ! {w.message}" for w in report.warnings]

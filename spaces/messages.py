@@ -39,6 +39,12 @@ HINTS: dict[tuple[type[BaseException], str | None], str] = {
     (hubmerge.IncompatibleAdaptersError, None): (
         "Choose adapters trained on the same base model, with the same settings."
     ),
+    (hubmerge.EvaluationDataError, None): (
+        "Check the evaluation data: each record needs text, prompt + completion, question + answer or messages."
+    ),
+    (hubmerge.BaseModelError, None): "Evaluate on the base model the adapters were trained on.",
+    (hubmerge.EvaluationMemoryError, None): "Evaluate fewer or shorter examples at a time, or with more memory.",
+    (hubmerge.MissingDependencyError, None): "Install the optional extra the message names.",
     (hubmerge.InvalidArgumentError, "weight_overflow"): "Use smaller weights.",
     (hubmerge.InvalidArgumentError, "dtype_overflow"): "Use smaller weights.",
     (hubmerge.InvalidArgumentError, None): "Change the value named above in the form.",

@@ -140,3 +140,20 @@ def test_quick_run_writes_every_section_with_sensible_numbers(tmp_path):
     check(profile)
     functions = {f["function"] for f in profile["runs"][0]["child"]["hubmerge_functions"]}
     assert "api.py:merge" in functions
+
+
+def test_evaluation_benchmark_quick_mode_agrees_with_the_naive_route(tmp_path):
+    workdir, results_md = tmp_path / "e", tmp_path / "EVALUATION.md"
+    command = [sys.executable, str(BENCHMARKS / "evaluation.py"), "--quick", "--workdir", str(workdir)]
+    command += ["--results", str(results_md), "--samples", "4"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((workdir / "evaluation.json").read_text())
+    assert results["max_loss_difference"] < 1e-4  # both routes score the same tokens
+    assert results["rows"] == 5 and results["domains"] == 3 and results["tokens_per_row"] > 0
+    for route in ("hubmerge", "naive"):
+        assert results[route]["wall_s"] > 0 and results[route]["peak_rss_mb"] > 0
+    text = results_md.read_text()
+    for heading in ("## Machine and run", "## Evaluation: hubmerge against a fresh PeftModel per adapter"):
+        assert heading in text
+    assert "speed-up, whole processes" in text and "evaluation — mean NLL per predicted token" in text

@@ -1,0 +1,271 @@
+"""Benchmark of the evaluation: hubmerge's route against a fresh PeftModel per adapter.
+
+Both routes score the same examples (the base, each source alone, and their
+sum) on each domain, each route in its own child process (wall time and peak
+RSS from ``measure.py``):
+
+- hubmerge: ``hubmerge A B C --eval-data … --base-model DIR -o OUT``, end to end
+  (merge included): the base loaded once, adapters attached side by side and
+  switched, batched, logits only where a token is scored;
+- naive: for each row, load the base again, wrap it in ``PeftModel.from_pretrained``,
+  and score one example at a time with full logits.
+
+The two routes' losses must agree (they score the same tokens); the report says
+by how much. Results go to ``EVALUATION.md`` (written by this command, never by
+hand) and ``WORKDIR/evaluation.json``.
+
+    python benchmarks/evaluation.py            # SmolLM2-135M, the shipped adapters, N = 32 (minutes on 2 cores)
+    python benchmarks/evaluation.py --quick --workdir /tmp/e --results /tmp/e/EVALUATION.md   # tiny, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from measure import machine, run_child, wait_for_idle
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PYTHON = sys.executable
+DOMAINS = {"math": "math_qa.jsonl", "medicine": "medicine_qa.jsonl", "finance": "finance_qa.jsonl"}
+GOAL_SPEEDUP, GOAL_SECONDS = 2.0, 240.0
+
+
+def _setup_full(workdir: Path, data_dir: Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    from experiments.paper.model import prepare_model  # the dequantised SmolLM2 GGUF, cached outside the repo
+
+    base = prepare_model()
+    adapters = {name: REPO / "examples" / "adapters" / name for name in DOMAINS}
+    data = {name: data_dir / file for name, file in DOMAINS.items()}
+    missing = [str(p) for p in data.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing data files: {', '.join(missing)} (see --data-dir)")
+    return {"base": base, "adapters": adapters, "data": data, "model": "SmolLM2-135M-Instruct (dequantised Q4_1 GGUF)"}
+
+
+def _setup_quick(workdir: Path) -> dict:
+    """A tiny random Llama with a character tokenizer, random adapters made by PEFT, synthetic rows."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    base = workdir / "tiny-base"
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    if not (base / "config.json").exists():
+        vocab = {t: i for i, t in enumerate(["<eos>", "<pad>", "<unk>", *chars])}
+        core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        PreTrainedTokenizerFast(
+            tokenizer_object=core, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        ).save_pretrained(base)
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        )  # fmt: skip
+        LlamaForCausalLM(config).save_pretrained(base)
+    adapters, data = {}, {}
+    for seed, name in enumerate(DOMAINS, start=1):
+        adapters[name] = workdir / "adapters" / name
+        if not (adapters[name] / "adapter_config.json").exists():
+            torch.manual_seed(seed)
+            lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            model = get_peft_model(LlamaForCausalLM.from_pretrained(base), lora)
+            model.peft_config["default"].base_model_name_or_path = str(base)
+            model.save_pretrained(adapters[name])
+        rows = [
+            {"question": f"{name} question {i}?", "answer": f"answer {i * seed} for {name}.", "split": "test"}
+            for i in range(12)
+        ]
+        data[name] = workdir / f"{name}.jsonl"
+        data[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"base": base, "adapters": adapters, "data": data, "model": "tiny random Llama (quick mode)"}
+
+
+def naive_child(spec_path: Path) -> None:
+    """The naive route: a fresh base and PeftModel per row, one example at a time, full logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubmerge.evaluation.data import read_eval_data, tokenise
+
+    spec = json.loads(spec_path.read_text())
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(spec["base"])
+    examples = {
+        name: tokenise(read_eval_data(name, path), tokenizer, samples=spec["samples"], max_length=spec["max_length"])[
+            "examples"
+        ]
+        for name, path in spec["data"].items()
+    }
+    losses: dict = {}
+    for row, adapter in spec["rows"].items():
+        model = AutoModelForCausalLM.from_pretrained(spec["base"], dtype=torch.float32).eval()
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, adapter).eval()
+        with torch.no_grad():
+            for name, items in examples.items():
+                total, count = 0.0, 0
+                for example in items:
+                    ids = torch.tensor([example.ids])
+                    logits = model(input_ids=ids).logits[0]
+                    targets = ids[0, example.start :]
+                    total += float(
+                        torch.nn.functional.cross_entropy(
+                            logits[example.start - 1 : -1].float(), targets, reduction="sum"
+                        )
+                    )
+                    count += len(targets)
+                losses.setdefault(name, {})[row] = total / count
+        del model
+    tokens = sum(sum(e.predicted for e in items) for items in examples.values())
+    print(json.dumps({"losses": losses, "tokens": tokens, "seconds": time.perf_counter() - started}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic rows (seconds)")
+    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "hubmerge-bench" / "evaluation")
+    parser.add_argument("--results", type=Path, default=HERE / "EVALUATION.md")
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--wait-idle", type=float, default=0.0, help="wait up to S seconds for a quiet machine")
+    parser.add_argument("--naive-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.naive_child:
+        naive_child(args.naive_child)
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    setup = _setup_quick(args.workdir) if args.quick else _setup_full(args.workdir, args.data_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    adapters = [str(p) for p in setup["adapters"].values()]
+    merged = args.workdir / "merged"
+    built = run_child([PYTHON, "-m", "hubmerge", *adapters, "-o", str(merged), "--overwrite"], env=env)
+    if not built.ok:
+        raise SystemExit(f"the merge failed: {built.error()}")
+    waited, load = wait_for_idle(args.wait_idle)
+    out = args.workdir / "evaluated"
+    command = [PYTHON, "-m", "hubmerge", *adapters, "-o", str(out), "--overwrite", "--device", "cpu"]
+    command += ["--base-model", str(setup["base"]), "--eval-samples", str(args.samples)]
+    command += ["--eval-max-length", str(args.max_length)]
+    for name, path in setup["data"].items():
+        command += ["--eval-data", f"{name}={path}"]
+    ours = run_child(command, env=env)
+    if not ours.ok:
+        raise SystemExit(f"the hubmerge route failed: {ours.error()}")
+    evaluation = json.loads((out / "hubmerge_report.json").read_text())["evaluation"]
+    spec = args.workdir / "naive.json"
+    rows = {"base": None, **{n: str(p) for n, p in setup["adapters"].items()}, "merged": str(merged)}
+    spec.write_text(
+        json.dumps(
+            {
+                "base": str(setup["base"]),
+                "rows": rows,
+                "data": {n: str(p) for n, p in setup["data"].items()},
+                "samples": args.samples,
+                "max_length": args.max_length,
+            }
+        )
+    )
+    naive = run_child([PYTHON, str(Path(__file__).resolve()), "--naive-child", str(spec)], env=env)
+    if not naive.ok:
+        raise SystemExit(f"the naive route failed: {naive.error()}")
+    naive_out = naive.json_tail()
+    diff = 0.0
+    for name, domain in evaluation["domains"].items():
+        ours_losses = {"base": domain["loss"]["base"], "merged": domain["loss"]["merged"], **domain["loss"]["sources"]}
+        for row, value in ours_losses.items():
+            diff = max(diff, abs(value - naive_out["losses"][name][row]))
+    tokens = sum(d["tokens"] for d in evaluation["domains"].values())
+    results = {
+        "meta": {
+            "command": shlex.join(["python", "benchmarks/evaluation.py", *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "model": setup["model"],
+            "machine": machine(PYTHON),
+            "waited_for_idle_s": round(waited, 1),
+            "load_average_at_start": round(load, 2),
+            "samples": args.samples,
+            "max_length": args.max_length,
+        },
+        "rows": len(rows),
+        "domains": len(setup["data"]),
+        "tokens_per_row": tokens,
+        "hubmerge": {"wall_s": ours.wall_s, "peak_rss_mb": ours.peak_rss_mb, "eval_s": evaluation["seconds"]},
+        "naive": {"wall_s": naive.wall_s, "peak_rss_mb": naive.peak_rss_mb, "eval_s": naive_out["seconds"]},
+        "max_loss_difference": diff,
+        "printed": ours.stdout,
+        "hubmerge_command": shlex.join(["hubmerge", *command[3:]]),
+    }
+    (args.workdir / "evaluation.json").write_text(json.dumps(results, indent=2))
+    args.results.write_text(render(results))
+    print(json.dumps({k: results[k] for k in ("hubmerge", "naive", "max_loss_difference")}))
+
+
+def render(results: dict) -> str:
+    meta, ours, naive = results["meta"], results["hubmerge"], results["naive"]
+    speedup = naive["wall_s"] / ours["wall_s"]
+    scored = results["rows"] * results["tokens_per_row"]
+    m = meta["machine"]
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    lines = [
+        "# Evaluation benchmark",
+        "",
+        f"Written by `{meta['command']}` on {meta['date']}; do not edit by hand.",
+        "",
+        "## Machine and run",
+        "",
+        f"- {m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gb')} GB RAM; load average "
+        f"{meta['load_average_at_start']} when the measured runs started (the machine is shared)",
+        f"- model: {meta['model']}; {results['rows']} rows (base, {results['rows'] - 2} sources, their sum) × "
+        f"{results['domains']} domains, N = {meta['samples']} examples per domain, at most {meta['max_length']} "
+        f"tokens each: {results['tokens_per_row']} scored tokens per row",
+        "",
+        "## Evaluation: hubmerge against a fresh PeftModel per adapter",
+        "",
+        "| route | wall time (s) | of which evaluating, model loads included (s) | scored tokens / s | peak RSS (MB) |",
+        "|---|---|---|---|---|",
+        f"| hubmerge (merge + evaluation, one process) | {ours['wall_s']:.1f} | {ours['eval_s']:.1f} | "
+        f"{scored / ours['wall_s']:.0f} | {ours['peak_rss_mb']:.0f} |",
+        f"| naive (fresh base + PeftModel per row, batch 1) | {naive['wall_s']:.1f} | {naive['eval_s']:.1f} | "
+        f"{scored / naive['wall_s']:.0f} | {naive['peak_rss_mb']:.0f} |",
+        "",
+        f"- speed-up, whole processes: **{speedup:.2f}×** (goal ≥ {GOAL_SPEEDUP:g}×: {met(speedup >= GOAL_SPEEDUP)})",
+        f"- hubmerge's total: **{ours['wall_s']:.0f} s** (goal ≤ {GOAL_SECONDS:.0f} s: "
+        f"{met(ours['wall_s'] <= GOAL_SECONDS)})",
+        f"- the two routes' losses differ by at most {results['max_loss_difference']:.2e} nats per token "
+        "(same tokens; batching and padding change the float rounding only)",
+        "",
+        "## What hubmerge printed",
+        "",
+        f"`{results['hubmerge_command']}`",
+        "",
+        "```text",
+        results["printed"].rstrip(),
+        "```",
+        "",
+        "## How this was measured",
+        "",
+        "Each route is one child process; wall time includes the interpreter start and every import, peak RSS is "
+        "that process's own (`measure.py`). Tokens per second count every row's scored tokens over the whole "
+        "process. The naive route reads and tokenises the data with hubmerge's own reader, so both score the "
+        "same tokens.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The base model, loaded once, with every source and merge attached side by side as PEFT adapters.
+
+:class:`Evaluator` loads the base through transformers (from a local directory,
+or from the Hub through huggingface_hub: cache, token, revision, offline mode),
+checks that every adapted module exists in it with the adapters' shapes before
+any forward pass, then loads each source and each merged adapter with PEFT's
+own loader under its own adapter name. Scoring a row switches the active
+adapter (or disables them all, for the base): the base is never reloaded.
+
+Scoring is batched (examples sorted by length, right-padded so that no real
+token attends to a pad), without gradients, and asks the model only for the
+logits of positions that predict a scored token where the model supports
+``logits_to_keep``. The model runs in bfloat16 on CUDA devices that support it
+(else float16), float16 on MPS, float32 on CPU; log-probabilities are always
+computed in float32.
+
+transformers and peft are imported here, on first use: the ``eval`` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import BaseModelError, EvaluationMemoryError, MissingDependencyError
+from .data import Example
+
+__all__ = ["BaseModel", "Evaluator", "check_fits", "load_base_model", "resolve_device"]
+
+BASE = None  # the row of the base model: every adapter disabled
+INSTALL_HINT = "pip install 'hubmerge[eval]'"
+
+
+def import_eval_dependencies():
+    """``(transformers, peft)``, or one line saying how to install them."""
+    try:
+        import peft
+        import transformers
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"evaluation needs transformers and peft ({err.name} is not installed): {INSTALL_HINT}"
+        ) from None
+    return transformers, peft
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA, else MPS, else CPU; ``cpu`` / ``cuda`` / ``mps`` as asked (if available)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BaseModelError("device cuda was asked for, but torch sees no CUDA device; use cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BaseModelError("device mps was asked for, but this torch has no MPS device; use cpu or auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise BaseModelError(f"device {name!r} is not one of auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model and its tokenizer, and where they came from.
+
+    Attributes:
+        model: the transformers causal LM, in eval mode on its device.
+        tokenizer: its tokenizer.
+        name: the id or directory as given.
+        path: the local directory it was loaded from.
+        revision: the Hub commit sha (``None`` for a local directory).
+        weights_sha256: for a local directory, the sha256 of its weights files (``None`` from the Hub).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    path: Path
+    revision: str | None
+    weights_sha256: str | None
+
+    def describe(self) -> dict:
+        config = self.model.config
+        return {
+            "id": self.name,
+            "revision": self.revision,
+            "weights_sha256": self.weights_sha256,
+            "config_name": getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None),
+        }
+
+
+def load_base_model(
+    name: str,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device = "auto",
+) -> BaseModel:
+    """Load a causal LM and its tokenizer from a local directory or the Hub.
+
+    Args:
+        name: a local model directory, or a Hub repo id.
+        revision: for a Hub id: branch, tag or commit.
+        token: Hub token; default the logged-in one.
+        device: ``auto``, ``cpu``, ``cuda``, ``mps`` or a ``torch.device``.
+
+    Returns:
+        The :class:`BaseModel`.
+
+    Raises:
+        MissingDependencyError: transformers or peft is not installed.
+        HubError: missing, gated, or not cached offline.
+        BaseModelError: not a causal LM directory, or no tokenizer.
+    """
+    transformers, _ = import_eval_dependencies()
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        path, sha = local, None
+    else:
+        from ..hub import fetch_base_model
+
+        path, sha = fetch_base_model(name, revision=revision, token=token)
+    if not (path / "config.json").is_file():
+        raise BaseModelError(f"base model {name}: {path} has no config.json; give a transformers model directory")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError… for "no usable tokenizer"
+        raise BaseModelError(f"base model {name}: no usable tokenizer in {path} ({_first_line(err)})") from None
+    dtype = compute_dtype(target)
+    major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+    dtype_arg = "dtype" if major_minor >= (4, 56) else "torch_dtype"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **{dtype_arg: dtype})
+    except (OSError, ValueError, KeyError) as err:
+        raise BaseModelError(
+            f"base model {name}: cannot be loaded as a causal language model from {path} ({_first_line(err)})"
+        ) from None
+    model = model.to(target).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    weights_sha = _weights_sha256(path) if sha is None else None
+    return BaseModel(model, tokenizer, str(name), path, sha, weights_sha)
+
+
+def _weights_sha256(path: Path) -> str | None:
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+def _module_shape(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(in, out) as LoRA's factors see it: A is r × in, B is out × r."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+        return module.in_channels, module.out_channels
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # GPT-2: weight is in × out
+        return tuple(module.weight.shape)
+    return None
+
+
+def check_fits(model: torch.nn.Module, adapters: Sequence) -> None:
+    """Refuse, before any forward pass, a base model whose modules do not fit the adapters' factors.
+
+    Raises:
+        BaseModelError: a module is missing, is not a layer LoRA adapts, or has other shapes
+            (the first problems are named).
+    """
+    problems = []
+    for adapter in adapters:
+        for key, spec in adapter.modules.items():
+            try:
+                module = model.get_submodule(key)
+            except AttributeError:
+                problems.append(f"{adapter.name}: the base model has no module {key}")
+                continue
+            shape = _module_shape(module)
+            if shape is None:
+                problems.append(f"{adapter.name}: {key} is a {type(module).__name__}, not a layer LoRA adapts")
+            elif shape != (spec.in_features, spec.out_features):
+                problems.append(
+                    f"{adapter.name}: {key} is {shape[0]}→{shape[1]} in the base model but "
+                    f"{spec.in_features}→{spec.out_features} in the adapter"
+                )
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise BaseModelError(
+            f"the base model does not fit the adapters ({len(problems)} module(s)): {shown}; "
+            "evaluate on the model the adapters were trained on"
+        )
+
+
+class Evaluator:
+    """One base model with sources and merges attached under their own PEFT adapter names.
+
+    Args:
+        base: the loaded :class:`BaseModel`.
+        adapters: the sources (:class:`~hubmerge.LoraAdapter`), attached as ``source_0``, ``source_1``, …
+        batch_size: examples per forward pass.
+
+    Raises:
+        BaseModelError: the base does not fit the adapters, or they are not causal-LM adapters.
+    """
+
+    def __init__(self, base: BaseModel, adapters: Sequence, *, batch_size: int = 8):
+        _, peft = import_eval_dependencies()
+        tasks = {a.config.task_type for a in adapters} - {None, "CAUSAL_LM"}
+        if tasks:
+            raise BaseModelError(
+                f"evaluation scores causal language models; these adapters are {', '.join(sorted(tasks))}"
+            )
+        check_fits(base.model, adapters)
+        self.base = base
+        self.batch_size = batch_size
+        self.sources = [f"source_{i}" for i in range(len(adapters))]
+        self._scratch = tempfile.TemporaryDirectory(prefix="hubmerge-eval-")
+        model = peft.PeftModel.from_pretrained(
+            base.model, str(adapters[0].path), adapter_name=self.sources[0], is_trainable=False
+        )
+        for name, adapter in zip(self.sources[1:], adapters[1:]):
+            model.load_adapter(str(adapter.path), adapter_name=name, is_trainable=False)
+        self.model = model.eval()
+        self.device = next(base.model.parameters()).device
+        forward = inspect.signature(model.get_base_model().forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward
+
+    def close(self) -> None:
+        self._scratch.cleanup()
+
+    def add_merge(self, name: str, result) -> None:
+        """Attach a :class:`~hubmerge.MergeResult`'s adapter, written as hubmerge writes it and loaded by PEFT."""
+        directory = Path(self._scratch.name) / name
+        result.save_pretrained(directory, overwrite=True, figure=False)
+        self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+
+    def score(self, adapter: str | None, examples: Sequence[Example], *, label: str = "") -> tuple[float, int]:
+        """Σ NLL (natural log) and Σ predicted tokens of ``examples`` with one adapter active (``None``: the base)."""
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for batch in self.batches(examples):
+                nll = self._run(adapter, batch, label=label)
+                total += float(nll.double().sum())
+                tokens += sum(e.predicted for e in batch)
+        return total, tokens
+
+    def batches(self, examples: Sequence[Example]) -> list[list[Example]]:
+        ordered = sorted(examples, key=lambda e: len(e.ids), reverse=True)  # similar lengths pad little
+        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+
+    def _run(self, adapter: str | list[str] | None, batch: Sequence[Example], *, label: str) -> torch.Tensor:
+        if adapter is None:
+            with self.model.disable_adapter():
+                return self.nll(batch, label=label)
+        if isinstance(adapter, str):
+            self.model.set_adapter(adapter, inference_mode=True)
+        else:
+            self.model.base_model.set_adapter(list(adapter), inference_mode=True)
+        return self.nll(batch, label=label)
+
+    def nll(self, batch: Sequence[Example], *, label: str = "") -> torch.Tensor:
+        """Per example, Σ NLL of its predicted tokens, with the adapters active now (differentiable)."""
+        length = max(len(e.ids) for e in batch)
+        pad = self.base.tokenizer.pad_token_id or 0
+        ids = torch.full((len(batch), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        targets = torch.full((len(batch), length), -100, dtype=torch.long)
+        for row, example in enumerate(batch):
+            ids[row, : len(example.ids)] = torch.tensor(example.ids)
+            mask[row, : len(example.ids)] = 1
+            targets[row, example.start : len(example.ids)] = ids[row, example.start : len(example.ids)]
+        # position p predicts token p + 1: only positions from the earliest start − 1 need logits
+        first = min(e.start for e in batch) - 1
+        extra = {"logits_to_keep": length - first} if self._keeps_logits else {}
+        try:
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **extra).logits
+            offset = length - logits.shape[1]
+            shifted = targets[:, offset + 1 :].to(self.device)
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="none"
+            )
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _is_oom(err):
+                raise
+            setting = "batch_size" if len(batch) > 1 else "max_length"
+            raise EvaluationMemoryError(
+                f"out of memory on {self.device.type} scoring {label or 'the evaluation data'} with batch_size "
+                f"{self.batch_size} and examples of up to {length} tokens: lower {setting}"
+                + (" (or max_length)" if setting == "batch_size" else ", or evaluate on a device with more memory"),
+                setting=setting,
+            ) from None
+        return losses.sum(dim=1)
+
+
+def _is_oom(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
