@@ -377,7 +377,7 @@ def render_text(report: MergeReport, *, adapter: str | None = None) -> str:
     if report.evaluation:
         from .evaluation.render import text_lines
 
-        lines += ["", *text_lines(report.evaluation)]
+        lines += ["", *text_lines(dict(report.evaluation))]
     if report.warnings:
         lines += ["", f"warnings ({len(report.warnings)}):"]
         lines += [f"  ! {w.message}" for w in report.warnings]

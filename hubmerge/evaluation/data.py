@@ -226,7 +226,7 @@ def _record(name: str, path: str, number: int, row: dict) -> Record:
         return Record("prompt_completion", prompt=text("prompt"), completion=text("completion"))
     if text("question") is not None and text("answer"):
         prompt = QA_TEMPLATE.format(question=text("question"))
-        return Record("question_answer", prompt=prompt, completion=" " + text("answer"))
+        return Record("question_answer", prompt=prompt, completion=" " + (text("answer") or ""))
     if text("text"):
         return Record("text", text=text("text"))
     keys = ", ".join(sorted(row)) or "none"
@@ -280,7 +280,7 @@ def _chat_parts(record: Record, tokenizer) -> tuple[str, str]:
             "chat messages need a tokenizer with a chat template, and the base model's tokenizer has none; "
             "give prompt + completion records instead"
         )
-    messages = list(record.messages)
+    messages = list(record.messages or ())
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):  # a template that rewrites earlier turns: score the last message as written

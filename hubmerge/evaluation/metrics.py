@@ -65,7 +65,7 @@ def domain_section(
         ``retention`` {source: value}, ``cost`` (against the best single source), ``skipped``, ``truncated``.
     """
     losses = {name: score.loss for name, score in sources.items()}
-    best = min(losses, key=losses.get)
+    best = min(losses, key=lambda name: losses[name])
     kept = retention(base.loss, merged.loss, losses[source])
     delta = merged.loss - losses[best]
     return {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import tempfile
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,8 @@ def _module_shape(module: torch.nn.Module) -> tuple[int, int] | None:
     if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
         return module.in_channels, module.out_channels
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # GPT-2: weight is in × out
-        return tuple(module.weight.shape)
+        weight = typing.cast(torch.Tensor, module.weight)
+        return int(weight.shape[0]), int(weight.shape[1])
     return None
 
 
@@ -289,7 +291,7 @@ class Evaluator:
     def nll(self, batch: Sequence[Example], *, label: str = "") -> torch.Tensor:
         """Per example, Σ NLL of its predicted tokens, with the adapters active now (differentiable)."""
         length = max(len(e.ids) for e in batch)
-        pad = self.base.tokenizer.pad_token_id or 0
+        pad = getattr(self.base.tokenizer, "pad_token_id", None) or 0
         ids = torch.full((len(batch), length), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), length), dtype=torch.long)
         targets = torch.full((len(batch), length), -100, dtype=torch.long)

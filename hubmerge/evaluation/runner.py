@@ -16,11 +16,16 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BaseModelError, EvaluationDataError, InvalidArgumentError
 from ..interference import Thresholds, round_float
 from .data import EvalData, parse_eval_spec, read_eval_data, tokenise
 from .metrics import Score, domain_section, evaluation_notices
+
+if TYPE_CHECKING:
+    from ..report import MergeReport
+    from ..result import MergeResult
 
 __all__ = ["EvalDataLike", "evaluate", "merge_with_evaluation", "read_domains"]
 
@@ -241,7 +246,7 @@ def merge_with_evaluation(
     tune: bool = False,
     tune_samples: int | None = None,
     tune_steps: int | None = None,
-) -> object:
+) -> MergeResult | MergeReport:
     """``merge(sources, **merge_options)``, then measured; with ``tune``, merged again with tuned weights.
 
     Returns:
@@ -275,7 +280,7 @@ def merge_with_evaluation(
     try:
         tokenizer = evaluator.base.tokenizer
         encoded = _examples(domains, tokenizer, samples=samples, max_length=max_length)
-        tuning = None
+        tuning: dict[str, Any] | None = None
         if tune:
             from .tune import DEFAULT_STEPS, tune_weights
 
