@@ -11,7 +11,6 @@ changed: display names and weights belong to the merge.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,47 +20,35 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .adapter import KEY_PREFIX, LoraAdapter
-from .compat import Compatibility, check_compatibility, nonfinite_factors, normalize_base_model
+from .compat import Compatibility, check_compatibility, nonfinite_factors
 from .config import build_config
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, Problem
 from .experts import output_notice, place_parameters
 from .interference import ModuleGram, SimilarityAccumulator, Thresholds, concat_gram, round_float
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
-from .loading import SourceLike, display_names, load_adapters
+from .loading import SourceLike, display_names, load_adapters, resolve_base_models
 from .methods import MergeMethod, MethodParams, get_method
 from .methods.combine import ModuleInput
 from .methods.exact import concat_factors, pad_rank
 from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
+from .options import check_weights, inputs_dtype, parse_dtype
 from .peft_releases import plain_target_names
-from .provenance import HubOrigin, LocalOrigin
-from .recipe import RecipeSource, recipe_of
+from .recipe import recipe_of
 from .report import (
-    DTYPE_CHOICES,
-    BaseModelSummary,
     KeptEnergy,
     MergeReport,
     MethodSummary,
-    ModuleSummary,
     OutputSummary,
-    SavedModule,
-    SimilarityReport,
-    SourceSummary,
     dtype_name,
 )
 from .result import MergeResult
 from .serving import serving_facts, serving_section
+from .summary import build_report, recipe_source
 
 __all__ = ["load_adapters", "merge", "similarity"]
 
 logger = logging.getLogger(__name__)
-
-_DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64,
-}  # fmt: skip
 
 
 @overload
@@ -215,9 +202,9 @@ def merge(
     chosen = get_method(method)
     params = MethodParams(rank=rank, density=density, majority_sign=majority_sign, seed=seed).validate()
     target = parse_fit(fit, max_rank)
-    user_weights = _check_weights(weights, len(sources))
+    user_weights = check_weights(weights, len(sources))
     coefficients = [w * chosen.weight_scale(len(sources)) for w in user_weights]
-    out_dtype = _parse_dtype(dtype)
+    out_dtype = parse_dtype(dtype)
     adapters = load_adapters(
         sources,
         token=token,
@@ -230,8 +217,8 @@ def merge(
     names = display_names([a.name for a in adapters])
     dtype_notes: list[Notice] = []
     if out_dtype is None:
-        out_dtype, dtype_notes = _inputs_dtype(adapters, names)
-    canonical, model_types, base_notes = _canonical_base_models(adapters, resolve_base_model, token)
+        out_dtype, dtype_notes = inputs_dtype(adapters, names)
+    canonical, model_types, base_notes = resolve_base_models(adapters, resolve_base_model, token)
     compat = check_compatibility(
         adapters,
         allow_base_mismatch=allow_base_mismatch,
@@ -274,7 +261,7 @@ def merge(
         exact = chosen.exact and cap is None
     ranks = {key: m.a.shape[0] for key, m in modules.items()}
     parameters = sorted({m.parameter for m in modules.values() if m.parameter is not None})
-    report = _report(
+    report = build_report(
         adapters, names, coefficients, compat, canonical, similarity_report,
         [*compat.warnings, *base_notes, *dtype_notes, *zero, *similarity_notes, *output_notice(parameters)],
         method=MethodSummary(
@@ -303,7 +290,7 @@ def merge(
         target_parameters=parameters,
     )
     recipe = recipe_of(
-        [_recipe_source(a, w) for a, w in zip(adapters, user_weights)],
+        [recipe_source(a, w) for a, w in zip(adapters, user_weights)],
         method=chosen.name,
         parameters=used,
         dtype=dtype_name(out_dtype),
@@ -463,173 +450,6 @@ def _output_tensors(
                     rest = ".base_layer.weight" if key in modules else ".weight"
                 tensors[KEY_PREFIX + key + rest] = adapters[owner].tensor(name)
     return tensors
-
-
-def _report(
-    adapters: Sequence[LoraAdapter],
-    names: Sequence[str],
-    weights: Sequence[float],
-    compat: Compatibility,
-    canonical: dict[str, str],
-    similarity_report: SimilarityReport,
-    notes: Sequence[Notice],
-    *,
-    method: MethodSummary,
-    exact: bool,
-    output: OutputSummary | None,
-    kept_energy: KeptEnergy | None,
-) -> MergeReport:
-    base = compat.base_model
-    resolved = bool(base and base in canonical)
-    only = {name: sum(1 for owners in compat.coverage.values() if owners == [i]) for i, name in enumerate(names)}
-    return MergeReport(
-        method=method,
-        exact=exact,
-        kept_energy=kept_energy,
-        base_model=BaseModelSummary(
-            name=base,
-            revision=compat.revision,
-            canonical=canonical.get(base) if base else None,
-            resolved=resolved,
-            note=(
-                "resolved on the Hub: aliases of one repo compare equal"
-                if resolved
-                else "not resolved against the Hub (offline, local, or not asked): compared by name, "
-                "case-insensitively for Hub ids"
-            ),
-        ),
-        sources=tuple(_source_summary(a, n, w) for a, n, w in zip(adapters, names, weights)),
-        modules=ModuleSummary(
-            union=len(compat.coverage),
-            shared_by_all=sum(1 for owners in compat.coverage.values() if len(owners) == len(adapters)),
-            only_in=only,
-            coverage={key: tuple(names[i] for i in owners) for key, owners in compat.coverage.items()},
-        ),
-        modules_to_save=tuple(SavedModule(module=key, owner=names[i]) for key, i in compat.saved_modules.items()),
-        similarity=similarity_report,
-        warnings=tuple(notes),
-        output=output,
-    )
-
-
-def _source_summary(adapter: LoraAdapter, name: str, weight: float) -> SourceSummary:
-    ranks = [spec.rank for spec in adapter.modules.values()] or [0]
-    origin = adapter.origin
-    hub = origin if isinstance(origin, HubOrigin) else None
-    local = origin if isinstance(origin, LocalOrigin) else None
-    config = adapter.config
-    targets = config.target_modules
-    return SourceSummary(
-        name=name,
-        source=adapter.source if hub else origin.pinned,  # a local folder by its name, never its path
-        repo_id=hub.repo_id if hub else None,
-        subfolder=hub.subfolder if hub else None,
-        commit_sha=hub.commit_sha if hub else None,
-        license=hub.license if hub else None,
-        datasets=hub.datasets if hub else (),
-        weight=weight,
-        r=config.r,
-        lora_alpha=config.lora_alpha,
-        use_rslora=config.use_rslora,
-        rank_pattern=dict(config.rank_pattern),
-        alpha_pattern=dict(config.alpha_pattern),
-        rank_min=min(ranks),
-        rank_max=max(ranks),
-        num_modules=len(adapter.modules),
-        dtype=dtype_name(adapter.dtype),
-        task_type=config.task_type,
-        base_model=config.base_model_name_or_path,
-        target_modules=tuple(targets) if isinstance(targets, list) else targets,
-        files_sha256=dict(local.files_sha256) if local else None,
-    )
-
-
-def _recipe_source(adapter: LoraAdapter, weight: float) -> RecipeSource:
-    origin = adapter.origin
-    if isinstance(origin, HubOrigin):
-        return RecipeSource(
-            source=origin.pinned,
-            weight=weight,
-            repo_id=origin.repo_id,
-            subfolder=origin.subfolder,
-            revision=origin.commit_sha,
-        )
-    return RecipeSource(source=origin.pinned, weight=weight, files_sha256=dict(origin.files_sha256))
-
-
-def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    if weights is None:
-        return [1.0] * count
-    weights = list(weights)
-    if len(weights) != count:
-        raise InvalidArgumentError(
-            f"got {len(weights)} weight(s) for {count} adapter(s); give one weight per adapter", reason="weights"
-        )
-    for value in weights:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidArgumentError(f"weight {value!r} is not a finite number", reason="weights")
-    return [float(w) for w in weights]
-
-
-def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
-        return _DTYPE_NAMES[dtype.lower()]
-    raise InvalidArgumentError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}", reason="dtype")
-
-
-def _inputs_dtype(adapters: Sequence[LoraAdapter], names: Sequence[str]) -> tuple[torch.dtype, list[Notice]]:
-    found = {a.dtype for a in adapters}
-    chosen = found.pop()
-    if not found:
-        return chosen, []
-    for other in found:
-        chosen = torch.promote_types(chosen, other)
-    listing = ", ".join(f"{name}: {dtype_name(a.dtype)}" for a, name in zip(adapters, names))
-    message = f"the adapters have different dtypes ({listing}); the merge is saved as {dtype_name(chosen)}"
-    return chosen, [Notice("mixed_dtypes", message)]
-
-
-def _canonical_base_models(
-    adapters: Sequence[LoraAdapter], resolve: bool | None, token
-) -> tuple[dict[str, str], dict[str, str], list[Notice]]:
-    """Where the Hub was asked: base model name → the model whose weights it holds (canonical id,
-    quantized mirrors followed to their root), name → its model_type, and a notice per quantized
-    mirror saying who trained on it."""
-    names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
-    if resolve is None:
-        from_hub = any(a.hub_origin is not None for a in adapters)
-        resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
-    if not resolve:
-        return {}, {}, []
-    from .hub import resolve_base_model
-
-    found: dict[str, str] = {}
-    model_types: dict[str, str] = {}
-    notes: list[Notice] = []
-    for name in sorted(names):
-        if Path(name).expanduser().is_dir():
-            continue  # a local base model: nothing to ask the Hub
-        info = resolve_base_model(name, token=token)
-        if info is None:
-            continue
-        found[name] = info.root
-        if info.model_type:
-            model_types[name] = info.model_type
-        if info.quantized_from:
-            users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
-            notes.append(
-                Notice(
-                    "quantized_base",
-                    f"{users}: trained on {info.repo_id!r}, a quantized mirror "
-                    f"({info.quantization or 'quantization_config'}) of {info.root!r}; compared as {info.root!r}, "
-                    "so its delta was learnt against the quantized weights",
-                )
-            )
-    return found, model_types, notes
 
 
 def _kept_energy(modules: dict[str, _MergedModule]) -> KeptEnergy:

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .adapter import LoraAdapter, load_adapter
+from .compat import normalize_base_model
 from .errors import InvalidArgumentError, LimitExceededError
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
+from .notice import Notice
 from .sources import Source, parse_source
 
-__all__ = ["SourceLike", "display_names", "load_adapters"]
+__all__ = ["SourceLike", "display_names", "load_adapters", "resolve_base_models"]
 
 SourceLike = str | Path | Source | LoraAdapter
 
@@ -102,3 +104,42 @@ def display_names(names: Sequence[str]) -> list[str]:
         taken.add(name)
         unique.append(name)
     return unique
+
+
+def resolve_base_models(
+    adapters: Sequence[LoraAdapter], resolve: bool | None, token
+) -> tuple[dict[str, str], dict[str, str], list[Notice]]:
+    """Where the Hub was asked: base model name → the model whose weights it holds (canonical id,
+    quantized mirrors followed to their root), name → its model_type, and a notice per quantized
+    mirror saying who trained on it."""
+    names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
+    if resolve is None:
+        from_hub = any(a.hub_origin is not None for a in adapters)
+        resolve = from_hub or len({normalize_base_model(n) for n in names}) > 1
+    if not resolve:
+        return {}, {}, []
+    from .hub import resolve_base_model
+
+    found: dict[str, str] = {}
+    model_types: dict[str, str] = {}
+    notes: list[Notice] = []
+    for name in sorted(names):
+        if Path(name).expanduser().is_dir():
+            continue  # a local base model: nothing to ask the Hub
+        info = resolve_base_model(name, token=token)
+        if info is None:
+            continue
+        found[name] = info.root
+        if info.model_type:
+            model_types[name] = info.model_type
+        if info.quantized_from:
+            users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
+            notes.append(
+                Notice(
+                    "quantized_base",
+                    f"{users}: trained on {info.repo_id!r}, a quantized mirror "
+                    f"({info.quantization or 'quantization_config'}) of {info.root!r}; compared as {info.root!r}, "
+                    "so its delta was learnt against the quantized weights",
+                )
+            )
+    return found, model_types, notes

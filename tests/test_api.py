@@ -134,6 +134,7 @@ def test_library_messages_name_no_cli_flag():
         func = node.func if isinstance(node, ast.Call) else None
         return getattr(func, "id", getattr(func, "attr", "")) if func is not None else ""
 
+    checked = 0
     for path in sorted((ROOT / "hubmerge").rglob("*.py")):
         if path.name == "cli.py":
             continue
@@ -147,7 +148,8 @@ def test_library_messages_name_no_cli_flag():
             for node in ast.walk(message):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     assert not re.search(r"(?<![\w-])--[a-z]", node.value), f"{path.name}: {node.value!r}"
-    assert messages  # the walk found the messages it checks
+                    checked += 1
+    assert checked > 100  # the walk found the messages it checks
 
 
 def test_hub_errors_keep_the_hub_s_cause(hub, tmp_path):
