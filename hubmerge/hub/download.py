@@ -1,83 +1,33 @@
-"""The only module that talks to the network: resolve, download, whoami, push.
-
-Everything goes through huggingface_hub, so the HF cache, tokens (``token=``,
-``HF_TOKEN``, ``hf auth login``), ``HF_ENDPOINT``, progress bars and
-``HF_HUB_OFFLINE=1`` behave as in the rest of the ecosystem. Each Hub failure
-becomes one :class:`~hubmerge.errors.HubError` line that names the repo and
-says what to do next; tokens never appear in them.
-"""
+"""Resolving and downloading: adapters (config and weights only), base models and their configs."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
-from .adapter import PICKLE_NAME, SAFETENSORS_NAME
-from .config import CONFIG_NAME
-from .errors import (
+from ..adapter import PICKLE_NAME, SAFETENSORS_NAME
+from ..config import CONFIG_NAME
+from ..errors import (
     AdapterNotFoundError,
-    GatedRepoAccessError,
     HubError,
     LimitExceededError,
-    PushError,
     RepoNotFoundError,
-    RevisionNotFoundError,
     UnsafeAdapterError,
 )
-from .provenance import HubOrigin
-from .sources import Source
-
-__all__ = [
-    "BaseModelInfo",
-    "PulledAdapter",
-    "PushResult",
-    "ResolvedAdapter",
-    "check_download_size",
-    "fetch_adapter",
-    "fetch_base_model",
-    "push_files",
-    "upload_repo_files",
-    "resolve_adapter",
-    "resolve_base_model",
-    "whoami",
-]
+from ..provenance import HubOrigin
+from ..sources import Source
+from ._failures import (
+    _HUB_FAILURES,
+    _explain,
+    _metadata_timeout,
+    _offline,
+)
 
 logger = logging.getLogger(__name__)
-
-try:  # huggingface_hub 2.x talks HTTP through its own httpx fork
-    from httpx2 import ConnectError as _ConnectError
-    from httpx2 import TimeoutException as _TimeoutError
-    from httpx2 import TransportError as _TransportError
-except ImportError:  # pragma: no cover - older huggingface_hub
-    from httpx import ConnectError as _ConnectError  # type: ignore[assignment]
-    from httpx import TimeoutException as _TimeoutError  # type: ignore[assignment]
-    from httpx import TransportError as _TransportError  # type: ignore[assignment]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What a push did.
-
-    Attributes:
-        repo_id: the repository pushed to.
-        repo_url: its URL.
-        commit_url: the commit made, or, when nothing changed, the head commit that already held these files.
-        pr_url: the pull request opened (``create_pr``), else ``None``.
-        created_repo: the repository did not exist before this push.
-        changed: a commit was made (``False``: the repo already held exactly these files).
-    """
-
-    repo_id: str
-    repo_url: str
-    commit_url: str
-    pr_url: str | None
-    created_repo: bool
-    changed: bool
 
 
 @dataclass(frozen=True)
@@ -92,95 +42,6 @@ def _hub_repo(source: Source) -> str:
     if source.repo_id is None:
         raise ValueError(f"{source.text!r} is a local source, not a Hub one")  # a caller's bug
     return source.repo_id
-
-
-def _offline() -> bool:
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _token_state(token) -> str:
-    """Which token the request carried, in words (never the token itself)."""
-    if token is False:
-        return "no token was sent"
-    if _has_token(token):
-        return "a token was sent"
-    return "no token is set"
-
-
-def _has_token(token) -> bool:
-    if isinstance(token, str):
-        return True
-    from huggingface_hub import get_token
-
-    return get_token() is not None
-
-
-def _explain(err: BaseException, where: str, *, repo_id: str, revision: str | None, token) -> HubError:
-    """Turn a huggingface_hub/transport error into a one-line HubError (raise it ``from err``)."""
-    url = f"{constants.ENDPOINT}/{repo_id}"
-    fields: dict[str, Any] = {"source": where, "repo_id": repo_id or None, "revision": revision}
-    if isinstance(err, hf_errors.HfHubHTTPError):
-        fields["server_message"] = err.server_message or None
-        fields["request_id"] = err.request_id or None
-    if isinstance(err, hf_errors.GatedRepoError):
-        return GatedRepoAccessError(
-            f"{where}: {repo_id} is gated and this account has no access ({_token_state(token)}); "
-            f"access is requested at {url}",
-            reason="gated",
-            **fields,
-        )
-    if isinstance(err, hf_errors.RepositoryNotFoundError):
-        return RepoNotFoundError(
-            f"{where}: repository {repo_id} not found, or it is private and there is no access ({_token_state(token)})",
-            reason="repo_not_found",
-            **fields,
-        )
-    if isinstance(err, hf_errors.RevisionNotFoundError):
-        return RevisionNotFoundError(
-            f"{where}: revision {revision!r} not found in {repo_id} (its branches and tags: {url}/tree/main)",
-            reason="revision_not_found",
-            **fields,
-        )
-    if isinstance(err, hf_errors.OfflineModeIsEnabled):
-        return HubError(
-            f"{where}: HF_HUB_OFFLINE=1 is set and {repo_id} is not in the local cache", reason="offline", **fields
-        )
-    if isinstance(err, hf_errors.HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else "?"
-        detail = err.server_message or "no details"
-        request = f", request id {err.request_id}" if err.request_id else ""
-        return HubError(
-            f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail}{request}); try again later",
-            reason="http_error",
-            **fields,
-        )
-    if isinstance(err, hf_errors.LocalEntryNotFoundError) and err.__cause__ is not None:
-        return _explain(err.__cause__, where, repo_id=repo_id, revision=revision, token=token)
-    return HubError(f"{where}: {_transport_failure(err)}", reason="transport", **fields)
-
-
-def _transport_failure(err: BaseException) -> str:
-    """What went wrong on the wire, in words (transport messages hold no headers, so no token)."""
-    name, hub = type(err).__name__, constants.ENDPOINT
-    cached = "or set HF_HUB_OFFLINE=1 to use what is cached"
-    if isinstance(err, (_TimeoutError, TimeoutError)):
-        return (
-            f"the Hub at {hub} did not answer in time ({name}); try again later, raise HF_HUB_ETAG_TIMEOUT / "
-            f"HF_HUB_DOWNLOAD_TIMEOUT (seconds), {cached}"
-        )
-    if isinstance(err, (_ConnectError, ConnectionRefusedError)):
-        return f"cannot reach the Hub at {hub} ({name}); check the connection and HF_ENDPOINT, {cached}"
-    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no details"
-    return f"the connection to the Hub at {hub} failed ({name}: {detail}); try again, {cached}"
-
-
-_HUB_FAILURES = (
-    hf_errors.HfHubHTTPError,
-    hf_errors.OfflineModeIsEnabled,
-    _TransportError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @dataclass(frozen=True)
@@ -325,12 +186,6 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
     return PulledAdapter(path=directory, origin=origin)
 
 
-def _metadata_timeout() -> float:
-    # huggingface_hub sets no timeout on API calls (model_info, repo_info): a stalled server would hang
-    # hubmerge. Its HF_HUB_ETAG_TIMEOUT, the timeout of a download's metadata request, bounds them too.
-    return constants.HF_HUB_ETAG_TIMEOUT
-
-
 def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow_pickle: bool) -> None:
     prefix = f"{source.subfolder}/" if source.subfolder else ""
     at = f"{source.repo_id}@{(sha or 'head')[:7]}"
@@ -439,145 +294,6 @@ def _quantized_parent(info) -> tuple[str | None, str | None]:
     return None, None
 
 
-def whoami(*, token: str | bool | None = None) -> str:
-    """The user name the token belongs to.
-
-    Raises:
-        HubError: not logged in, or the token is rejected.
-    """
-    try:
-        return HfApi().whoami(token=token)["name"]
-    except hf_errors.LocalTokenNotFoundError as err:
-        raise HubError(
-            "not logged in: no Hub token is set, so the user name is unknown", reason="not_logged_in"
-        ) from err
-    except _HUB_FAILURES as err:
-        if isinstance(err, hf_errors.HfHubHTTPError) and err.response is not None and err.response.status_code == 401:
-            raise HubError("the Hub rejected the token", reason="token_rejected") from err
-        raise _explain(err, "whoami", repo_id="", revision=None, token=token) from err
-
-
-def push_files(
-    repo_id: str,
-    files: dict[str, bytes],
-    *,
-    token: str | bool | None = None,
-    private: bool | None = None,
-    create_pr: bool = False,
-    commit_message: str,
-    commit_description: str | None = None,
-) -> PushResult:
-    """Create ``repo_id`` if needed and upload ``files`` in one commit.
-
-    Nothing in the repository is deleted; an existing repo gets a new commit
-    (or a pull request with ``create_pr``) on top of the head it had when the
-    push started. The Hub applies a commit whole or not at all; if the repo was
-    created here and the commit then fails, the empty repo is deleted again.
-
-    Args:
-        private: ``True`` creates the repo private and refuses an existing
-            public one (its visibility is not changed silently); ``None`` keeps
-            the Hub's default for the namespace.
-
-    Returns:
-        A :class:`PushResult`; ``changed`` is false when the repo already held
-        exactly these files (huggingface_hub then makes no commit).
-
-    Raises:
-        PushError: the repo or the commit was refused, or the branch moved during the push.
-    """
-    api = HfApi()
-    try:
-        existing = _existing_repo(api, repo_id, token)
-        if existing is not None and not existing.private and private:
-            raise PushError(
-                f"{repo_id} exists and is public; a private push does not change an existing repo's visibility",
-                reason="public_repo",
-                repo_id=repo_id,
-            )
-        if existing is None:
-            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-    except _HUB_FAILURES as err:
-        raise _push_error(err, repo_id, "create", token) from err
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
-    try:
-        info = api.create_commit(
-            repo_id,
-            operations=operations,
-            commit_message=commit_message,
-            commit_description=commit_description,
-            create_pr=create_pr,
-            # The commit goes on top of the head seen above: if someone pushed in between, the Hub refuses it
-            # (HTTP 412) rather than mixing our files into a state nobody looked at.
-            parent_commit=existing.sha if existing is not None else None,
-            token=token,
-        )
-    except BaseException as err:  # Ctrl-C included: a repo created here is removed again
-        if existing is None:  # created by this call: leave nothing half-made behind
-            try:
-                api.delete_repo(repo_id, token=token, missing_ok=True)
-            except _HUB_FAILURES:
-                logger.warning("could not delete the empty repo %s after the failed push", repo_id)
-        failure = _hub_failure(err)
-        if failure is None:
-            raise
-        raise _push_error(failure, repo_id, "commit to", token) from err
-    # huggingface_hub skips a commit whose files are all unchanged and answers with the head commit instead.
-    changed = existing is None or create_pr or info.oid != existing.sha
-    return PushResult(
-        repo_id=info.repo_url.repo_id,
-        repo_url=str(info.repo_url),
-        commit_url=info.commit_url,
-        pr_url=info.pr_url,
-        created_repo=existing is None,
-        changed=changed,
-    )
-
-
-def _hub_failure(err: BaseException) -> BaseException | None:
-    """The Hub or transport failure behind ``err``, or ``None`` if it is something else (a bug)."""
-    # huggingface_hub wraps a failed LFS upload in RuntimeError("Error while uploading '…' to the Hub."),
-    # with the HTTP or transport error as its cause.
-    if isinstance(err, RuntimeError) and isinstance(err.__cause__, _HUB_FAILURES):
-        return err.__cause__
-    return err if isinstance(err, _HUB_FAILURES) else None
-
-
-def _existing_repo(api: HfApi, repo_id: str, token):
-    """The ``ModelInfo`` of an existing repo we can see (visibility, head of main), ``None`` if it is not there."""
-    try:
-        return api.repo_info(repo_id, token=token, timeout=_metadata_timeout())
-    except hf_errors.RepositoryNotFoundError:
-        return None
-
-
-def _push_error(err: BaseException, repo_id: str, action: str, token) -> HubError:
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    fields: dict[str, Any] = {"repo_id": repo_id}
-    if isinstance(err, hf_errors.HfHubHTTPError):
-        fields["server_message"] = err.server_message or None
-        fields["request_id"] = err.request_id or None
-    if status in (401, 403):
-        return PushError(
-            f"cannot {action} {repo_id}: this token has no write access there", reason="no_write_access", **fields
-        )
-    if status == 412:
-        return PushError(f"cannot {action} {repo_id}: the branch moved during the push", reason="moved", **fields)
-    if isinstance(err, hf_errors.HfHubHTTPError):
-        detail = err.server_message or "no details"
-        request = f", request id {err.request_id}" if err.request_id else ""
-        return PushError(
-            f"cannot {action} {repo_id}: the Hub answered HTTP {status} ({detail}{request})",
-            reason="http_error",
-            **fields,
-        )
-    return PushError(
-        f"cannot {action} {repo_id}: the Hub at {constants.ENDPOINT} did not answer ({type(err).__name__})",
-        reason="transport",
-        **fields,
-    )
-
-
 # What a transformers model needs to load: config, weights and tokenizer files (no pickles, no ONNX).
 _BASE_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 
@@ -635,33 +351,3 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
         raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
     except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
-
-
-def upload_repo_files(
-    repo_id: str,
-    files: dict[str, bytes],
-    *,
-    repo_type: str,
-    token: str | bool | None = None,
-    message: str,
-    private: bool | None = None,
-):
-    """Create a model or Space repo if needed and commit ``files`` to it at once (unchanged files: no commit).
-
-    For the Space deploy (:mod:`hubmerge.space_deploy`) and its example adapters; a merge pushes with
-    :func:`push_files`, which also guards visibility and the parent commit.
-
-    Returns:
-        huggingface_hub's ``CommitInfo``.
-
-    Raises:
-        PushError: the repo or the commit was refused.
-    """
-    api = HfApi()
-    sdk = "gradio" if repo_type == "space" else None
-    try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token, space_sdk=sdk)
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
-        return api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, token=token)
-    except _HUB_FAILURES as err:
-        raise _push_error(err, repo_id, f"upload to the {repo_type} repo", token) from err
