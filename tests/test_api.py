@@ -128,7 +128,7 @@ def test_every_cli_hint_names_only_flags_the_cli_has():
 
 
 def test_library_messages_name_no_cli_flag():
-    # The CLI's words (flags) belong to cli.py; the library says what is wrong in API terms. Every string
+    # The CLI's words (flags) belong to cli*.py; the library says what is wrong in API terms. Every string
     # in a raised error, a Notice or a Problem outside cli.py is checked.
     def called(node: ast.AST) -> str:
         func = node.func if isinstance(node, ast.Call) else None
@@ -136,7 +136,7 @@ def test_library_messages_name_no_cli_flag():
 
     checked = 0
     for path in sorted((ROOT / "hubmerge").rglob("*.py")):
-        if path.name == "cli.py":
+        if path.name.startswith("cli"):  # cli.py, cli_parser.py, cli_hints.py: the CLI's own words
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         messages = [

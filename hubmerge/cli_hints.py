@@ -1,0 +1,79 @@
+"""The CLI's next step for each error: one table from (exception type, reason) to a hint in its own words.
+
+The library says what is wrong; only a front end knows its own flags (the Space keeps its own table).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    EvaluationMemoryError,
+    GatedRepoAccessError,
+    GGUFExportError,
+    HubError,
+    HubmergeError,
+    IncompatibleAdaptersError,
+    InvalidArgumentError,
+    LimitExceededError,
+    OutputExistsError,
+    PushError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    UnsafeAdapterError,
+)
+
+__all__ = ["HINTS", "hint_for"]
+
+# The next step for an error, in this command's words: (exception type, reason) → hint. The library says
+# what is wrong; only the front end knows its own flags. Looked up along the exception's MRO, the reason
+# first (IncompatibleAdaptersError: any of its problems' codes), then None for the type as a whole.
+HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
+    (
+        UnsafeAdapterError,
+        "pickle_only",
+    ): "convert it to adapter_model.safetensors, or pass --allow-pickle if you trust it",
+    (IncompatibleAdaptersError, "base_model_mismatch"): (
+        "pass --allow-base-mismatch if they really are the same weights"
+    ),
+    (OutputExistsError, "not_empty"): "choose another output (-o) or pass --overwrite",
+    (OutputExistsError, "not_a_directory"): "choose another output path (-o DIR)",
+    (LimitExceededError, "max_adapters"): "raise the limit (set with --max-adapters N, or none for no limit)",
+    (LimitExceededError, "max_download_bytes"): (
+        "check the repo ids, or raise the limit (set with --max-download-size SIZE, or none for no limit)"
+    ),
+    (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
+    (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
+    (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
+    (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
+    "256, 320, 512",
+    (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
+    (GGUFExportError, "unsupported_architecture"): "leave out --gguf and run llama.cpp's convert_lora_to_gguf.py",
+    (GGUFExportError, "gguf_missing"): "pip install 'hubmerge[gguf]'",
+    (RepoNotFoundError, None): "check the name; for a private repo log in with `hf auth login` or set HF_TOKEN",
+    (RevisionNotFoundError, None): "check the branch, tag or commit sha",
+    (GatedRepoAccessError, None): "request access on the repo's page, then use that account's token (`hf auth login`)",
+    (HubError, "offline"): "run once with network access, or unset HF_HUB_OFFLINE",
+    (EvaluationMemoryError, "batch_size"): "lower --eval-batch-size (or --eval-max-length)",
+    (EvaluationMemoryError, "max_length"): "lower --eval-max-length",
+    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)",
+    (HubError, "token_rejected"): "log in again with `hf auth login`",
+    (HubError, "moved"): "run the command again",
+    (PushError, "no_write_access"): (
+        "push to your own namespace, use --create-pr to open a pull request, or log in with a write token"
+    ),
+    (
+        PushError,
+        "public_repo",
+    ): "--private does not change an existing repo: make it private on the Hub, or push elsewhere",
+}
+
+
+def hint_for(err: HubmergeError) -> str | None:
+    """The CLI's next step for ``err``, from :data:`HINTS`."""
+    reasons = getattr(err, "reasons", None) or {err.reason}
+    for kind in type(err).__mro__:
+        for reason in sorted(r for r in reasons if r):
+            if (kind, reason) in HINTS:
+                return HINTS[(kind, reason)]
+        if (kind, None) in HINTS:
+            return HINTS[(kind, None)]
+    return None
