@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save, save_file
@@ -21,13 +21,15 @@ from safetensors.torch import save, save_file
 from .adapter import SAFETENSORS_NAME
 from .config import CONFIG_NAME
 from .errors import InvalidArgumentError
-from .hub import PushResult
 from .output import write_directory
 from .recipe import RECIPE_NAME, Recipe
 from .report import REPORT_NAME, MergeReport
 from .sources import check_repo_id
 
-__all__ = ["CARD_NAME", "HEATMAP_NAME", "MergeResult", "PushResult", "RECIPE_NAME"]
+if TYPE_CHECKING:
+    from .hub import PushResult  # the Hub code, and huggingface_hub's HfApi, only when pushing
+
+__all__ = ["CARD_NAME", "HEATMAP_NAME", "MergeResult", "RECIPE_NAME"]
 
 HEATMAP_NAME = "similarity.png"
 CARD_NAME = "README.md"
