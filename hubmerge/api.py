@@ -34,7 +34,7 @@ from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .options import check_weights, inputs_dtype, parse_dtype
 from .peft_releases import plain_target_names
-from .recipe import recipe_of
+from .recipe import Recipe
 from .report import (
     KeptEnergy,
     MergeReport,
@@ -289,13 +289,13 @@ def merge(
         target_names=plain_target_names([a.config for a in adapters], module_keys),
         target_parameters=parameters,
     )
-    recipe = recipe_of(
-        [recipe_source(a, w) for a, w in zip(adapters, user_weights)],
+    recipe = Recipe(
+        sources=tuple(recipe_source(a, w) for a, w in zip(adapters, user_weights)),
         method=chosen.name,
-        parameters=used,
+        method_parameters=used,
         dtype=dtype_name(out_dtype),
-        allow_pickle=allow_pickle,
-        allow_base_mismatch=allow_base_mismatch,
+        needs_allow_pickle=allow_pickle,
+        needs_allow_base_mismatch=allow_base_mismatch,
         max_rank=max_rank,
         fit=fit,
     )

@@ -19,6 +19,7 @@ from .errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
     UnsafeAdapterError,
+    lookup_hint,
 )
 
 __all__ = ["HINTS", "hint_for"]
@@ -69,11 +70,4 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
 
 def hint_for(err: HubmergeError) -> str | None:
     """The CLI's next step for ``err``, from :data:`HINTS`."""
-    reasons = getattr(err, "reasons", None) or {err.reason}
-    for kind in type(err).__mro__:
-        for reason in sorted(r for r in reasons if r):
-            if (kind, reason) in HINTS:
-                return HINTS[(kind, reason)]
-        if (kind, None) in HINTS:
-            return HINTS[(kind, None)]
-    return None
+    return lookup_hint(err, HINTS)

@@ -36,7 +36,7 @@ instead of the library naming flags one front end has and another lacks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -225,3 +225,19 @@ class EvaluationMemoryError(HubmergeError, MemoryError):
 class MissingDependencyError(HubmergeError, ImportError):
     """Raised when a feature needs an optional extra that is not installed; the message names the
     ``pip install`` command."""
+
+
+def lookup_hint(err: BaseException, hints: Mapping[tuple[type, str | None], str]) -> str | None:
+    """A front end's next step for ``err`` from its table of (exception type, reason) → hint.
+
+    Walks the exception's MRO; at each type a matching reason wins (for
+    :class:`IncompatibleAdaptersError`, any of its problems' codes), then ``None``, the type as a whole.
+    """
+    reasons = getattr(err, "reasons", None) or {getattr(err, "reason", None)}
+    for kind in type(err).__mro__:
+        for reason in sorted(r for r in reasons if r):
+            if (kind, reason) in hints:
+                return hints[(kind, reason)]
+        if (kind, None) in hints:
+            return hints[(kind, None)]
+    return None

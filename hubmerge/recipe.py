@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,27 +286,3 @@ def _read_source(entry: Any, index: int, fail) -> RecipeSource:
 
 def _weight_text(weight: float) -> str:
     return str(int(weight)) if weight == int(weight) else repr(weight)
-
-
-def recipe_of(
-    references: Sequence[RecipeSource],
-    *,
-    method: str,
-    parameters: Mapping[str, Any],
-    dtype: str | None,
-    allow_pickle: bool,
-    allow_base_mismatch: bool,
-    max_rank: int | None = None,
-    fit: str | None = None,
-) -> Recipe:
-    """The recipe a finished merge records."""
-    return Recipe(
-        sources=tuple(references),
-        method=method,
-        method_parameters=dict(parameters),
-        dtype=dtype,
-        needs_allow_pickle=allow_pickle,
-        needs_allow_base_mismatch=allow_base_mismatch,
-        max_rank=max_rank,
-        fit=fit,
-    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import hubmerge
+from hubmerge.errors import lookup_hint
 
 __all__ = ["HINTS", "REFERENCE_HINT", "SpaceError", "explain", "hint_for", "space_words", "without_cli_advice"]
 
@@ -151,14 +152,7 @@ def explain(err: hubmerge.HubmergeError, *, limits_text: str | None = None) -> S
 
 def hint_for(err: hubmerge.HubmergeError) -> str:
     """The Space's next step for ``err``, from :data:`HINTS` (empty if none applies)."""
-    reasons = getattr(err, "reasons", None) or {getattr(err, "reason", None)}
-    for kind in type(err).__mro__:
-        for reason in sorted(r for r in reasons if r):
-            if (kind, reason) in HINTS:
-                return HINTS[(kind, reason)]
-        if (kind, None) in HINTS:
-            return HINTS[(kind, None)]
-    return ""
+    return lookup_hint(err, HINTS) or ""
 
 
 def _sentence(text: str) -> str:
