@@ -23,6 +23,13 @@ where both deltas are non-zero, so that the cosine is defined):
 - A overlap = mean of ‖AᵢAⱼᵀ‖_F / √(‖AᵢAᵢᵀ‖_F ‖AⱼAⱼᵀ‖_F) ∈ [0, 1]; near 1 when the
   A matrices share an initialisation (same seed), about √(r/d_in) for independent ones.
 
+Two more, as functions (:func:`output_overlap`, :func:`norm_ratio`), not yet in the report:
+
+- output-subspace overlap = ‖QᵢᵀQⱼ‖²_F / min(rᵢ, rⱼ) ∈ [0, 1] with Qᵢ an orthonormal basis of
+  the column space of Bᵢ (the outputs ΔWᵢ can write to): the mean squared cosine of the
+  principal angles; 1 when one output subspace contains the other, about r/d_out by chance.
+- norm ratio = ‖ΔWᵢ‖_F / ‖ΔWⱼ‖_F of the weighted deltas, from the Gram diagonal.
+
 The thresholds behind the warnings live in :class:`Thresholds`.
 """
 
@@ -37,7 +44,15 @@ import torch
 from .notice import Notice
 from .report import Matrix, ModuleSimilarity, SimilarityReport
 
-__all__ = ["ModuleGram", "SimilarityAccumulator", "Thresholds", "concat_gram", "module_gram"]
+__all__ = [
+    "ModuleGram",
+    "SimilarityAccumulator",
+    "Thresholds",
+    "concat_gram",
+    "module_gram",
+    "norm_ratio",
+    "output_overlap",
+]
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,38 @@ def concat_gram(
     denom = torch.outer(own, own).sqrt()
     overlap[index[:, None], index[None, :]] = torch.where(denom > 0, block_norm / denom.clamp_min(1e-300), math.nan)
     return ModuleGram(gram, overlap, present)
+
+
+def output_overlap(b_i: torch.Tensor, b_j: torch.Tensor) -> float | None:
+    """Overlap of the column spaces of two B factors (out × r): ‖QᵢᵀQⱼ‖²_F / min(rankᵢ, rankⱼ).
+
+    Args:
+        b_i, b_j: the B factors of one module (same number of rows).
+
+    Returns:
+        A value in [0, 1] (the mean squared cosine of the principal angles between the two
+        output subspaces), or ``None`` when either B is zero (no output subspace).
+    """
+    bases = []
+    for b in (b_i, b_j):
+        u, sv, _ = torch.linalg.svd(b.double(), full_matrices=False)
+        # numerical rank, as numpy.linalg.matrix_rank counts it
+        keep = sv > sv.max() * max(b.shape) * torch.finfo(torch.float64).eps if sv.numel() else sv > 0
+        if not bool(keep.any()):
+            return None
+        bases.append(u[:, keep])
+    q_i, q_j = bases
+    return float((q_i.T @ q_j).square().sum()) / min(q_i.shape[1], q_j.shape[1])
+
+
+def norm_ratio(gram: torch.Tensor, i: int, j: int) -> float | None:
+    """‖ΔWᵢ‖_F / ‖ΔWⱼ‖_F from a Gram matrix of the (weighted) deltas (one module's, or a sum of them).
+
+    Returns:
+        The ratio, or ``None`` when ΔWⱼ is zero.
+    """
+    own, other = float(gram[i, i]), float(gram[j, j])
+    return math.sqrt(max(own, 0.0) / other) if other > 0 else None
 
 
 @dataclass

@@ -118,3 +118,170 @@ def test_hubmerge_default_thresholds_are_the_calibrated_ones():
     for key, found in summary["calibration"].items():
         if isinstance(found, dict) and found["value"] is not None:
             assert getattr(defaults, key) == found["value"], (key, found["why"])
+
+
+# --- the retention experiment (experiments/paper/retention.py, measure.py, signals.py, retention_report.py)
+
+
+@pytest.fixture(scope="module")
+def retention_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("retention") / "run"
+    assert main(["retention", "--quick", "--out", str(out), "--seeds", "0"]) == 0
+    return out
+
+
+def _dense_nll(model, examples) -> tuple[float, int]:
+    """Σ NLL of the predicted tokens, one example at a time, written here (no batching, no padding)."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for example in examples:
+            ids = torch.tensor([example.ids])
+            logits = model(input_ids=ids).logits[0, :-1].double()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            total += float(nll[example.start - 1 :].sum())
+            tokens += len(example.ids) - example.start
+    return total, tokens
+
+
+@pytest.mark.slow
+def test_retention_scores_equal_the_written_merge_in_peft(retention_run):
+    """All sources active at scalings w·s (the measurement) = hubmerge's written merge loaded by PEFT, w < 0 too."""
+    import hubmerge
+    from experiments.paper.measure import load_scores, setting_id
+    from experiments.paper.retention import adapter_dir
+    from hubmerge.evaluation.data import read_eval_data, tokenise
+
+    settings = json.loads((retention_run / "settings.json").read_text())
+    cache = retention_run / "cache"
+    scores = load_scores(cache, settings)
+    data = read_eval_data("medicine", retention_run / "quick-data" / "medicine_qa.jsonl", split="test")
+    base = AutoModelForCausalLM.from_pretrained(settings["model_dir"], dtype=torch.float32)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(settings["model_dir"])
+    examples = tokenise(data, tokenizer, samples=settings["n_test"], max_length=settings["eval_max_length"])
+    for weights in (
+        {"math-seed0": -0.5, "medicine-seed1000": 1.0},
+        {"finance-seed2000": 1.5, "medicine-seed1000": 1.5},
+    ):
+        dirs = [adapter_dir(cache, settings, name.split("-")[0], int(name.split("seed")[1])) for name in weights]
+        merged = hubmerge.merge(dirs, weights=list(weights.values()))
+        target = retention_run / "written" / setting_id(weights)
+        merged.save_pretrained(target, overwrite=True, figure=False)
+        model = PeftModel.from_pretrained(base, str(target))
+        nll, tokens = _dense_nll(model, examples["examples"])
+        base = model.unload()
+        record = scores[(setting_id(weights), "medicine")]
+        assert record["tokens"] == tokens
+        assert record["nll"] / record["tokens"] == pytest.approx(nll / tokens, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_retention_points_by_hand_and_page(retention_run):
+    from experiments.paper.measure import load_scores
+
+    settings = json.loads((retention_run / "settings.json").read_text())
+    scores = load_scores(retention_run / "cache", settings)
+    result = json.loads((retention_run / "retention.json").read_text())
+    point = next(
+        p for p in result["points"] if p["setting"] == "math-seed0@1+medicine-seed0@1" and p["source"] == "math"
+    )
+    loss = {key: scores[(key, "math")]["nll"] / scores[(key, "math")]["tokens"] for key in
+            ("base", "math-seed0@1", "math-seed0@1+medicine-seed0@1")}  # fmt: skip
+    expected = (loss["base"] - loss["math-seed0@1+medicine-seed0@1"]) / (loss["base"] - loss["math-seed0@1"])
+    assert point["retention"] == pytest.approx(expected, rel=1e-12)
+    # every pair and the triple, both initialisations, the weight sweep; subtracted sources are not points
+    assert result["planned"] == 3 * 2 * 7 * 2 + 2 * 3 * 3
+    assert len(result["points"]) == len([p for p in result["points"] if p["weight"] > 0]) == 3 * 2 * 12 + 2 * 8
+    independent = {p["group"] for p in result["points"] if p["init"] == "independent"}
+    assert "math-seed0+medicine-seed1000+finance-seed2000" in independent
+    assert {p["init"] for p in result["points"]} == {"shared", "independent"}
+    page = (retention_run / "RESULTS.md").read_text()
+    assert "## Retention of merged adapters, measured" in page and "| rms_cosine |" in page
+    assert (retention_run / "retention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a rerun measures nothing new (every score is cached) and rewrites the same section in place
+    assert main(["retention", "--quick", "--out", str(retention_run), "--seeds", "0"]) == 0
+    assert (retention_run / "RESULTS.md").read_text().count("## Retention of merged adapters") == 1
+
+
+def _dense_deltas(folder: Path, weight: float) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    scale = config["lora_alpha"] / config["r"]
+    deltas = {}
+    for key in tensors:
+        if key.endswith("lora_A.weight"):
+            b = tensors[key.replace("lora_A", "lora_B")].double()
+            deltas[key.removesuffix(".lora_A.weight")] = weight * scale * (b @ tensors[key].double())
+    return deltas
+
+
+@pytest.mark.slow
+def test_signals_equal_dense_math(retention_run):
+    from experiments.paper.retention import adapter_dir
+    from experiments.paper.signals import merge_signals
+
+    settings = json.loads((retention_run / "settings.json").read_text())
+    cache = retention_run / "cache"
+    chosen = [("math", 0, 1.0), ("medicine", 1000, -0.5), ("finance", 0, 1.5)]
+    paths = [adapter_dir(cache, settings, d, s) for d, s, _ in chosen]
+    found = merge_signals(paths, [w for *_, w in chosen])
+    deltas = [_dense_deltas(p, w) for p, (*_, w) in zip(paths, chosen)]
+    modules = sorted(deltas[0])
+    flat = [torch.cat([d[m].flatten() for m in modules]) for d in deltas]
+    total = sum(flat)
+    assert found["interference_ratio"] == pytest.approx(float(total @ total) / sum(float(f @ f) for f in flat))
+    for i in range(3):
+        others = sum(f for j, f in enumerate(flat) if j != i)
+        source = found["sources"][i]
+        assert source["others_projection"] == pytest.approx(float(flat[i] @ others) / float(flat[i] @ flat[i]))
+        assert source["others_norm_ratio"] == pytest.approx(float(others.norm() / flat[i].norm()))
+        assert source["norm_ratio"] == pytest.approx(max(float(flat[j].norm() / flat[i].norm()) for j in range(3)
+                                                         if j != i))  # fmt: skip
+    for (i, j), pair in found["pairs"].items():
+        cos = [float(torch.nn.functional.cosine_similarity(deltas[i][m].flatten(), deltas[j][m].flatten(), dim=0))
+               for m in modules]  # fmt: skip
+        assert pair["rms_cosine"] == pytest.approx(math.sqrt(sum(c * c for c in cos) / len(cos)), abs=1e-6)
+        assert pair["mean_cosine"] == pytest.approx(sum(cos) / len(cos), abs=1e-6)
+        assert pair["norm_weighted_cosine"] == pytest.approx(
+            float(flat[i] @ flat[j] / (flat[i].norm() * flat[j].norm())), abs=1e-6
+        )
+        overlaps = []
+        for m in modules:  # principal angles between the column spaces of the dense deltas
+            bases = []
+            for delta in (deltas[i][m], deltas[j][m]):
+                u, s, _ = torch.linalg.svd(delta)
+                bases.append(u[:, : int((s > s[0] * 1e-9).sum())])
+            cosines = torch.linalg.svdvals(bases[0].T @ bases[1])
+            overlaps.append(float((cosines**2).sum()) / min(b.shape[1] for b in bases))
+        assert pair["output_overlap"] == pytest.approx(sum(overlaps) / len(overlaps), abs=1e-6)
+
+
+def test_output_overlap_and_norm_ratio_by_hand():
+    from hubmerge.interference import norm_ratio, output_overlap
+
+    e = torch.eye(4)
+    assert output_overlap(e[:, :2], e[:, 2:]) == pytest.approx(0.0)  # orthogonal output subspaces
+    assert output_overlap(e[:, :2] @ torch.tensor([[2.0, 1.0], [0.0, 3.0]]), e[:, :2]) == pytest.approx(1.0)
+    # span{e0} against span{(e0 + e1)/√2, e2}: cos² of the one principal angle is 1/2
+    assert output_overlap(e[:, :1], torch.stack([e[:, 0] + e[:, 1], e[:, 2]], dim=1)) == pytest.approx(0.5)
+    assert output_overlap(torch.zeros(4, 2), e[:, :2]) is None
+    gram = torch.tensor([[4.0, 1.0], [1.0, 9.0]], dtype=torch.float64)
+    assert norm_ratio(gram, 0, 1) == pytest.approx(2 / 3) and norm_ratio(torch.zeros(2, 2), 0, 1) is None
+
+
+def test_retention_statistics_by_hand():
+    from experiments.paper.retention_report import association, centred, ranks, spearman, supported
+
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([0.1, 0.2, 0.4, 0.8], [1.0, 3.0, 2.0, 9.0]) == pytest.approx(0.8)
+    rows = [{"domains": "a+b", "source": "a", "weights": [1, 1], "retention": r, "x": x, "group": f"g{i}"}
+            for i, (x, r) in enumerate([(0.0, 1.0), (1.0, 0.8), (2.0, 0.6), (3.0, 0.4), (4.0, 0.2)])]  # fmt: skip
+    assert centred(rows, "x") == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    found = association(rows, "x")
+    assert found["spearman"] == pytest.approx(-1.0) and found["pearson"] == pytest.approx(-1.0)
+    assert supported(found)  # every resample keeps the perfect negative relation
+    noise = [{**r, "retention": [0.5, 0.9, 0.1, 0.9, 0.5][i]} for i, r in enumerate(rows)]
+    assert not supported(association(noise, "x"))

@@ -11,6 +11,14 @@ folder ``--out`` (default ``out/paper``, git-ignored); the settings are fixed at
     python -m experiments.paper export-examples          # seed 0's adapters → examples/adapters/, with cards
     python -m experiments.paper all --seeds 0 1 2        # everything above
 
+The retention experiment (experiments/paper/retention.py; its adapters and scores are cached under
+``{cache}/retention/``, so each stage resumes where it stopped):
+
+    python -m experiments.paper retention-train --seeds 0 1 2     # 3 domain adapters per seed
+    python -m experiments.paper retention-measure --seeds 0 1 2   # losses of the planned merges
+    python -m experiments.paper retention-report --seeds 0 1 2    # its section of RESULTS.md, retention.png
+    python -m experiments.paper retention --seeds 0 1 2           # the three above
+
 ``--quick`` swaps in a tiny random Llama built from a config, byte tokens and a few synthetic rows
 per domain (seconds, nothing downloaded); its page and plot go into the run folder. The test
 suite runs it.
@@ -45,6 +53,7 @@ DEFAULTS = {
     "n_train": 64,
     "n_test": 16,
     "eval_batch_size": 8,
+    "eval_max_length": 192,
     "bf16": True,
 }
 QUICK = {
@@ -56,6 +65,7 @@ QUICK = {
     "n_train": 8,
     "n_test": 4,
     "eval_batch_size": 8,
+    "eval_max_length": 96,
     "bf16": False,  # exact float32, so the test can compare the naive sum with PEFT's own stacking
 }
 
@@ -104,7 +114,9 @@ def page_paths(args, settings) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.paper", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["prepare-model", "train", "evaluate", "report", "export-examples", "all"])
+    stages = ["prepare-model", "train", "evaluate", "report", "export-examples", "all"]
+    stages += ["retention-train", "retention-measure", "retention-report", "retention"]
+    parser.add_argument("stage", choices=stages)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "paper", help="run folder (default out/paper)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="replicates (default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, …")
@@ -119,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("learning_rate", "epochs", "batch_size", "max_length", "n_train", "n_test"):
         kind = float if key == "learning_rate" else int
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help="override on a new run folder")
+    parser.add_argument("--minutes", type=float, help="retention-measure: stop starting new scores after this long")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 in the quick mode)")
     args = parser.parse_args(argv)
     import torch
@@ -142,6 +155,8 @@ def run(args, argv) -> int:
         print(prepare_model(args.cache))
         return 0
     settings = settings_for(args)
+    if args.stage.startswith("retention"):
+        return retention(args, settings, command)
     if args.stage in ("train", "evaluate", "all"):
         trial = experiment(args, settings)
         for seed in args.seeds:
@@ -172,6 +187,31 @@ def run(args, argv) -> int:
         dest = args.examples_dir or (args.out / "examples" if settings["quick"] else REPO / "examples" / "adapters")
         for path in export_examples(args.out, dest, seed=min(args.seeds), settings=settings, init=args.init):
             print(f"exported {path}")
+    return 0
+
+
+def retention(args, settings, command: str) -> int:
+    """The retention stages: train the domain adapters, measure the merges, write the page section."""
+    import time
+
+    settings.setdefault("eval_max_length", settings["max_length"])  # a run folder from before these stages
+    # the quick mode's adapters and scores stay inside its run folder
+    cache = args.out / "cache" if settings["quick"] else args.cache
+    if args.stage in ("retention-train", "retention"):
+        from .retention import train_stage
+
+        train_stage(cache, settings, args.seeds, experiment(args, settings))
+    if args.stage in ("retention-measure", "retention"):
+        from .measure import measure_stage
+
+        deadline = time.time() + 60 * args.minutes if args.minutes else None
+        print(f"measured {measure_stage(cache, settings, args.seeds, deadline=deadline)} new scores")
+    if args.stage in ("retention-report", "retention"):
+        from .retention_page import write_retention
+
+        page, _ = page_paths(args, settings)
+        write_retention(cache, settings, args.seeds, page, command=command)
+        print(f"wrote the retention section of {page} and {page.with_name('retention.png')}")
     return 0
 
 

@@ -111,7 +111,34 @@ def tiny_base(path: Path) -> Path:
         pad_token_id=ByteTokenizer.pad_token_id, tie_word_embeddings=True,
     )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(path)
+    byte_tokenizer_fast().save_pretrained(path)
     return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's printable stand-ins for bytes, which the ByteLevel pre-tokenizer emits
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def byte_tokenizer_fast():
+    """:class:`ByteTokenizer` as a transformers fast tokenizer (same ids), for code that loads one from a folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    vocab.update({"<eos>": ByteTokenizer.eos_token_id, "<pad>": ByteTokenizer.pad_token_id})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
 
 
 def pick_device(name: str) -> torch.device:

@@ -455,7 +455,10 @@ wherever the runs could set one.
 {_table(["adapter", "examples", "steps", "first loss", "final loss (last 10%)", "seconds"], training_rows)}
 """
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(text)
+    from .retention_page import kept_section
+
+    kept = kept_section(page)  # the retention stages' section is theirs to rewrite
+    page.write_text(text + ("\n" + kept if kept else ""))
     (out / "results" / "summary.json").write_text(
         json.dumps(
             {
