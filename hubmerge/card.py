@@ -238,10 +238,11 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
     names = [_cell(n) for n in sim.get("adapters") or []]
     parts = [
         f"RMS cosine: for each pair, the root mean square of the cosine between their weight deltas wᵢ·sᵢ·Bᵢ·Aᵢ "
-        f"over the modules both adapt (0: orthogonal updates, 1: the same direction). [arXiv 2508.11985]({PAPER_URL}) "
-        "reports merges degrading as it grows; hubmerge's reproduction on SmolLM2-135M did not find the cosine "
-        "predicting what a sum loses, so it describes the overlap of the updates, not the merge's quality "
-        "(measure that on text with hubmerge's evaluation)."
+        f"over the modules both adapt (0: orthogonal updates, 1: the same direction; [arXiv 2508.11985]({PAPER_URL}) "
+        "uses it as its interference measure). It describes how the updates overlap, not what the merge keeps: in "
+        "hubmerge's measurements on SmolLM2-135M (the retention of each adapter in sums and weighted merges of "
+        "three domain adapters, on held-out text) it did not predict retention. Only an evaluation on text says "
+        "what a merge keeps."
     ]
     matrix = sim.get("rms_cosine") or []
     if names and matrix:

@@ -59,26 +59,27 @@ __all__ = [
 class Thresholds:
     """When hubmerge warns. Change them by passing your own instance.
 
-    Calibrated on SmolLM2-135M with math, medicine and finance adapters (r = 4, α = 64;
-    ``experiments/paper/RESULTS.md``, and ``tests/test_paper.py`` keeps these defaults
-    equal to what those runs give wherever they could set one).
+    Measured on SmolLM2-135M with math, medicine and finance adapters (r = 4, α = 64): the
+    retention of each source in merges of them (``experiments/paper/RESULTS.md``, section
+    "Retention of merged adapters, measured"). ``tests/test_paper.py`` keeps these defaults
+    equal to what those runs give wherever they could set one; the others are choices.
 
     Attributes:
-        rms_cosine: warn for a pair whose RMS cosine is at least this. Independently
-            trained adapters on different data sit near 0 (0.004–0.005 in hubmerge's runs);
-            arXiv 2508.11985 found merges degrade as the RMS cosine grows. hubmerge's runs
-            could not calibrate it: the perplexity a sum loses did not follow the cosine
-            there (it depended on which domains were summed), and same-seed pairs at
-            0.10–0.11 (23× the cosine) merged only slightly worse than independent ones
-            (+0.9 percentage points of perplexity on average). 0.1 stays, as a prompt to
-            evaluate the merge, not a prediction.
-        cancel_ratio: warn for modules whose interference ratio is below this, i.e.
-            the sum keeps less than this share of the energy the parts have.
-        a_overlap: warn for a pair whose mean A overlap is at least this: such
-            adapters almost surely started from the same random A (same seed). Calibrated:
-            same-seed pairs measured 0.995, different seeds 0.076–0.079; 0.53 is the middle
-            of that gap. By chance the overlap is about √(r/in_features): raise this for
-            ranks near the layer width.
+        rms_cosine: warn (``high_cosine``) for a pair whose RMS cosine is at least this. A
+            choice, not a calibration: independently trained adapters sit near 0
+            (0.004–0.005 in hubmerge's runs), same-seed ones near 0.1 because they share their
+            initial A. In hubmerge's measurements the cosine did not predict what a merge keeps
+            (merges whose RMS cosines all lay within 0.004–0.005 kept anywhere from less than
+            nothing to all of a source's gain, depending on the domains), so the warning says
+            how the updates overlap and asks for an evaluation; it predicts nothing.
+        cancel_ratio: warn for modules whose interference ratio is below this, i.e. the sum
+            keeps less than this share of the energy the parts have (a geometric fact about the
+            deltas). A choice: the interference ratios of hubmerge's plain sums stayed close to
+            1, so the runs cannot calibrate it.
+        a_overlap: warn for a pair whose mean A overlap is at least this: such adapters
+            almost surely started from the same random A (same seed). Calibrated: same-seed pairs
+            measure about 0.995, different seeds 0.076–0.079; 0.53 is the middle of that gap. By
+            chance the overlap is about √(r/in_features): raise this for ranks near the layer width.
         retention: warn (``merge_loses``) for a source whose retention on its own evaluation
             domain, (L_base − L_merged) / (L_base − L_source), is below this: the merge keeps
             less than this share of the loss the source alone gained over the base. Only
@@ -302,19 +303,14 @@ class SimilarityAccumulator:
                 shared_a = not math.isnan(overlap[i, j]) and overlap[i, j] >= t.a_overlap
                 if not math.isnan(rms[i, j]) and rms[i, j] >= t.rms_cosine:
                     direction = "opposing" if mean[i, j] < 0 else "overlapping"
-                    why = (
-                        " Much of this cosine comes from their shared initial A (below); in hubmerge's own runs "
-                        "such pairs merged only slightly worse than independently initialised ones "
-                        "(+0.9 points of perplexity)."
-                        if shared_a
-                        else ""
-                    )
+                    why = " Much of this cosine comes from their shared initial A (below)." if shared_a else ""
                     notes.append(
                         Notice(
                             "high_cosine",
                             f"{a} and {b} make {direction} updates (RMS cosine {float(rms[i, j]):.3f} ≥ "
-                            f"{t.rms_cosine}): summing them may interfere. Consider lower weights, or "
-                            f"evaluate the merge on both tasks before using it.{why}",
+                            f"{t.rms_cosine}). This measures how their updates overlap, not what the merge keeps: "
+                            "in hubmerge's measurements the RMS cosine did not predict it. Evaluate the merge on "
+                            f"both tasks before using it.{why}",
                         )
                     )
                 if shared_a:

@@ -148,7 +148,7 @@ def test_analyse_shows_warnings(hub, repos):
     result = handlers.analyse([refs["a"], refs["a"]], [1.0, 1.0], "sum")
     assert "### Warnings (2)" in result.warnings
     assert "probably trained from the same seed" in result.warnings
-    assert "may interfere" in result.warnings
+    assert "not what the merge keeps" in result.warnings
     assert result.matrix.iloc[0, 2] == "1", "an adapter and itself point the same way"
 
 

@@ -10,6 +10,7 @@ Each (setting, domain) score is cached as JSON; a rerun skips what is there.
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,8 @@ def plan_settings(seeds: list[int]) -> list[tuple[dict[str, float], list[str]]]:
         weights = {adapter_name(d, s): w for d, s, w in zip(plan["domains"], plan["seeds"], plan["weights"])}
         if setting_id(weights) not in seen:
             seen.add(setting_id(weights))
-            todo.append((weights, list(plan["domains"])))
+            # a subtracted adapter is not meant to keep its skill: its domain is not scored
+            todo.append((weights, [d for d, w in zip(plan["domains"], plan["weights"]) if w > 0]))
     return todo
 
 
@@ -104,6 +106,9 @@ def measure_stage(cache: Path, settings: dict, seeds: list[int], *, deadline: fl
         for weights, domain in todo:
             if deadline is not None and time.time() > deadline:
                 break
+            path = folder / domain / f"{setting_id(weights)}.json"
+            if path.exists() or not _claim(path):  # another measuring process has it, or had it
+                continue
             started = time.perf_counter()
             items = examples[domain]["examples"]
             # bf16 matmuls where the settings train in bf16 (3x faster on CPU); float32 otherwise
@@ -116,17 +121,40 @@ def measure_stage(cache: Path, settings: dict, seeds: list[int], *, deadline: fl
             record = {"weights": weights, "domain": domain, "nll": nll, "tokens": tokens,
                       "examples": len(items), "truncated": examples[domain]["truncated"],
                       "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-            path = folder / domain / f"{setting_id(weights)}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".part")
             tmp.write_text(json.dumps(record, indent=1) + "\n")
             tmp.rename(path)
+            path.with_suffix(".lock").unlink(missing_ok=True)
             done += 1
             print(f"{time.strftime('%H:%M:%S')} [{done}/{len(todo)}] {domain} {setting_id(weights)}: "
                   f"loss {nll / tokens:.4f} ({record['seconds']} s)", flush=True)  # fmt: skip
     finally:
         evaluator.close()
     return done
+
+
+def _claim(path: Path) -> bool:
+    """Take the score at ``path`` for this process (a lock file holding its pid); False if a live one holds it.
+
+    Several measuring processes can then share one plan: each skips what another is scoring.
+    """
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(lock, "x") as handle:
+                handle.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+                os.kill(owner, 0)  # raises when that process is gone
+                return False
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # left by a process that was stopped: take it over
+            except (FileNotFoundError, PermissionError):
+                return False
+    return False
 
 
 def _cached(folder: Path, weights: dict[str, float], domain: str) -> bool:

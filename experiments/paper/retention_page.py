@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .retention import merges
-from .retention_report import BOOTSTRAP, analyses, plot, points, section
+from .retention import adapter_dir, adapters_of, merges
+from .retention_report import BOOTSTRAP, analyses, calibration, plot, points, section
 
 BEGIN = "<!-- retention: written by `python -m experiments.paper retention-report` -->"
 END = "<!-- /retention -->"
@@ -28,10 +28,13 @@ def write_retention(cache: Path, settings: dict, seeds: list[int], page: Path, *
     plot_path = page.with_name("retention.png")
     if rows:
         plot(rows, plot_path)
-    planned = sum(len(plan["domains"]) for plan in merges(seeds))
-    body = section(rows, stats, planned=planned, plot_name=plot_path.name, seeds=seeds, draws=draws)
+    planned = sum(w > 0 for plan in merges(seeds) for w in plan["weights"])  # subtracted sources are no points
+    body = section(rows, stats, planned=planned, plot_name=plot_path.name, seeds=seeds, draws=draws, settings=settings)
+    body += _training_note(cache, settings, seeds)
     body += f"\n*Regenerate with* `{command}`.\n"
-    result = {"seeds": seeds, "planned": planned, "points": rows, "analyses": stats}
+    calibrated = calibration(rows, stats)
+    body += calibration_table(calibrated)
+    result = {"seeds": seeds, "planned": planned, "points": rows, "analyses": stats, "calibration": calibrated}
     page.with_name("retention.json").write_text(json.dumps(result, indent=1) + "\n")
     replace_section(page, body)
     return result
@@ -55,3 +58,37 @@ def kept_section(page: Path) -> str:
     if BEGIN in text and END in text:
         return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
     return ""
+
+
+def calibration_table(found: dict) -> str:
+    from hubmerge import Thresholds
+
+    defaults = Thresholds()
+    lines = ["\n### hubmerge's thresholds against these runs\n", "| threshold | set by these runs | default | basis |",
+             "|---|---|---|---|"]  # fmt: skip
+    for key, entry in found.items():
+        value = "—" if entry["value"] is None else f"{entry['value']:g}"
+        lines.append(f"| `{key}` | {value} | {getattr(defaults, key):g} | {entry['why']} |")
+    lines.append(f"| `retention` | — | {defaults.retention:g} | a choice, not a calibration: below it a merge keeps "
+                 "less than half of what the source gained on its own domain |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _training_note(cache: Path, settings: dict, seeds: list[int]) -> str:
+    """Where each adapter came from: trained here (seconds), or taken from a folder with the same training."""
+    trained, copied = [], []
+    for domain, seed in adapters_of(seeds):
+        path = adapter_dir(cache, settings, domain, seed) / "training.json"
+        if not path.exists():
+            continue
+        info = json.loads(path.read_text())
+        name = f"`{domain}-seed{seed}`"
+        if "copied_from" in info:
+            copied.append(f"{name} is `{info['copied_from']}`: {info.get('note', '')}.")
+        else:
+            trained.append(f"{name} {info['seconds']:.0f} s")
+    lines = []
+    if trained:
+        lines.append("Trained for this section (on a shared 2-core CPU): " + ", ".join(trained) + ".")
+    lines += copied
+    return ("\n" + "\n\n".join(lines) + "\n") if lines else ""

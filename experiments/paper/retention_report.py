@@ -168,10 +168,19 @@ def analyses(rows: list[dict], *, draws: int = BOOTSTRAP) -> dict:
     return out
 
 
+MIN_GROUPS = 8  # fewer merge groups than this: a bootstrap interval says little, nothing is called supported
+
+
 def supported(entry: dict) -> bool:
-    """A relation the runs show: the 95% interval of Spearman ρ excludes 0."""
+    """A relation the runs show: at least ``MIN_GROUPS`` merge groups and a 95% interval of ρ that excludes 0."""
     ci = entry.get("spearman_ci")
-    return bool(ci) and (ci[0] > 0 or ci[1] < 0)
+    return entry.get("groups", 0) >= MIN_GROUPS and bool(ci) and (ci[0] > 0 or ci[1] < 0)
+
+
+def verdict(entry: dict) -> str:
+    if entry.get("groups", 0) < MIN_GROUPS:
+        return f"cannot tell ({entry.get('groups', 0)} groups)"
+    return "yes" if supported(entry) else "no"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -211,19 +220,33 @@ def _ci(entry: dict, key: str) -> str:
     return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.2f}"
 
 
-def section(rows: list[dict], stats: dict, *, planned: int, plot_name: str, seeds: list[int], draws: int) -> str:
+def section(rows: list[dict], stats: dict, *, planned: int, plot_name: str, seeds: list[int], draws: int,
+            settings: dict) -> str:  # fmt: skip
     """The retention section of the results page (Markdown)."""
+    from .retention import PAIR_WEIGHTS, TRIPLE_WEIGHTS
+
     parts = ["## Retention of merged adapters, measured\n"]
     measured = len(rows)
     plain = [r for r in rows if r["plain"]]
+    sweep = ", ".join(f"({', '.join(f'{w:g}' for w in ws)})" for ws in PAIR_WEIGHTS)
+    triple = ", ".join(f"({', '.join(f'{w:g}' for w in ws)})" for ws in TRIPLE_WEIGHTS)
+    precision = "bf16 autocast (float32 weights and loss)" if settings["bf16"] else "float32"
     parts.append(
-        f"Retention of a source in a merge = (L_base − L_merge) / (L_base − L_source) on its own domain's held-out "
-        f"test rows (answer tokens, token-weighted NLL, hubmerge's evaluation; 1: the merge keeps all the source "
-        f"gained, 0: none, < 0: worse than the base). Seeds {', '.join(map(str, seeds))}; {measured} of {planned} "
-        f"planned (merge, source) points measured, {len(plain)} of them plain sums (all weights 1). Shared "
-        "initialisation: the merged adapters come from the same seed (same initial A); independent: from different "
-        "seeds. A weight setting is scored with every source active in PEFT at scaling wᵢ·sᵢ, which is exactly the "
-        "sum hubmerge writes (tests/test_paper.py checks this).\n"
+        "**Retention** of a source in a merge = (L_base − L_merge) / (L_base − L_source) on its own domain's "
+        "held-out test rows: 1, the merge keeps all the source gained over the base; 0, none; < 0, worse than the "
+        "base. L is hubmerge's evaluation loss (token-weighted NLL of the answer tokens, "
+        f"`Question: …\\nAnswer:` template) on the first {settings['n_test']} test rows of each domain, at most "
+        f"{settings['eval_max_length']} tokens, {precision}, the same single-domain adapters as above "
+        f"(r = {settings['r']}, α = {settings['lora_alpha']}, {settings['n_train']} training pairs, "
+        f"{settings['epochs']} epoch).\n\n"
+        f"**Merges** of one adapter per domain: the three pairs and the triple, each in two initialisations "
+        f"— *shared*: all from seed s (PEFT draws the same initial A); *independent*: math from s, medicine "
+        f"from s + 1000, finance from s + 2000 — for seed(s) s = {', '.join(map(str, seeds))}. Weights: pairs "
+        f"{sweep}; the triple {triple}. A subtracted source (w < 0) is no point: only what the merge is meant "
+        "to keep is scored. Each weight setting is scored with all its sources active in PEFT at scalings wᵢ·sᵢ, "
+        "which is exactly the adapter hubmerge writes (`tests/test_paper.py` checks it against the written "
+        f"merge loaded by PEFT). {measured} of {planned} planned (merge, source) points are measured, "
+        f"{len(plain)} of them plain sums (all weights 1).\n"
     )
     if not rows:
         return "\n".join(parts + ["No points measured yet."])
@@ -240,13 +263,14 @@ def section(rows: list[dict], stats: dict, *, planned: int, plot_name: str, seed
         header = "| signal | n | ρ | r | ρ within cells | r within cells | supported |\n|---|---|---|---|---|---|---|"
         lines = [header]
         for raw, within in zip(entry["raw"], entry["within"]):
-            verdict = "yes" if supported(raw) else "no"
-            verdict += " (also within)" if supported(within) else ""
+            said = verdict(raw) + (" (also within)" if supported(within) else "")
             lines.append(f"| {raw['signal']} | {raw['n']} | {_ci(raw, 'spearman')} | {_ci(raw, 'pearson')} | "
-                         f"{_ci(within, 'spearman')} | {_ci(within, 'pearson')} | {verdict} |")  # fmt: skip
+                         f"{_ci(within, 'spearman')} | {_ci(within, 'pearson')} | {said} |")  # fmt: skip
         parts.append("\n".join(lines) + "\n")
     parts.append(
-        "*Supported*: the 95% interval of ρ excludes 0. How much that is worth: there are four domain combinations "
+        f"*Supported*: at least {MIN_GROUPS} merge groups and a 95% interval of ρ that excludes 0; with fewer groups "
+        "the bootstrap has too few distinct resamples to mean much, and the table says *cannot tell*. How much "
+        "even a supported relation is worth: there are four domain combinations "
         f"(three pairs and the triple) and {len(seeds)} seed(s); a bootstrap over merge groups cannot create "
         "combinations that were not run, so a relation carried by *which domains* are merged is not a relation "
         "with the signal — the within-cells columns are the test of that.\n"
@@ -273,3 +297,44 @@ def _sd(values: list[float]) -> float:
         return 0.0
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def calibration(rows: list[dict], stats: dict, *, retention_floor: float = 0.5) -> dict:
+    """hubmerge's thresholds as these runs set them, or why they cannot.
+
+    - ``rms_cosine`` / ``cancel_ratio``: the signal value at which the fitted line of retention
+      (plain sums) reaches ``retention_floor`` (``Thresholds.retention``), only when the relation is
+      supported (95% interval of ρ excludes 0) in the plain sums, also within cells, and has the
+      direction the warning assumes (more cosine, less retention; lower ratio, less retention).
+    - ``a_overlap``: the midpoint of the gap between same-seed and different-seed A overlaps.
+    """
+    from .calibrate import round_down
+
+    plain = [r for r in rows if r["plain"] and math.isfinite(r["retention"])]
+    view = stats.get("plain sums (all weights 1)", {})
+    found = {}
+    for key, signal, sign in (("rms_cosine", "rms_cosine", -1), ("cancel_ratio", "interference_ratio", +1)):
+        raw = next((e for e in view.get("raw", []) if e["signal"] == signal), None)
+        within = next((e for e in view.get("within", []) if e["signal"] == signal), None)
+        if raw is None or within is None or not (supported(raw) and supported(within)) or raw["spearman"] * sign < 0:
+            rho = f"ρ = {_ci(raw, 'spearman')}" if raw else "no points"
+            found[key] = {"value": None, "why": f"no relation of {signal} with retention that these runs support "
+                          f"in the direction the warning assumes (plain sums: {rho}): they cannot calibrate it, "
+                          "so the default is a choice"}  # fmt: skip
+            continue
+        xs, ys = [r[signal] for r in plain], [r["retention"] for r in plain]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        value = mx + (retention_floor - my) / slope
+        found[key] = {"value": round_down(value), "why": f"the fitted retention line reaches {retention_floor} at "
+                      f"{signal} = {value:.4f} (measured {min(xs):.4f}–{max(xs):.4f})"}  # fmt: skip
+    shared = [r["a_overlap"] for r in rows if r["init"] == "shared"]
+    independent = [r["a_overlap"] for r in rows if r["init"] == "independent"]
+    if shared and independent and min(shared) > max(independent):
+        value = (min(shared) + max(independent)) / 2
+        why = f"same seed {min(shared):.3f}–{max(shared):.3f}, different seeds "
+        why += f"{min(independent):.3f}–{max(independent):.3f}: midpoint {value:.4f}"
+        found["a_overlap"] = {"value": round_down(value), "why": why}
+    else:
+        found["a_overlap"] = {"value": None, "why": "same-seed and different-seed A overlaps are not separated"}
+    return found
