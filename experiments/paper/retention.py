@@ -87,6 +87,7 @@ def merges(seeds: list[int]) -> list[dict]:
                     for weights in sweep:
                         plans.append({
                             "domains": list(domains), "seeds": chosen, "weights": list(weights), "init": init,
+                            "replicate": seed,
                         })  # fmt: skip
     return plans
 
