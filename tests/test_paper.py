@@ -277,14 +277,15 @@ def test_retention_statistics_by_hand():
 
     assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
     assert spearman([0.1, 0.2, 0.4, 0.8], [1.0, 3.0, 2.0, 9.0]) == pytest.approx(0.8)
-    rows = [{"domains": "a+b", "source": "a", "weights": [1, 1], "retention": r, "x": x, "group": f"g{i}"}
-            for i, (x, r) in enumerate([(0.0, 1.0), (1.0, 0.8), (2.0, 0.6), (3.0, 0.4), (4.0, 0.2)])]  # fmt: skip
-    assert centred(rows, "x") == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    rows = [{"domains": "a+b", "source": "a", "weights": [1, 1], "retention": 1 - 0.1 * i, "x": float(i),
+             "group": f"g{i}"} for i in range(10)]  # fmt: skip
+    assert centred(rows, "x") == [i - 4.5 for i in range(10)]
     found = association(rows, "x")
     assert found["spearman"] == pytest.approx(-1.0) and found["pearson"] == pytest.approx(-1.0)
     assert supported(found)  # every resample keeps the perfect negative relation
-    noise = [{**r, "retention": [0.5, 0.9, 0.1, 0.9, 0.5][i]} for i, r in enumerate(rows)]
+    noise = [{**r, "retention": [0.5, 0.9, 0.1, 0.9, 0.5, 0.2, 0.8, 0.3, 0.6, 0.5][i]} for i, r in enumerate(rows)]
     assert not supported(association(noise, "x"))
+    assert not supported(association(rows[:5], "x")), "five merge groups are too few to call anything supported"
 
 
 def test_thresholds_and_wording_follow_the_committed_retention_runs():
@@ -308,4 +309,4 @@ def test_thresholds_and_wording_follow_the_committed_retention_runs():
         assert "did not predict" in message and "interfere" not in message
         assert "did not predict retention" in card and "degrad" not in card
     if result["calibration"]["cancel_ratio"]["value"] is None:
-        assert "a choice" in Thresholds.__doc__.split("cancel_ratio:")[1].split("a_overlap:")[0]
+        assert "a choice" in Thresholds.__doc__.split("cancel_ratio:")[1].split("a_overlap:")[0].lower()
