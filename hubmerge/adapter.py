@@ -9,7 +9,10 @@ For a module ``m`` PEFT computes ``W + s·B·A`` with ``A`` of shape (r, in),
 ``B`` of shape (out, r) and the scale ``s`` from the config (:mod:`.config`).
 Embedding LoRA stores the same two factors under
 ``lora_embedding_A/B``; its delta is ``(s·B·A)ᵀ``, which sums and compares the
-same way, so it is handled. Problems that concern the math (variants whose
+same way, so it is handled. Convolution LoRA (PEFT's ``lora_A`` a convolution with the
+layer's kernel, ``lora_B`` a 1×1 one) has the delta ``ΔW[o, i, k…] = s·Σ_r B[o, r]·A[r, i, k…]``:
+B·A of the factors flattened to ``r × (in·k…)`` and ``out × r``, which is how it is read
+(:attr:`ModuleFactors.kernel` keeps the shape to write it back). Problems that concern the math (variants whose
 delta is not B·A, a missing partner, a shape that contradicts the config) are
 collected in :attr:`LoraAdapter.problems` for the compatibility check to
 report together; files that cannot be parsed at all raise at once.
@@ -54,12 +57,13 @@ class ModuleFactors:
     rank: int
     in_features: int
     out_features: int
-    kind: str  # "linear" or "embedding"
+    kind: str  # "linear", "embedding" or "conv"
     parameter: str | None = None  # M.p for a parameter LoRA
     experts: int = 1
     expert: int | None = None  # which expert of the stored factors, for a 3-D parameter
     depth: int = 0  # the parameter's nesting depth in the saved keys
     enable_lora: tuple[bool, ...] | None = None  # PEFT 0.2's MergedLinear: B is stored grouped
+    kernel: tuple[int, ...] | None = None  # conv LoRA: lora_A's shape after the rank (in, k…)
 
 
 class LoraAdapter:
@@ -147,6 +151,9 @@ class LoraAdapter:
         spec = self.modules[module]
         if spec.enable_lora is not None:
             return self._reader.get(spec.a_name), expand_lora_b(self._reader.get(spec.b_name), spec.enable_lora)
+        if spec.kernel is not None:  # conv LoRA, flattened: B·A is the delta of the flattened kernel
+            a, b = self._reader.get(spec.a_name), self._reader.get(spec.b_name)
+            return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
         if spec.expert is None:
             return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
         # The experts of one parameter share two tensors and come one after another: read them once.
@@ -298,6 +305,14 @@ class LoraAdapter:
             return ModuleFactors(
                 module, a_name, b_name, a_shape[0], a_shape[1], out_features, kind, enable_lora=enable_lora
             )
+        if kind == "linear" and len(a_shape) in (3, 4, 5) and len(b_shape) == len(a_shape):
+            return self._conv_spec(module, a_name, b_name, a_shape, b_shape)
+        if kind == "linear" and len(a_shape) == 2 and len(b_shape) == 3 and b_shape[2] == 1:
+            self.problems.append(
+                f"{self._where(b_name)} has shape {list(b_shape)} next to a 2-D lora_A: PEFT 0.2's MergedLinear "
+                "(enable_lora), but adapter_config.json has no enable_lora to say which parts it adapts"
+            )
+            return None
         bad = False
         for tensor, shape in ((a_name, a_shape), (b_name, b_shape)):
             if not self._dtypes[tensor].is_floating_point:
@@ -305,8 +320,8 @@ class LoraAdapter:
                 bad = True
             if len(shape) != 2:
                 self.problems.append(
-                    f"{self._where(tensor)} has shape {list(shape)}; only 2-D factors (Linear, Conv1D, "
-                    "Embedding) are supported, not convolution LoRA"
+                    f"{self._where(tensor)} has shape {list(shape)}; LoRA factors are 2-D (Linear, Conv1D, "
+                    "Embedding) or, for a convolution, lora_A and lora_B of the same number of dimensions (3 to 5)"
                 )
                 bad = True
         if bad:
@@ -334,6 +349,42 @@ class LoraAdapter:
             out_features=b_shape[0],
             kind=kind,
         )
+
+    def _conv_spec(self, module: str, a_name: str, b_name: str, a_shape, b_shape) -> ModuleFactors | None:
+        """A convolution LoRA (lora_A: r × in × k…, lora_B: out × r × 1…), read flattened."""
+        if not (self._dtypes[a_name].is_floating_point and self._dtypes[b_name].is_floating_point):
+            self.problems.append(f"{self._where(a_name)}: convolution LoRA factors must be floats")
+            return None
+        problem = _conv_problem(tuple(a_shape), tuple(b_shape))
+        if problem is not None:
+            self.problems.append(f"{self._where(b_name)} {problem}")
+            return None
+        rank, expected = a_shape[0], self.config.rank_for(module)
+        if rank != expected:
+            self.problems.append(
+                f"{self._where(a_name)} has rank {rank} but adapter_config.json gives module {module!r} "
+                f"rank {expected} (r / rank_pattern): the config contradicts the tensors"
+            )
+            return None
+        flat = 1
+        for size in a_shape[1:]:
+            flat *= size
+        return ModuleFactors(
+            module, a_name, b_name, rank, flat, b_shape[0], "conv", kernel=tuple(int(d) for d in a_shape[1:])
+        )
+
+
+def _conv_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> str | None:
+    """Why a convolution LoRA's factors are not one B·A, or ``None`` when they are."""
+    if any(size != 1 for size in b_shape[2:]):
+        return f"lora_B has kernel {list(b_shape[2:])}; PEFT's convolution LoRA has a 1×1 lora_B"
+    if b_shape[1] != a_shape[0]:
+        groups = a_shape[0] // b_shape[1] if b_shape[1] and a_shape[0] % b_shape[1] == 0 else "?"
+        return (
+            f"is the LoRA of a grouped convolution (lora_B takes {b_shape[1]} of lora_A's {a_shape[0]} channels per "
+            f"group, groups={groups}): its delta is not one B·A (PEFT cannot merge it either), so it is not summed"
+        )
+    return None
 
 
 def _lora_part(rel: str) -> tuple[str, str] | None:
