@@ -33,7 +33,7 @@ from .methods.exact import concat_factors, pad_rank
 from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .options import check_weights, inputs_dtype, parse_dtype
-from .peft_releases import plain_target_names
+from .peft_releases import loading_release, plain_target_names
 from .recipe import Recipe
 from .report import (
     KeptEnergy,
@@ -299,6 +299,9 @@ def merge(
         max_rank=max_rank,
         fit=fit,
     )
+    layers = {f"Conv{len(m.kernel) - 1}d" for m in modules.values() if m.kernel is not None}
+    if report.output is not None:
+        report = replace(report, output=replace(report.output, min_peft=loading_release(config, layers)))
     facts = serving_facts(report, config, full_weights=list(compat.base_layers))
     rank_fit = summarize_fits(fits, target, max(ranks.values(), default=1))
     report = replace(report, serving=serving_section(facts, rank_fit=rank_fit))

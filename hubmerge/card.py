@@ -223,6 +223,11 @@ def _method(report: dict) -> str:
             else f"rank {out['rank']} (effective {low}–{high} per module; smaller modules are zero-padded)"
         )
         lines.append(f"- output: {ranks}, {out['num_modules']} modules, {out['dtype']}")
+        if out.get("min_peft"):
+            lines.append(
+                f"- loads in PEFT ≥ {out['min_peft']}: the oldest release whose LoraConfig has every field written "
+                "and whose LoRA wraps every layer kind adapted"
+            )
     modules = report.get("modules") or {}
     if "union" in modules:
         lines.append(

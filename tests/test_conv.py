@@ -127,6 +127,7 @@ def test_convolution_lora_sums_exactly(tmp_path):
     module = result.report.similarity.per_module["conv"]
     assert module.cosine["a|b"] == pytest.approx(cosine, abs=1e-3)
     assert result.report.exact is True
+    assert result.report.output.min_peft == "0.15.0"  # the first release with LoRA on nn.Conv1d
 
 
 def test_grouped_convolution_lora_is_refused(tmp_path, capsys):

@@ -420,6 +420,7 @@ def test_per_expert_and_fused_layouts_merge_exactly(tmp_path, arch, old_lora, ne
     sources = [(old, 0.8), (new, -1.3)]
     result, out = merge_to(tmp_path, sources)
     assert "experts_fused" in {w.code for w in result.report.warnings}
+    assert result.report.output.min_peft == "0.17.0"  # target_parameters
     deltas = [(0.8, per_expert_deltas(arch, old)), (-1.3, peft_deltas(arch, new))]
     want = model_with(arch, deltas)
     assert (want(ids()).logits - base_logits(arch)).abs().max() > 0.05
