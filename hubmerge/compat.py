@@ -17,7 +17,7 @@ import torch
 
 from .adapter import LoraAdapter, ModuleFactors
 from .errors import IncompatibleAdaptersError, Problem
-from .expert_layouts import FusedModule, fuse_experts, fused_factors
+from .expert_layouts import FusedModule, fuse_experts, fused_factors, with_model_order
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
@@ -158,7 +158,9 @@ def check_compatibility(
     fusion = fuse_experts(adapters, model_type=model_type)
     problems.extend(Problem(text, code="expert_layouts_differ") for text in fusion.problems)
     warnings.extend(fusion.notices)
-    layouts = [{**a.parameter_layouts, **extra} for a, extra in zip(adapters, fusion.layouts)]
+    layouts = [
+        with_model_order({**a.parameter_layouts, **extra}, model_type) for a, extra in zip(adapters, fusion.layouts)
+    ]
     parameter_depths, parameter_problems = plan_parameters(
         [a.source for a in adapters],
         layouts,

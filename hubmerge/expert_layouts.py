@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -40,7 +40,15 @@ from .adapter import LoraAdapter, ModuleFactors
 from .experts import ParameterLayout
 from .notice import Notice
 
-__all__ = ["EXPERT_FUSIONS", "ExpertFusion", "FusedModule", "Fusion", "fuse_experts", "fused_factors"]
+__all__ = [
+    "EXPERT_FUSIONS",
+    "ExpertFusion",
+    "FusedModule",
+    "Fusion",
+    "fuse_experts",
+    "fused_factors",
+    "with_model_order",
+]
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ EXPERT_FUSIONS: tuple[ExpertFusion, ...] = (
         name="qwen2_moe",
         model_types=(
             "qwen2_moe", "qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "olmoe", "flex_olmo", "glm4_moe",
-            "glm4v_moe", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "longcat_flash", "exaone_moe",
+            "glm4v_moe", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "exaone_moe",
         ),
         expert=r"^(?P<prefix>.+)\.mlp\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)$",
         container=r"\g<prefix>.mlp.experts",
@@ -146,6 +154,20 @@ def fused_factors(adapter: LoraAdapter, module: FusedModule) -> tuple[torch.Tens
     return a_out, b_out
 
 
+def with_model_order(layouts: dict[str, ParameterLayout], model_type: str | None) -> dict[str, ParameterLayout]:
+    """``layouts`` with the model's nesting of its fused experts' LoRAs, where the Hub told the base's
+    ``model_type`` and a family lists it: the files then need not show it (adapters may each target
+    a different parameter of one module)."""
+    families = [f for f in EXPERT_FUSIONS if model_type in f.model_types] if model_type else []
+    out = dict(layouts)
+    for container, layout in layouts.items():
+        for family in families:
+            fits = re.search(family.fused[0], container) and set(layout.labels) <= set(family.registered)
+            if fits and layout.order is None:
+                out[container] = replace(layout, order=tuple(reversed(family.registered)))
+    return out
+
+
 def _families(model_type: str | None) -> tuple[ExpertFusion, ...]:
     if model_type is None:
         return EXPERT_FUSIONS
@@ -171,7 +193,9 @@ def fuse_experts(adapters: Sequence[LoraAdapter], *, model_type: str | None = No
         ]
         if not fused_in:
             continue
-        per_adapter = [_matches(a, family) for a in adapters]
+        # A router another adapter adapts as a module stays a module (a model whose router is still a Linear).
+        linear = {k for i in fused_in for k, s in adapters[i].modules.items() if s.parameter is None}
+        per_adapter = [_matches(a, family, linear) for a in adapters]
         holders = [i for i in range(count) if per_adapter[i][0] or per_adapter[i][1]]
         if not holders:
             continue
@@ -202,7 +226,9 @@ def fuse_experts(adapters: Sequence[LoraAdapter], *, model_type: str | None = No
     return fusion
 
 
-def _matches(adapter: LoraAdapter, family: ExpertFusion) -> tuple[dict[str, re.Match[str]], dict[str, str]]:
+def _matches(
+    adapter: LoraAdapter, family: ExpertFusion, linear: set[str]
+) -> tuple[dict[str, re.Match[str]], dict[str, str]]:
     experts: dict[str, re.Match[str]] = {}
     routers: dict[str, str] = {}
     for key, spec in adapter.modules.items():
@@ -212,7 +238,7 @@ def _matches(adapter: LoraAdapter, family: ExpertFusion) -> tuple[dict[str, re.M
             experts[key] = match
             continue
         renamed, hits = re.subn(family.router[0], family.router[1], key)
-        if hits:
+        if hits and renamed.rsplit(".", 1)[0] not in linear:
             routers[key] = renamed
     return experts, routers
 

@@ -186,6 +186,24 @@ def test_disjoint_parameters_of_one_module_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_disjoint_parameters_merge_where_the_hub_names_the_model_type(tmp_path, hub):
+    """The same two adapters, once the Hub says the base is a qwen3_moe model: transformers' Qwen3MoeExperts
+    registers gate_up_proj before down_proj, so PEFT nests down_proj outside, and the merge is exact."""
+    from tests.conftest import TOKENS
+
+    if BASE_ID not in hub.list_repos():
+        hub.create_repo(BASE_ID, owner_token=TOKENS["alice"])
+        hub.commit_files(BASE_ID, {"config.json": json.dumps({"model_type": "qwen3_moe"}).encode()})
+    a = make(tmp_path / "a", "qwen3_moe", seed=1, target_modules=[], target_parameters=["experts.gate_up_proj"])
+    b = make(tmp_path / "b", "qwen3_moe", seed=2, target_modules=[], target_parameters=["experts.down_proj"])
+    sources = [(a, 1.0), (b, -0.5)]
+    result = hubmerge.merge([str(a), str(b)], weights=[1.0, -0.5], resolve_base_model=True)
+    result.save_pretrained(tmp_path / "merged")
+    dense = dense_reference("qwen3_moe", sources)
+    assert (dense - dense_reference("qwen3_moe", sources[:1])).abs().max() > 0.05
+    assert torch.allclose(merged_logits("qwen3_moe", tmp_path / "merged"), dense, atol=2e-5)
+
+
 def test_equal_shapes_that_cannot_be_told_apart_are_refused(tmp_path):
     """Two same-shaped parameters on one module, each adapter targeting a different one: a guessed
     label could not be checked, so hubmerge refuses instead of risking a swapped sum."""
@@ -410,6 +428,9 @@ def test_peft_reads_the_per_expert_layout_as_the_reference_does(tmp_path):
         # Only the gate projection of experts 0 and 2, and no router: zeros elsewhere.
         ("qwen3_moe", {"projections": ("gate_proj",), "experts": (0, 2), "router": False},
          {"target_modules": ["q_proj"], "target_parameters": EXPERTS}),
+        # down_proj in one, gate_up_proj in the other: the family's registration order decides the nesting.
+        ("mixtral", {"projections": ("w2",), "router": False, "attention": False},
+         {"target_modules": [], "target_parameters": ["mlp.experts.gate_up_proj"]}),
     ],
 )  # fmt: skip
 def test_per_expert_and_fused_layouts_merge_exactly(tmp_path, arch, old_lora, new_lora):
