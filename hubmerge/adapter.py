@@ -9,10 +9,8 @@ For a module ``m`` PEFT computes ``W + s·B·A`` with ``A`` of shape (r, in),
 ``B`` of shape (out, r) and the scale ``s`` from the config (:mod:`.config`).
 Embedding LoRA stores the same two factors under
 ``lora_embedding_A/B``; its delta is ``(s·B·A)ᵀ``, which sums and compares the
-same way, so it is handled. Convolution LoRA (PEFT's ``lora_A`` a convolution with the
-layer's kernel, ``lora_B`` a 1×1 one) has the delta ``ΔW[o, i, k…] = s·Σ_r B[o, r]·A[r, i, k…]``:
-B·A of the factors flattened to ``r × (in·k…)`` and ``out × r``, which is how it is read
-(:attr:`ModuleFactors.kernel` keeps the shape to write it back). Problems that concern the math (variants whose
+same way, so it is handled. Convolution LoRA is read flattened (:mod:`.conv`;
+:attr:`ModuleFactors.kernel` keeps the shape to write it back). Problems that concern the math (variants whose
 delta is not B·A, a missing partner, a shape that contradicts the config) are
 collected in :attr:`LoraAdapter.problems` for the compatibility check to
 report together; files that cannot be parsed at all raise at once.
@@ -30,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
+from .conv import conv_problem, flat_in_features
 from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
 from .experts import ParameterLayout, expert_factors, index_parameters
 from .legacy import expand_lora_b, merged_linear_problem
@@ -355,7 +354,7 @@ class LoraAdapter:
         if not (self._dtypes[a_name].is_floating_point and self._dtypes[b_name].is_floating_point):
             self.problems.append(f"{self._where(a_name)}: convolution LoRA factors must be floats")
             return None
-        problem = _conv_problem(tuple(a_shape), tuple(b_shape))
+        problem = conv_problem(a_shape, b_shape)
         if problem is not None:
             self.problems.append(f"{self._where(b_name)} {problem}")
             return None
@@ -366,25 +365,8 @@ class LoraAdapter:
                 f"rank {expected} (r / rank_pattern): the config contradicts the tensors"
             )
             return None
-        flat = 1
-        for size in a_shape[1:]:
-            flat *= size
-        return ModuleFactors(
-            module, a_name, b_name, rank, flat, b_shape[0], "conv", kernel=tuple(int(d) for d in a_shape[1:])
-        )
-
-
-def _conv_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> str | None:
-    """Why a convolution LoRA's factors are not one B·A, or ``None`` when they are."""
-    if any(size != 1 for size in b_shape[2:]):
-        return f"lora_B has kernel {list(b_shape[2:])}; PEFT's convolution LoRA has a 1×1 lora_B"
-    if b_shape[1] != a_shape[0]:
-        groups = a_shape[0] // b_shape[1] if b_shape[1] and a_shape[0] % b_shape[1] == 0 else "?"
-        return (
-            f"is the LoRA of a grouped convolution (lora_B takes {b_shape[1]} of lora_A's {a_shape[0]} channels per "
-            f"group, groups={groups}): its delta is not one B·A (PEFT cannot merge it either), so it is not summed"
-        )
-    return None
+        kernel = tuple(int(d) for d in a_shape[1:])
+        return ModuleFactors(module, a_name, b_name, rank, flat_in_features(a_shape), b_shape[0], "conv", kernel=kernel)
 
 
 def _lora_part(rel: str) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ from huggingface_hub.utils import tqdm
 from .adapter import KEY_PREFIX, LoraAdapter
 from .compat import Compatibility, check_compatibility
 from .config import build_config
+from .conv import layer_name, unflatten
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, Problem
 from .experts import output_notice, place_parameters
 from .interference import ModuleGram, SimilarityAccumulator, Thresholds, concat_gram, round_float
@@ -299,7 +300,7 @@ def merge(
         max_rank=max_rank,
         fit=fit,
     )
-    layers = {f"Conv{len(m.kernel) - 1}d" for m in modules.values() if m.kernel is not None}
+    layers = {layer_name(m.kernel) for m in modules.values() if m.kernel is not None}
     if report.output is not None:
         report = replace(report, output=replace(report.output, min_peft=loading_release(config, layers)))
     facts = serving_facts(report, config, full_weights=list(compat.base_layers))
@@ -439,11 +440,8 @@ def _output_tensors(
             else ("lora_A.weight", "lora_B.weight")
         )
         a, b = pad_rank(merged.a, merged.b, stored_rank)
-        if merged.kernel is not None:  # back to PEFT's convolutions: lora_A with the kernel, lora_B 1×1
-            a, b = (
-                a.reshape(stored_rank, *merged.kernel),
-                b.reshape(b.shape[0], stored_rank, *[1] * (len(merged.kernel) - 1)),
-            )
+        if merged.kernel is not None:
+            a, b = unflatten(a, b, merged.kernel)
         tensors[f"{KEY_PREFIX}{key}.{a_name}"], tensors[f"{KEY_PREFIX}{key}.{b_name}"] = a, b
     tensors.update(
         place_parameters(parameters, compat.parameter_depths, stored_rank, KEY_PREFIX, compat.parameter_experts)

@@ -17,7 +17,7 @@ import torch
 
 from .adapter import LoraAdapter, ModuleFactors
 from .errors import IncompatibleAdaptersError, Problem
-from .expert_layouts import FusedModule, fuse_experts, fused_factors, with_model_order
+from .expert_layouts import FusedModule, fuse_experts, fused_factors, unmatched_layouts, with_model_order
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
@@ -172,7 +172,9 @@ def check_compatibility(
     problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
     views = _layout_views(adapters, warnings, model_type, fusion)
     coverage = _check_modules(adapters, views, problems)
-    _check_expert_layouts(adapters, views, problems)
+    unmatched = unmatched_layouts([a.source for a in adapters], [view["modules"] for view in views])
+    if unmatched is not None:
+        problems.append(unmatched)
     saved_modules = _check_saved_modules(adapters, views, problems)
     base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
     if check_values:
@@ -334,40 +336,6 @@ def _owners(views, attribute: str) -> dict[str, list[int]]:
         for key in view[attribute]:
             owners.setdefault(key, []).append(index)
     return owners
-
-
-# transformers before 5 held MoE experts as one Linear each (…experts.3.w1); from 5 on, many models hold them
-# fused, as 3-D parameters that PEFT adapts through target_parameters (…experts.gate_up_proj).
-_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
-
-
-def _check_expert_layouts(adapters, views, problems) -> None:
-    """Refuse a merge of per-expert Linear LoRAs with LoRAs on fused expert parameters that
-    :mod:`hubmerge.expert_layouts` does not know how to rewrite (a family not in its table).
-
-    Writing both key sets would leave one of them matching nothing in the model PEFT loads it on.
-    """
-    per_expert = {
-        i: key
-        for i, view in enumerate(views)
-        for key, spec in reversed(view["modules"].items())
-        if _PER_EXPERT.search(key) and spec.expert is None
-    }
-    fused = {i: key for i, view in enumerate(views) for key, spec in view["modules"].items() if spec.expert is not None}
-    if per_expert and fused and set(per_expert) != set(fused):
-        first = min(per_expert)
-        other = min(fused)
-        problems.append(
-            Problem(
-                f"{adapters[first].source} adapts MoE experts one Linear per expert ({per_expert[first]!r}, "
-                f"transformers' layout before 5) and {adapters[other].source} the fused expert parameters "
-                f"({fused[other]!r}), in a model family whose fused layout hubmerge does not know: the two layouts "
-                "of the experts cannot be matched module by module, so they are not merged",
-                code="expert_layouts_differ",
-                source=adapters[first].source,
-                module=per_expert[first],
-            )
-        )
 
 
 def _check_saved_modules(adapters, views, problems) -> dict[str, int]:

@@ -31,12 +31,13 @@ output loads in transformers 4, and PEFT converts it at load under transformers 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .adapter import LoraAdapter, ModuleFactors
+from .errors import Problem
 from .experts import ParameterLayout
 from .notice import Notice
 
@@ -47,6 +48,7 @@ __all__ = [
     "Fusion",
     "fuse_experts",
     "fused_factors",
+    "unmatched_layouts",
     "with_model_order",
 ]
 
@@ -329,4 +331,41 @@ def _fuse_one(adapter: LoraAdapter, index: int, family: ExpertFusion, total: int
             "into the fused layout (gate and up projections stacked as one LoRA of their summed rank), as PEFT "
             "converts them at load",
         )
+    )
+
+
+# transformers before 5 held MoE experts as one Linear each (…experts.3.w1); from 5 on, many models hold them
+# fused, as 3-D parameters that PEFT adapts through target_parameters (…experts.gate_up_proj).
+_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def unmatched_layouts(sources: Sequence[str], modules: Sequence[Mapping[str, ModuleFactors]]) -> Problem | None:
+    """The refusal of per-expert Linear LoRAs next to fused expert parameters that :func:`fuse_experts`
+    left as they are (a family not in :data:`EXPERT_FUSIONS`), or ``None``.
+
+    Args:
+        sources: each adapter's source.
+        modules: each adapter's modules under the merge's keys (after :func:`fuse_experts`).
+
+    Writing both key sets would leave one of them matching nothing in the model PEFT loads it on.
+    """
+    per_expert: dict[int, str] = {}
+    fused: dict[int, str] = {}
+    for i, view in enumerate(modules):
+        for key, spec in view.items():
+            if spec.expert is not None:
+                fused.setdefault(i, key)
+            elif _PER_EXPERT.search(key):
+                per_expert.setdefault(i, key)
+    if not (per_expert and fused and set(per_expert) != set(fused)):
+        return None
+    first, other = min(per_expert), min(fused)
+    return Problem(
+        f"{sources[first]} adapts MoE experts one Linear per expert ({per_expert[first]!r}, transformers' layout "
+        f"before 5) and {sources[other]} the fused expert parameters ({fused[other]!r}), in a model family whose "
+        "fused layout hubmerge does not know: the two layouts of the experts cannot be matched module by module, "
+        "so they are not merged",
+        code="expert_layouts_differ",
+        source=sources[first],
+        module=per_expert[first],
     )

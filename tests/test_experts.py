@@ -478,3 +478,19 @@ def test_per_expert_adapters_alone_stay_in_their_layout(tmp_path):
     assert any(".block_sparse_moe.experts.2.w3." in k for k in load_file(out / "adapter_model.safetensors"))
     want = model_with("mixtral", [(w, per_expert_deltas("mixtral", d)) for d, w in sources])(ids()).logits
     assert torch.allclose(merged_logits("mixtral", out), want, atol=2e-5)
+
+
+def test_per_expert_layout_of_an_unknown_family_next_to_fused_experts_is_refused(tmp_path):
+    """Per-expert Linears whose names no family of hubmerge/expert_layouts.py has: refused, reason first,
+    instead of writing both key sets."""
+    from safetensors.torch import save_file
+
+    old = make_per_expert(tmp_path / "old", "mixtral", seed=5, projections=("w1",), router=False)
+    path = old / "adapter_model.safetensors"
+    save_file({k.replace("block_sparse_moe", "feed_forward"): v for k, v in load_file(path).items()}, str(path))
+    fused = make(tmp_path / "fused", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
+    with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
+        hubmerge.merge([str(old), str(fused)])
+    first = info.value.problems[0]
+    assert first.code == "expert_layouts_differ" and "feed_forward.experts.0.w1" in first.message
+    assert "fused layout hubmerge does not know" in first.message
