@@ -370,7 +370,10 @@ def render_text(report: MergeReport, *, adapter: str | None = None) -> str:
         )
         lines.append(f"merged adapter: {out.num_modules} modules, rank {out.rank}{effective}, dtype {out.dtype}")
         if out.min_peft:
-            lines.append(f"loads in PEFT >= {out.min_peft} (the oldest release with everything the adapter uses)")
+            lines.append(
+                f"loads in PEFT >= {out.min_peft} (the oldest release whose LoraConfig fields and LoRA layers "
+                "cover everything the adapter uses)"
+            )
     kept = report.kept_energy.overall if report.kept_energy else None
     if kept is not None:
         lines.append(f"kept energy: {100 * kept:.2f}% of ‖ΔW‖² of the method's dense result (per module in the report)")
