@@ -319,9 +319,9 @@ def _fuse_one(adapter: LoraAdapter, index: int, family: ExpertFusion, total: int
         layouts[container] = ParameterLayout(
             container, ("weight",), ((old.in_features, old.out_features, 1),), ambiguous=False, order=("weight",)
         )
-    fusion.modules[index] = modules
-    fusion.consumed[index] = set(experts) | set(routers)
-    fusion.layouts[index] = layouts
+    fusion.modules[index].update(modules)
+    fusion.consumed[index].update(experts, routers)
+    fusion.layouts[index].update(layouts)
     example = next(iter(experts or routers))
     fusion.notices.append(
         Notice(

@@ -156,3 +156,50 @@ def test_convolutions_of_different_kernels_are_refused(tmp_path):
     assert "convolution, lora_A [8, 1, 3] per rank" in str(info.value.problems[0])
     config = json.loads((a / "adapter_config.json").read_text())
     assert config["target_modules"] == ["tall"]
+
+
+class TinyVolumeNet(nn.Module):
+    """A Conv3d (video / volume models) and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.volume = nn.Conv3d(2, 4, (2, 3, 3), padding=(0, 1, 1))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.volume(x)).mean(dim=(2, 3, 4)))
+
+
+def test_conv3d_lora_sums_exactly(tmp_path):
+    def base() -> TinyVolumeNet:
+        torch.manual_seed(0)
+        return TinyVolumeNet().eval()
+
+    x = torch.randn(2, 2, 3, 5, 5, generator=torch.Generator().manual_seed(2))
+    dirs = []
+    for seed, r in ((1, 2), (2, 3)):
+        model = get_peft_model(base(), LoraConfig(r=r, lora_alpha=4, target_modules=["volume", "head"]))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn_like(param) * 0.4)
+        model.peft_config["default"].base_model_name_or_path = BASE_ID
+        model.save_pretrained(tmp_path / f"s{seed}")
+        dirs.append(tmp_path / f"s{seed}")
+    result = hubmerge.merge([str(d) for d in dirs], weights=[1.0, -0.7])
+    result.save_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        want = base()
+        params = dict(want.named_parameters())
+        for directory, weight in zip(dirs, (1.0, -0.7)):
+            loaded = PeftModel.from_pretrained(base(), str(directory))
+            for name, module in loaded.named_modules():
+                if isinstance(module, LoraLayer):
+                    params[f"{name.removeprefix('base_model.model.')}.weight"].add_(
+                        weight * module.get_delta_weight("default")
+                    )
+        got = PeftModel.from_pretrained(base(), str(tmp_path / "out"))(x)
+        assert (want(x) - base()(x)).abs().max() > 0.05
+        assert torch.allclose(got, want(x), atol=1e-5)
+    assert result.report.output.min_peft == "0.14.0"  # the first release with LoRA on nn.Conv3d
