@@ -316,6 +316,9 @@ def plan_parameters(
         layouts: each adapter's :class:`ParameterLayout` per container.
         modules: each adapter's module LoRA keys (a module cannot carry both kinds).
 
+    The nesting follows an adapter that adapts every parameter the others adapt on a module,
+    or, where the model is known (a :attr:`ParameterLayout.order`), the model's own order.
+
     Returns:
         ``({parameter key: nesting depth in the output}, problems)``.
     """
