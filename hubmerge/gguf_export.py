@@ -344,9 +344,11 @@ def attach_gguf(
     )  # fmt: skip
     chosen = _base_of(config.base_model_name_or_path, base)
     revision = config.revision if base is None else None
-    data = build_gguf(adapter, read_base_config(chosen, revision=revision, token=token), outtype=outtype,
-                      name=result.default_repo_name())  # fmt: skip
+    base_config = read_base_config(chosen, revision=revision, token=token)
+    data = build_gguf(adapter, base_config, outtype=outtype, name=result.default_repo_name())
     serving = dict(result.report.serving or {})
     facts = {**serving.get("facts", {}), "gguf_file": GGUF_NAME, "gguf_type": outtype}
+    if not facts.get("model_type") and isinstance(base_config.get("model_type"), str):
+        facts["model_type"] = base_config["model_type"]  # the base's config.json, read for the conversion
     report = replace(result.report, serving=serving_section(facts, rank_fit=serving.get("rank_fit")))
     return replace(result, report=report, extra_files={**result.extra_files, GGUF_NAME: data})
