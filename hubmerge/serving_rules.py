@@ -144,7 +144,7 @@ RULES: tuple[Rule, ...] = (
          LORAX + "models/model.py (Model.load_adapter: unused_weight_names, supports_adapter_loading); "
          "models/__init__.py (get_model); models/flash_*.py (ADAPTER_LAYERS)", params={"engine": "lorax"}),
     Rule("llama.cpp", "gguf", "a GGUF LoRA file (general.type 'adapter', adapter.type 'lora', adapter.lora.alpha), "
-         "not PEFT safetensors: write it with --gguf or hubmerge-gguf DIR", "has_gguf",
+         "not PEFT safetensors: hubmerge writes one when asked for GGUF output", "has_gguf",
          LLAMA_CPP + "src/llama-adapter.cpp (llama_adapter_lora_init_impl)", effect="convert"),
     Rule("llama.cpp", "lora_only", "only .lora_a / .lora_b tensors: a full lm_head or embedding copy "
          "(modules_to_save, saved embeddings) is refused", "no_full_weights",
