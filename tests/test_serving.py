@@ -226,3 +226,26 @@ def test_sglang_refuses_a_regex_target_modules(tmp_path, merged):
     assert merged.report.serving["facts"]["target_modules_regex"] is False  # the plain merge writes names
     report_only = verdicts({**merged.report.serving["facts"], "target_modules_regex": None})["sglang"]
     assert report_only["not_known"] and report_only["status"] == "servable, modules not checked"
+
+
+def test_vllm_rows_match_vllms_own_model_files():
+    """Independent of the hand-written table: derive each row from a vLLM source tree (tests/vllm_source.py).
+
+    Needs one (HUBMERGE_VLLM_SOURCE=DIR, e.g. the vLLM 0.33.0 sdist unpacked: `pip download --no-deps
+    --no-binary :all: --no-build-isolation --no-clean vllm==0.33.0` keeps it); CI has none and skips.
+    """
+    import os
+    from pathlib import Path
+
+    from hubmerge.serving_modules import ARCHITECTURES
+    from tests.vllm_source import lora_modules
+
+    root = os.environ.get("HUBMERGE_VLLM_SOURCE")
+    if not root:
+        pytest.skip("HUBMERGE_VLLM_SOURCE is not set (a vLLM source tree to derive the rows from)")
+    rows = [r for r in ARCHITECTURES if r.engine == "vllm" and r.model_class != "TransformersForCausalLM"]
+    for row in rows:
+        file = row.source.split("/model_executor/models/", 1)[1].split(" ", 1)[0]
+        supports, modules = lora_modules(Path(root), file, row.model_class)
+        assert supports == row.lora, row.model_type
+        assert not supports or modules == set(row.modules), (row.model_type, sorted(modules))
