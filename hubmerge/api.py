@@ -274,7 +274,10 @@ def merge(
     for note in report.warnings:
         logger.warning(note.message)
     if report_only:  # nothing was fitted; the rank in the facts is the stacked one, an upper bound
-        facts = serving_facts(report, {}, full_weights=[], model_type=_one_model_type(model_types))
+        facts = serving_facts(
+            report, {}, full_weights=[], model_type=_one_model_type(model_types),
+            source_configs=[a.config for a in adapters],
+        )  # fmt: skip
         return replace(report, serving=serving_section(facts))
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}

@@ -16,12 +16,14 @@ copies, and whether a GGUF file was written.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .methods.rank_limit import VLLM_MAX_LORA_RANKS, smallest_vllm_rank
+from .peft_releases import plain_target_names
 
 if TYPE_CHECKING:
+    from .config import AdapterConfig
     from .report import MergeReport
 
 __all__ = [
@@ -53,6 +55,7 @@ def serving_facts(
     full_weights: list[str],
     gguf_file: str | None = None,
     model_type: str | None = None,
+    source_configs: Sequence[AdapterConfig] | None = None,
 ) -> dict[str, Any]:
     """What the rules look at, from a merge report and the merged ``adapter_config.json``.
 
@@ -63,6 +66,8 @@ def serving_facts(
         gguf_file: the GGUF file written next to the adapter, if any.
         model_type: the base model's ``model_type`` (from its ``config.json``), where known: which
             modules an engine applies depends on it.
+        source_configs: the sources' configs, for a report without a merged config (report only):
+            whether its ``target_modules`` would be a regex is then found as the merge would write it.
 
     Returns:
         A JSON-able dict: ``base_model``, ``model_type``, ``rank`` (with ``rank_is_upper_bound`` for a
@@ -70,7 +75,7 @@ def serving_facts(
         ``module_types`` (module keys with layer and expert numbers starred), ``parameters``
         (parameter LoRA, ``target_parameters``, starred the same way), ``partial_layers`` (module
         types some layers lack), ``modules_to_save``, ``full_weights``, ``use_dora``, ``bias``,
-        ``patterns``, ``target_modules_regex`` (``None`` without a config), ``gguf_file``.
+        ``patterns``, ``target_modules_regex`` (``None`` when not known), ``gguf_file``.
     """
     every = list(report.modules.coverage)
     # A parameter LoRA's key is the parameter's (".weight", or "[e]" for one expert of a fused 3-D weight).
@@ -95,14 +100,23 @@ def serving_facts(
         "use_dora": bool(config.get("use_dora")),
         "bias": config.get("bias") or "none",
         "patterns": bool(config.get("rank_pattern") or config.get("alpha_pattern")),
-        "target_modules_regex": _regex_targets(config.get("target_modules")) if config else None,
+        "target_modules_regex": _regex_targets(config, source_configs, keys),
         "gguf_file": gguf_file,
     }
 
 
-def _regex_targets(targets: Any) -> bool:
-    """Whether ``target_modules`` is a string other than PEFT's shorthands (PEFT then reads it as a regex)."""
-    return isinstance(targets, str) and targets not in ("all", "all-linear")
+def _regex_targets(config: Mapping[str, Any], sources: Sequence[AdapterConfig] | None, keys: list[str]) -> bool | None:
+    """Whether ``target_modules`` is a string other than PEFT's shorthands (PEFT then reads it as a regex).
+
+    Without a merged config, from the sources as :func:`hubmerge.config.build_config` would choose (names
+    where names select exactly the merged modules, else a regex); ``None`` when neither is given.
+    """
+    if config:
+        targets = config.get("target_modules")
+        return isinstance(targets, str) and targets not in ("all", "all-linear")
+    if sources is None:
+        return None
+    return bool(keys) and plain_target_names(sources, keys) is None
 
 
 def _partial_layers(keys: list[str]) -> list[str]:

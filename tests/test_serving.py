@@ -224,8 +224,12 @@ def test_sglang_refuses_a_regex_target_modules(tmp_path, merged):
     sglang = {v["engine"]: v for v in regex["engines"]}["sglang"]
     assert sglang["status"] == "not servable" and sglang["reasons"][0].startswith("target_modules is a regex string")
     assert merged.report.serving["facts"]["target_modules_regex"] is False  # the plain merge writes names
-    report_only = verdicts({**merged.report.serving["facts"], "target_modules_regex": None})["sglang"]
-    assert report_only["not_known"] and report_only["status"] == "servable, modules not checked"
+    # A report only writes no config: the facts say what the merge would write, from the sources.
+    assert hubmerge.merge([a], report_only=True).serving["facts"]["target_modules_regex"] is True
+    b = make_adapter(tmp_path / "b", seed=2, target_modules=["q_proj"])
+    assert hubmerge.merge([b], report_only=True).serving["facts"]["target_modules_regex"] is False
+    unknown = verdicts({**merged.report.serving["facts"], "target_modules_regex": None})["sglang"]
+    assert unknown["not_known"] and unknown["status"] == "servable, modules not checked"
 
 
 def test_vllm_rows_match_vllms_own_model_files():

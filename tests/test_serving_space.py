@@ -15,8 +15,8 @@ def test_analyse_shows_where_the_merge_can_be_served(hub, repos):  # noqa: F811 
     assert "| vLLM | servable | every rule checked passes |" in serving
     assert "| LoRAX | servable | every rule checked passes |" in serving
     assert "| llama.cpp | after conversion | no GGUF file written yet" in serving
-    # An analysis writes no adapter_config.json, so whether SGLang gets a list of names is not known yet.
-    assert "| SGLang | servable, modules not checked | not known: whether target_modules is a list" in serving
+    # An analysis writes no adapter_config.json; the sources' plain names say the merge would get names.
+    assert "| SGLang | servable | every rule checked passes |" in serving
     name = result.default_name  # the repo a push would make
     assert f"vllm serve test-org/tiny-llama --enable-lora --lora-modules merged={name} --max-lora-rank 8" in serving
     assert "--gguf" not in serving  # hubmerge's own options are not the page's
