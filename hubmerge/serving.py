@@ -204,6 +204,17 @@ def _engine_modules(facts, params) -> str | None:
     return _Partial(why)
 
 
+def _gguf_convertible(facts, params) -> str | None:
+    model_type = facts.get("model_type")
+    if facts.get("gguf_file"):
+        return None
+    if model_type is None:
+        return NotKnown("whether hubmerge's GGUF export converts this base (model_type not known)")
+    if model_type not in params["model_types"]:
+        return NotKnown(f"how llama.cpp takes a {model_type} LoRA: hubmerge's GGUF export does not convert it")
+    return None
+
+
 def _has_gguf(facts, params) -> str | None:
     return None if facts.get("gguf_file") else "no GGUF file written yet"
 
@@ -222,8 +233,12 @@ _CHECKS: dict[str, Callable[[Mapping, Mapping], str | None]] = {
     "no_regex_targets": _no_regex_targets,
     "no_parameters": _no_parameters,
     "engine_modules": _engine_modules,
+    "gguf_convertible": _gguf_convertible,
     "has_gguf": _has_gguf,
 }
+
+
+_MODULE_RULES = {"target_modules", "target_modules_list", "experts"}
 
 
 def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
@@ -237,7 +252,8 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
         Per engine, in :data:`ENGINES` order: ``engine``, ``name``, ``status``
         (``"servable"``, ``"servable, slower"``, ``"after conversion"`` or ``"not servable"``; a
         servable one adds ``", some modules not applied"`` when the engine serves the adapter without
-        some of its modules, and ``", modules not checked"`` when which modules it applies is not known),
+        some of its modules, ``", modules not checked"`` when which modules it applies is not known, and
+        ``", not all checked"`` when something else is not known),
         ``servable`` (bool: no rule checked refuses it; it serves this adapter as merged, possibly
         after the stated conversion), ``reasons`` (the failed rules, in words), ``not_known`` (what
         the sources read do not say for this base), ``command`` (with
@@ -247,7 +263,8 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
 
     Example:
         >>> [v["status"] for v in servability(serving_facts(result.report, result.config, full_weights=[]))]
-        ['servable, modules not checked', 'servable', 'servable', 'servable, modules not checked', 'after conversion']
+        ['servable, modules not checked', 'servable', 'servable', 'servable, modules not checked',
+         'after conversion, not all checked']
     """
     verdicts = []
     for key, engine in ENGINES.items():
@@ -278,7 +295,8 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
             status += ", some modules not applied"
         not_known = [c["detail"] for c in checked if c["ok"] is None]
         if servable and not_known:
-            status += ", modules not checked"
+            modules = all(c["code"] in _MODULE_RULES for c in checked if c["ok"] is None)
+            status += ", modules not checked" if modules else ", not all checked"
         verdicts.append(
             {
                 "engine": key,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .methods.rank_limit import VLLM_DEFAULT_MAX_LORA_RANK, VLLM_MAX_LORA_RANKS
 
-__all__ = ["ADAPTER", "ENGINES", "GGUF_NAME", "RULES", "SGLANG_MODULES", "Engine", "Rule"]
+__all__ = ["ADAPTER", "ENGINES", "GGUF_MODEL_TYPES", "GGUF_NAME", "RULES", "SGLANG_MODULES", "Engine", "Rule"]
 
 ADAPTER = "ADAPTER"  # placeholder in commands: where the adapter is (a directory or a repo id)
 GGUF_NAME = "adapter_model.gguf"
@@ -80,6 +80,9 @@ ENGINES: dict[str, Engine] = {
 
 # The names get_normalized_target_modules maps, and those get_default_hidden_dim sizes (models with
 # their own get_hidden_dim may size more).
+# The model types of hubmerge.gguf_export.ARCHITECTURES (tests/test_serving.py checks the two agree).
+GGUF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+
 SGLANG_MODULES = (
     "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj",
     "embed_tokens", "vocab_emb", "embeddings", "word_embeddings", "lm_head", "output", "unembed_tokens",
@@ -146,6 +149,11 @@ RULES: tuple[Rule, ...] = (
     Rule("llama.cpp", "gguf", "a GGUF LoRA file (general.type 'adapter', adapter.type 'lora', adapter.lora.alpha), "
          "not PEFT safetensors: hubmerge writes one when asked for GGUF output", "has_gguf",
          LLAMA_CPP + "src/llama-adapter.cpp (llama_adapter_lora_init_impl)", effect="convert"),
+    Rule("llama.cpp", "convertible", "the base is an architecture hubmerge's GGUF export converts (its "
+         "per-architecture transforms are ported for these model types only); for others llama.cpp's own "
+         "convert_lora_to_gguf.py may", "gguf_convertible", LLAMA_CPP + "convert_lora_to_gguf.py (the model classes "
+         "of conversion/*.py it reuses; hubmerge ports those of these types: hubmerge/gguf_export.py ARCHITECTURES)",
+         effect="convert", params={"model_types": GGUF_MODEL_TYPES}),
     Rule("llama.cpp", "lora_only", "only .lora_a / .lora_b tensors: a full lm_head or embedding copy "
          "(modules_to_save, saved embeddings) is refused", "no_full_weights",
          LLAMA_CPP + "src/llama-adapter.cpp ('has unexpected suffix'); convert_lora_to_gguf.py "

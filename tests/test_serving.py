@@ -114,12 +114,12 @@ def test_every_rule_is_data_with_a_source_and_a_known_check():
 
 def test_terminal_and_card_show_the_verdicts_with_commands(merged):
     text = render_text(merged.report)
-    assert "serving:" in text and "llama.cpp  after conversion — no GGUF file written yet" in text
+    assert "serving:" in text and "llama.cpp  after conversion, not all checked — no GGUF file written yet" in text
     assert "$ vllm serve test-org/tiny-llama --enable-lora --lora-modules merged=ADAPTER --max-lora-rank 8" in text
     card = str(build_card(merged.report, repo_id="alice/merged", command="hubmerge a b"))
     serving = card.split("## Serving", 1)[1].split("\n## ", 1)[0]
     assert "| vLLM | servable, modules not checked | not known: which modules vLLM applies" in serving
-    assert "| llama.cpp | after conversion |" in serving
+    assert "| llama.cpp | after conversion, not all checked |" in serving
     assert "--lora-modules merged=alice/merged --max-lora-rank 8" in serving
 
 
@@ -253,3 +253,16 @@ def test_vllm_rows_match_vllms_own_model_files():
         supports, modules = lora_modules(Path(root), file, row.model_class)
         assert supports == row.lora, row.model_type
         assert not supports or modules == set(row.modules), (row.model_type, sorted(modules))
+
+
+def test_llama_cpp_says_what_hubmerges_gguf_export_converts(facts):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from hubmerge.gguf_export import ARCHITECTURES as GGUF_ARCHITECTURES
+    from hubmerge.serving_rules import GGUF_MODEL_TYPES
+
+    # The rule's model types are those of the export's architecture classes, in transformers' own map.
+    assert {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[t] for t in GGUF_MODEL_TYPES} == set(GGUF_ARCHITECTURES)
+    assert verdicts(facts)["llama.cpp"]["status"] == "after conversion"  # llama: converted
+    moe = verdicts({**facts, "model_type": "mixtral"})["llama.cpp"]
+    assert moe["status"] == "after conversion, not all checked" and "does not convert it" in moe["not_known"][0]
