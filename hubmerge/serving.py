@@ -9,8 +9,9 @@ serves the adapter as merged, why not, and the command that serves it. Pure: no
 network, no files.
 
 The facts (:func:`serving_facts`) come from the merge report and the merged
-``adapter_config.json``: the stored rank, the adapted modules, full weight
-copies, and whether a GGUF file was written.
+``adapter_config.json``: the base's ``model_type`` (where the Hub told it), the
+stored rank, the adapted modules and parameters, full weight copies, and whether
+a GGUF file was written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .methods.rank_limit import VLLM_MAX_LORA_RANKS, smallest_vllm_rank
 from .peft_releases import plain_target_names
+from .serving_modules import NotKnown, judge_modules
+from .serving_rules import ADAPTER, ENGINES, GGUF_NAME, RULES, Engine, Rule
 
 if TYPE_CHECKING:
     from .config import AdapterConfig
@@ -39,9 +42,6 @@ __all__ = [
     "serving_facts",
     "serving_section",
 ]
-
-from .serving_modules import NotKnown, judge_modules
-from .serving_rules import ADAPTER, ENGINES, GGUF_NAME, RULES, Engine, Rule
 
 _LAYER = re.compile(r"\.(\d+)\.")
 _NUMBER = re.compile(r"\.\d+\.")  # applied twice: adjacent numbers (".0.1.") share a dot
