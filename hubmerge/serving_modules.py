@@ -201,6 +201,7 @@ def judge_modules(engine: str, facts: Mapping) -> dict:
     if fused and not all(any(k.endswith(f) for k in fused) for f in _FUSED):
         # vLLM's 3-D → 2-D conversion reads experts.base_layer as gate_up_proj and experts as down_proj,
         # and leaves a layer with only one of them unconverted (LoRAModelManager._convert_3d_to_2d_moe_lora).
+        # The facts star the layer numbers, so this sees an adapter with only one, not a layer with only one.
         out["applied"] = [k for k in out["applied"] if k not in fused]
         out["not_applied"] += fused
     return _conclude(out, refuse_any=engine == "vllm")
