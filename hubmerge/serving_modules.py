@@ -40,9 +40,10 @@ class ArchModules:
         model_class: the engine's class for it.
         lora: whether the engine applies LoRA to this architecture at all.
         modules: the module names it applies LoRA to.
-        experts: how it reads expert LoRA: ``"per_expert"`` (modules ``experts.N.<name>``, names
-            in ``expert_modules``), ``"fused_with_flag"`` (also fused expert parameters, with vLLM's
-            ``--enable-mixed-moe-lora-format``), ``None`` (no MoE in the architecture, or not applied).
+        experts: how it reads expert LoRA: ``"fused_with_flag"`` (modules ``experts.N.<name>``, names in
+            ``expert_modules``, and fused expert parameters with vLLM's ``--enable-mixed-moe-lora-format``),
+            ``"fused"`` (fused expert parameters only, natively), ``None`` (no MoE in the architecture,
+            or not applied).
         expert_modules: the per-expert module names it takes.
         source: the file and symbol read, with the version.
     """
@@ -115,6 +116,36 @@ ARCHITECTURES: tuple[ArchModules, ...] = (
         experts="fused_with_flag",
         expert_modules=_MLP,
     ),  # fmt: skip
+    _vllm(
+        "qwen3_moe",
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe.py",
+        (*_ATTN, "gate_up_proj", "down_proj", "gate", "shared_expert_gate", *_EMB),
+        experts="fused_with_flag",
+        expert_modules=_MLP,
+    ),  # fmt: skip
+    _vllm(
+        "deepseek_v3",
+        "DeepseekV3ForCausalLM",
+        "deepseek_v2.py",
+        (
+            "q_proj",
+            "qkv_proj",
+            "q_a_proj",
+            "q_b_proj",
+            "kv_a_proj_with_mqa",
+            "kv_b_proj",
+            "o_proj",
+            "wq_b",
+            "wk_weights_proj",
+            *_MLP,
+            "gate",
+        ),
+        experts="fused_with_flag",
+        expert_modules=_MLP,
+    ),  # fmt: skip
+    # is_3d_moe_weight: vLLM reads PEFT's fused expert layout natively (FusedMoE3DWithLoRA), per-expert modules not.
+    _vllm("gpt_oss", "GptOssForCausalLM", "gpt_oss.py", (*_ATTN, "router"), experts="fused"),
     _vllm("gpt2", "GPT2LMHeadModel", "gpt2.py", (), lora=False),
     _vllm("bloom", "BloomForCausalLM", "bloom.py", (), lora=False),
     _vllm("falcon", "FalconForCausalLM", "falcon.py", (), lora=False),
@@ -214,11 +245,11 @@ def _applies(row: ArchModules, kind: str, flags: list[str]) -> bool:
     if fused is not None:  # LoRA on the fused 3-D expert weights (target_parameters)
         if row.experts == "fused_with_flag" and _FUSED_FLAG not in flags:
             flags.append(_FUSED_FLAG)
-        return row.experts == "fused_with_flag"
+        return row.experts in ("fused_with_flag", "fused")
     if kind.endswith(".weight"):  # a 2-D parameter (a router's gate.weight): saved under its module's name
         name = kind.rsplit(".", 2)[-2]
     if _EXPERT.search(kind):
-        return row.experts is not None and name in row.expert_modules
+        return name in row.expert_modules
     return name in row.modules
 
 

@@ -202,6 +202,10 @@ def test_fused_experts_need_vllms_mixed_moe_flag(tmp_path):
     assert found["tgi"]["status"] == "servable, some modules not applied"  # TGI applies no expert LoRA
     one = verdicts({**facts, "model_type": "mixtral", "parameters": ["model.layers.*.mlp.experts.down_proj"]})
     assert one["vllm"]["status"] == "not servable"  # vLLM's 3-D conversion reads gate_up_proj and down_proj together
+    for model_type in ("qwen3_moe", "deepseek_v3"):  # 2-D MoE wrappers in vLLM, as Mixtral
+        assert "--enable-mixed-moe-lora-format" in verdicts({**facts, "model_type": model_type})["vllm"]["command"]
+    native = verdicts({**facts, "model_type": "gpt_oss"})["vllm"]  # is_3d_moe_weight: read as it is
+    assert native["status"] == "servable" and "--lora-modules merged=ADAPTER" in native["command"]
     dense = verdicts({**facts, "model_type": "llama"})["vllm"]  # no experts in vLLM's Llama
     assert dense["status"] == "not servable" and "experts" in dense["reasons"][0]
 
@@ -209,6 +213,8 @@ def test_fused_experts_need_vllms_mixed_moe_flag(tmp_path):
 def test_per_expert_modules_are_judged_as_expert_modules(facts):
     experts = ["model.layers.*.mlp.experts.*.w1", "model.layers.*.mlp.experts.*.w2"]
     assert verdicts({**facts, "model_type": "mixtral", "module_types": experts})["vllm"]["status"] == "servable"
+    one_expert = verdicts({**facts, "model_type": "gpt_oss", "module_types": experts})["vllm"]
+    assert one_expert["status"] == "not servable"  # a 3-D MoE model in vLLM takes the fused layout only
     shared = verdicts(
         {**facts, "model_type": "qwen2_moe", "module_types": ["model.layers.*.mlp.shared_expert.gate_proj"]}
     )
