@@ -209,7 +209,7 @@ def _gguf_convertible(facts, params) -> str | None:
     if facts.get("gguf_file"):
         return None
     if model_type is None:
-        return NotKnown("whether hubmerge's GGUF export converts this base (model_type not known)")
+        return NotKnown("whether hubmerge's GGUF export converts this base (the base's model_type was not read)")
     if model_type not in params["model_types"]:
         return NotKnown(f"how llama.cpp takes a {model_type} LoRA: hubmerge's GGUF export does not convert it")
     return None

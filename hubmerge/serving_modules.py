@@ -213,10 +213,12 @@ def judge_modules(engine: str, facts: Mapping) -> dict:
         return out
     row = _row(engine, model_type)
     if row is None:
-        out["why"] = NotKnown(
-            f"which modules {ENGINES[engine].name} applies on this base is not known (model_type "
-            f"{model_type or 'not known'}: not among the architectures read)"
+        because = (
+            f"no table for model_type {model_type!r}"
+            if model_type
+            else "the base's model_type was not read: its config comes from the Hub, which was not asked or not reached"
         )
+        out["why"] = NotKnown(f"which modules {ENGINES[engine].name} applies on this base is not known ({because})")
         return out
     out["source"] = row.source
     if not row.lora:

@@ -47,7 +47,7 @@ def test_a_plain_merge_is_servable_everywhere_and_llama_cpp_after_conversion(mer
     assert list(merged.report.serving["engines"]) == servability(raw)  # the report holds the same verdicts
     unknown = verdicts(raw)  # which modules vLLM and LoRAX apply depends on the architecture: not guessed
     assert unknown["vllm"]["status"] == "servable, modules not checked" and unknown["vllm"]["servable"]
-    assert "model_type not known" in unknown["lorax"]["not_known"][0] and unknown["tgi"]["status"] == "servable"
+    assert "model_type was not read" in unknown["lorax"]["not_known"][0] and unknown["tgi"]["status"] == "servable"
 
 
 @pytest.mark.parametrize(
