@@ -11,7 +11,7 @@ changed: display names and weights belong to the merge.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, overload
@@ -275,7 +275,11 @@ def merge(
     for note in report.warnings:
         logger.warning(note.message)
     if report_only:  # nothing was fitted; the rank in the facts is the stacked one, an upper bound
-        return replace(report, serving=serving_section(serving_facts(report, {}, full_weights=[])))
+        facts = serving_facts(
+            report, {}, full_weights=[], model_type=_one_model_type(model_types),
+            source_configs=[a.config for a in adapters],
+        )  # fmt: skip
+        return replace(report, serving=serving_section(facts))
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
     module_keys = [key for key, m in modules.items() if m.parameter is None]
@@ -303,10 +307,18 @@ def merge(
     layers = {layer_name(m.kernel) for m in modules.values() if m.kernel is not None}
     if report.output is not None:
         report = replace(report, output=replace(report.output, min_peft=loading_release(config, layers)))
-    facts = serving_facts(report, config, full_weights=list(compat.base_layers))
+    facts = serving_facts(
+        report, config, full_weights=list(compat.base_layers), model_type=_one_model_type(model_types)
+    )
     rank_fit = summarize_fits(fits, target, max(ranks.values(), default=1))
     report = replace(report, serving=serving_section(facts, rank_fit=rank_fit))
     return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe)
+
+
+def _one_model_type(model_types: Mapping[str, str]) -> str | None:
+    """The base's ``model_type`` where the Hub told one (the modules an engine applies depend on it)."""
+    types = set(model_types.values())
+    return types.pop() if len(types) == 1 else None
 
 
 def similarity(
