@@ -22,17 +22,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
 from .conv import conv_problem, flat_in_features
-from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+from .errors import AdapterNotFoundError, UnsafeAdapterError
 from .experts import ParameterLayout, expert_factors, index_parameters
 from .legacy import expand_lora_b, merged_linear_problem
 from .provenance import HubOrigin, LocalOrigin, Origin, local_origin_soon
+from .weights_file import TensorReader, check_regular_file, read_pickle, read_safetensors_header
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -99,7 +98,7 @@ class LoraAdapter:
         tensor_names: list[str],
         shapes: dict[str, tuple[int, ...]],
         dtypes: dict[str, torch.dtype],
-        reader: _TensorReader,
+        reader: TensorReader,
         hub_origin: HubOrigin | None = None,
     ):
         self.name = name
@@ -382,25 +381,6 @@ def _lora_part(rel: str) -> tuple[str, str] | None:
     return None
 
 
-class _TensorReader:
-    """Reads tensors by name from a safetensors file (lazily) or an unpickled dict."""
-
-    def __init__(self, path: Path, tensors: dict[str, torch.Tensor] | None = None):
-        self._path = path
-        self._tensors = tensors
-        self._handle: Any = None  # opened on first read: parsing the header once, not per tensor
-
-    def get(self, name: str) -> torch.Tensor:
-        if self._tensors is not None:
-            return self._tensors[name]
-        try:
-            if self._handle is None:
-                self._handle = safe_open(str(self._path), framework="pt")
-            return self._handle.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise AdapterFormatError(f"{self._path}: cannot read tensor {name!r}: {err}") from None
-
-
 def load_adapter(
     path: str | Path,
     *,
@@ -443,14 +423,14 @@ def load_adapter(
     config_file = directory / CONFIG_NAME
     if not config_file.exists():
         raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)", source=where)
-    _check_regular_file(config_file, where)
+    check_regular_file(config_file, where)
     config = read_config(config_file, where)
 
     weights = directory / SAFETENSORS_NAME
     if weights.exists():
-        _check_regular_file(weights, where)
-        names, shapes, dtypes = _read_safetensors_header(weights, where)
-        reader = _TensorReader(weights)
+        check_regular_file(weights, where)
+        names, shapes, dtypes = read_safetensors_header(weights, where)
+        reader = TensorReader(weights)
     elif (directory / PICKLE_NAME).is_file():
         weights = directory / PICKLE_NAME
         if not allow_pickle:
@@ -460,11 +440,11 @@ def load_adapter(
                 reason="pickle_only",
                 source=where,
             )
-        tensors = _read_pickle(weights, where)
+        tensors = read_pickle(weights, where)
         names = list(tensors)
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         dtypes = {k: v.dtype for k, v in tensors.items()}
-        reader = _TensorReader(weights, tensors)
+        reader = TensorReader(weights, tensors)
     else:
         raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_NAME} next to {CONFIG_NAME}", source=where)
 
@@ -480,60 +460,3 @@ def load_adapter(
         reader=reader,
         hub_origin=hub_origin,
     )
-
-
-def _check_regular_file(path: Path, where: str) -> None:
-    # A directory, FIFO or device under an adapter file's name would fail oddly or block a read forever.
-    if not path.is_file():
-        raise AdapterFormatError(
-            f"{where}: {path.name} is not a regular file; replace it with the adapter's file", source=where
-        )
-
-
-def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, dict]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())
-            shapes, dtypes = {}, {}
-            for key in names:
-                piece = handle.get_slice(key)
-                shapes[key] = tuple(piece.get_shape())
-                dtypes[key] = _DTYPES.get(piece.get_dtype())
-                if dtypes[key] is None:
-                    raise AdapterFormatError(
-                        f"{where}: {path.name} key {key!r} has dtype {piece.get_dtype()}, which hubmerge does not "
-                        f"read (LoRA factors are F32, F16, BF16 or F64); convert the adapter to one of those"
-                    )
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise AdapterFormatError(
-            f"{where}: {path.name} is not a readable safetensors file ({err})", source=where
-        ) from err
-    return names, shapes, dtypes
-
-
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad pickle; all mean "unreadable"
-        raise AdapterFormatError(
-            f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
-    ):
-        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of name → tensor", source=where)
-    return data

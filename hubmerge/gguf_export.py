@@ -335,10 +335,11 @@ def attach_gguf(
     Raises:
         GGUFExportError, HubError: as :func:`build_gguf` / :func:`read_base_config`.
     """
-    from .adapter import LoraAdapter, _TensorReader
+    from .adapter import LoraAdapter
     from .config import parse_config
     from .result import MergeResult
     from .serving import serving_section
+    from .weights_file import TensorReader
 
     if not isinstance(result, MergeResult) or not result.tensors:
         raise GGUFExportError(
@@ -349,7 +350,7 @@ def attach_gguf(
     adapter = LoraAdapter(
         name="merged", source="the merged adapter", path=Path("."), config=config, weights_file=Path("."),
         tensor_names=list(tensors), shapes={k: tuple(v.shape) for k, v in tensors.items()},
-        dtypes={k: v.dtype for k, v in tensors.items()}, reader=_TensorReader(Path("."), tensors),
+        dtypes={k: v.dtype for k, v in tensors.items()}, reader=TensorReader(Path("."), tensors),
     )  # fmt: skip
     chosen = _base_of(config.base_model_name_or_path, base)
     revision = config.revision if base is None else None
