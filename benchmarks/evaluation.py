@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,38 @@ def _setup_quick(workdir: Path) -> dict:
         data[name] = workdir / f"{name}.jsonl"
         data[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"base": base, "adapters": adapters, "data": data, "model": "tiny random Llama (quick mode)"}
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every few seconds while a route runs (the machine may be shared)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.samples = every_s, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2)}
+
+
+def shown(text: str) -> str:
+    """``text`` without this machine's folders: the repository as ``.``, its parent as ``..``, home as ``~``."""
+    for folder, label in ((REPO, "."), (REPO.parent, ".."), (Path.home(), "~")):
+        text = text.replace(str(folder) + os.sep, label + "/").replace(str(folder), label)
+    return text
 
 
 def naive_child(spec_path: Path) -> None:
@@ -161,7 +194,8 @@ def main() -> None:
     command += ["--eval-max-length", str(args.max_length)]
     for name, path in setup["data"].items():
         command += ["--eval-data", f"{name}={path}"]
-    ours = run_child(command, env=env)
+    with LoadSampler() as ours_load:
+        ours = run_child(command, env=env)
     if not ours.ok:
         raise SystemExit(f"the hubmerge route failed: {ours.error()}")
     evaluation = json.loads((out / "hubmerge_report.json").read_text())["evaluation"]
@@ -178,7 +212,8 @@ def main() -> None:
             }
         )
     )
-    naive = run_child([PYTHON, str(Path(__file__).resolve()), "--naive-child", str(spec)], env=env)
+    with LoadSampler() as naive_load:
+        naive = run_child([PYTHON, str(Path(__file__).resolve()), "--naive-child", str(spec)], env=env)
     if not naive.ok:
         raise SystemExit(f"the naive route failed: {naive.error()}")
     naive_out = naive.json_tail()
@@ -203,15 +238,41 @@ def main() -> None:
         "rows": len(rows),
         "domains": len(setup["data"]),
         "tokens_per_row": tokens,
-        "hubmerge": {"wall_s": ours.wall_s, "peak_rss_mb": ours.peak_rss_mb, "eval_s": evaluation["seconds"]},
-        "naive": {"wall_s": naive.wall_s, "peak_rss_mb": naive.peak_rss_mb, "eval_s": naive_out["seconds"]},
+        "hubmerge": {
+            "wall_s": ours.wall_s,
+            "peak_rss_mb": ours.peak_rss_mb,
+            "eval_s": evaluation["seconds"],
+            "load": ours_load.summary(),
+        },
+        "naive": {
+            "wall_s": naive.wall_s,
+            "peak_rss_mb": naive.peak_rss_mb,
+            "eval_s": naive_out["seconds"],
+            "load": naive_load.summary(),
+        },
         "max_loss_difference": diff,
-        "printed": ours.stdout,
-        "hubmerge_command": shlex.join(["hubmerge", *command[3:]]),
+        "printed": shown(ours.stdout),
+        "hubmerge_command": shown(shlex.join(["hubmerge", *command[3:]])),
     }
     (args.workdir / "evaluation.json").write_text(json.dumps(results, indent=2))
     args.results.write_text(render(results))
     print(json.dumps({k: results[k] for k in ("hubmerge", "naive", "max_loss_difference")}))
+
+
+def _load(route: dict) -> str:
+    load = route.get("load")
+    return f"{load['mean']:.1f} / {load['max']:.1f}" if load else "not recorded"
+
+
+def _contention(results: dict) -> str:
+    cores = results["meta"]["machine"].get("cores") or 1
+    loads = [r["load"]["mean"] for r in (results["hubmerge"], results["naive"]) if r.get("load")]
+    if not loads or max(loads) <= cores:
+        return f"the load average stayed at or under the {cores} cores: the times are those of a quiet machine"
+    return (
+        f"the load average ran above the {cores} cores (other work shared them), so the absolute times are "
+        "longer than on a quiet machine, and the ratio between the routes depends on how the load moved"
+    )
 
 
 def render(results: dict) -> str:
@@ -235,16 +296,18 @@ def render(results: dict) -> str:
         "",
         "## Evaluation: hubmerge against a fresh PeftModel per adapter",
         "",
-        "| route | wall time (s) | of which evaluating, model loads included (s) | scored tokens / s | peak RSS (MB) |",
-        "|---|---|---|---|---|",
+        "| route | wall time (s) | of which evaluating, model loads included (s) | scored tokens / s | "
+        "peak RSS (MB) | load average during the run (mean / max) |",
+        "|---|---|---|---|---|---|",
         f"| hubmerge (merge + evaluation, one process) | {ours['wall_s']:.1f} | {ours['eval_s']:.1f} | "
-        f"{scored / ours['wall_s']:.0f} | {ours['peak_rss_mb']:.0f} |",
+        f"{scored / ours['wall_s']:.0f} | {ours['peak_rss_mb']:.0f} | {_load(ours)} |",
         f"| naive (fresh base + PeftModel per row, batch 1) | {naive['wall_s']:.1f} | {naive['eval_s']:.1f} | "
-        f"{scored / naive['wall_s']:.0f} | {naive['peak_rss_mb']:.0f} |",
+        f"{scored / naive['wall_s']:.0f} | {naive['peak_rss_mb']:.0f} | {_load(naive)} |",
         "",
         f"- speed-up, whole processes: **{speedup:.2f}×** (goal ≥ {GOAL_SPEEDUP:g}×: {met(speedup >= GOAL_SPEEDUP)})",
         f"- hubmerge's total: **{ours['wall_s']:.0f} s** (goal ≤ {GOAL_SECONDS:.0f} s: "
         f"{met(ours['wall_s'] <= GOAL_SECONDS)})",
+        f"- {_contention(results)}",
         f"- the two routes' losses differ by at most {results['max_loss_difference']:.2e} nats per token "
         "(same tokens; batching and padding change the float rounding only)",
         "",
