@@ -103,7 +103,9 @@ def _inputs(batch: Sequence[Example], pad: int, skip: int = 0) -> tuple[torch.Te
 
 def _positions(batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, position, target) of every scored token: position p predicts the token at p + 1."""
-    rows, cols, targets = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
     for row, example in enumerate(batch):
         rows += [row] * example.predicted
         cols += range(example.start - 1, len(example.ids) - 1)
@@ -172,13 +174,13 @@ def batch_nll(
         with _ScoredOnly(output_layer, (1, shared), nothing, nothing):
             out = model(input_ids=prefix, use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        if not hasattr(cache, "batch_repeat_interleave"):  # not a transformers Cache: no sharing
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):  # not a transformers Cache: no sharing
             return batch_nll(model, output_layer, Batch(examples), pad=pad, device=device, cache_argument=None)
         cache.batch_repeat_interleave(len(examples))
         mask = torch.cat([torch.ones((len(examples), shared), dtype=torch.long), mask], dim=1)
         positions = torch.arange(shared, shared + ids.shape[1]).expand(len(examples), -1)
         extra = {cache_argument: cache, "position_ids": positions.to(device), "use_cache": True}
-    with _ScoredOnly(output_layer, tuple(ids.shape), rows.to(device), cols.to(device)) as scope:
+    with _ScoredOnly(output_layer, (ids.shape[0], ids.shape[1]), rows.to(device), cols.to(device)) as scope:
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits
     if scope.applied:
         picked = logits[0]
