@@ -1,4 +1,4 @@
-"""The Space's Evaluate step (spaces/evaluate.py), called as a function against the local Hub server.
+"""The Space's Evaluate step (spaces/evaluation.py), called as a function against the local Hub server.
 
 The base is the tiny character-level Llama of ``tests/eval_factory.py`` with its two trained adapters, put on
 the local Hub; the base row's loss is checked against PEFT's forward written in the test (``reference_nll``).
@@ -19,7 +19,7 @@ from tests.test_hub import seed_adapter, unique
 
 SPACE = Path(__file__).resolve().parents[1] / "spaces"
 sys.path.insert(0, str(SPACE))
-import evaluate as space_evaluate  # noqa: E402
+import evaluation as space_evaluate  # noqa: E402
 from messages import SpaceError  # noqa: E402
 
 CLI_FLAG = "--"
@@ -116,3 +116,21 @@ def test_data_named_after_no_adapter_is_refused_in_the_spaces_words(hub, eval_re
         _run(eval_repos, files=[str(other)], samples=2)
     assert "chemistry" in caught.value.message and "math" in caught.value.message
     assert CLI_FLAG not in caught.value.message
+
+
+def test_the_page_has_a_private_evaluate_step_with_its_limits(monkeypatch):
+    from tests.test_space import load_app
+
+    monkeypatch.setenv("HUBMERGE_SPACE_EVAL_MAX_SAMPLES", "5")
+    app = load_app()
+    demo = app.build_demo(sign_in=False)
+    blocks = list(demo.blocks.values())
+    import gradio as gr
+
+    assert "Evaluate" in [b.value for b in blocks if isinstance(b, gr.Button)]
+    (samples,) = [b for b in blocks if isinstance(b, gr.Number) and str(b.label).startswith("Examples per domain")]
+    assert samples.maximum == 5
+    markdown = " ".join(str(b.value) for b in blocks if isinstance(b, gr.Markdown))
+    assert "at most 5 examples per domain" in markdown and "MB of weights" in markdown
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name[0] != "_"}
+    assert public == {"analyse"}, "the Evaluate button is the page's, not a public endpoint"
