@@ -199,6 +199,10 @@ def main() -> None:
     if not ours.ok:
         raise SystemExit(f"the hubmerge route failed: {ours.error()}")
     evaluation = json.loads((out / "hubmerge_report.json").read_text())["evaluation"]
+    # kept before the naive route starts: on a loaded machine it can take hours, and may be stopped
+    partial = {"wall_s": ours.wall_s, "peak_rss_mb": ours.peak_rss_mb, "eval_s": evaluation["seconds"]}
+    partial |= {"load": ours_load.summary(), "samples": args.samples, "printed": shown(ours.stdout)}
+    (args.workdir / "evaluation.hubmerge.json").write_text(json.dumps(partial, indent=2))
     spec = args.workdir / "naive.json"
     rows = {"base": None, **{n: str(p) for n, p in setup["adapters"].items()}, "merged": str(merged)}
     spec.write_text(
