@@ -199,6 +199,7 @@ class Bench:
                 "hubmerge": hub.to_dict(),
                 "hubmerge_figure": figure.to_dict(),
                 "floor": floor.to_dict(),
+                "sha256_s": sha256_seconds(dirs[:n]),
             }
         )
         log(
@@ -332,6 +333,22 @@ class Bench:
         log(f"  peft {combination} {shape} N={n} base={entry['base']}: {series.wall()} s / {series.rss()} MB")
         shutil.rmtree(out, ignore_errors=True)
         return series
+
+
+def sha256_seconds(dirs: list[Path]) -> float:
+    """What a first merge of these folders spends hashing them (one core, the files in the page cache).
+
+    Later merges of unchanged folders take the digests from hubmerge's digest cache, as the timed runs
+    after the warm-up do.
+    """
+    import hashlib
+
+    start = time.perf_counter()
+    for directory in dirs:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            with open(directory / name, "rb") as handle:
+                hashlib.file_digest(handle, "sha256")
+    return time.perf_counter() - start
 
 
 def size_mb(path: Path) -> float | None:

@@ -9,7 +9,8 @@ For a module ``m`` PEFT computes ``W + s·B·A`` with ``A`` of shape (r, in),
 ``B`` of shape (out, r) and the scale ``s`` from the config (:mod:`.config`).
 Embedding LoRA stores the same two factors under
 ``lora_embedding_A/B``; its delta is ``(s·B·A)ᵀ``, which sums and compares the
-same way, so it is handled. Problems that concern the math (variants whose
+same way, so it is handled. Convolution LoRA is read flattened (:mod:`.conv`;
+:attr:`ModuleFactors.kernel` keeps the shape to write it back). Problems that concern the math (variants whose
 delta is not B·A, a missing partner, a shape that contradicts the config) are
 collected in :attr:`LoraAdapter.problems` for the compatibility check to
 report together; files that cannot be parsed at all raise at once.
@@ -21,16 +22,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import CONFIG_NAME, AdapterConfig, read_config
-from .errors import AdapterFormatError, AdapterNotFoundError, UnsafeAdapterError
+from .conv import conv_problem, flat_in_features
+from .errors import AdapterNotFoundError, UnsafeAdapterError
 from .experts import ParameterLayout, expert_factors, index_parameters
 from .legacy import expand_lora_b, merged_linear_problem
 from .provenance import HubOrigin, LocalOrigin, Origin, local_origin_soon
+from .weights_file import TensorReader, check_regular_file, read_pickle, read_safetensors_header
 
 __all__ = ["LoraAdapter", "ModuleFactors", "load_adapter"]
 
@@ -54,12 +55,13 @@ class ModuleFactors:
     rank: int
     in_features: int
     out_features: int
-    kind: str  # "linear" or "embedding"
+    kind: str  # "linear", "embedding" or "conv"
     parameter: str | None = None  # M.p for a parameter LoRA
     experts: int = 1
     expert: int | None = None  # which expert of the stored factors, for a 3-D parameter
     depth: int = 0  # the parameter's nesting depth in the saved keys
     enable_lora: tuple[bool, ...] | None = None  # PEFT 0.2's MergedLinear: B is stored grouped
+    kernel: tuple[int, ...] | None = None  # conv LoRA: lora_A's shape after the rank (in, k…)
 
 
 class LoraAdapter:
@@ -96,7 +98,7 @@ class LoraAdapter:
         tensor_names: list[str],
         shapes: dict[str, tuple[int, ...]],
         dtypes: dict[str, torch.dtype],
-        reader: _TensorReader,
+        reader: TensorReader,
         hub_origin: HubOrigin | None = None,
     ):
         self.name = name
@@ -147,6 +149,9 @@ class LoraAdapter:
         spec = self.modules[module]
         if spec.enable_lora is not None:
             return self._reader.get(spec.a_name), expand_lora_b(self._reader.get(spec.b_name), spec.enable_lora)
+        if spec.kernel is not None:  # conv LoRA, flattened: B·A is the delta of the flattened kernel
+            a, b = self._reader.get(spec.a_name), self._reader.get(spec.b_name)
+            return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
         if spec.expert is None:
             return self._reader.get(spec.a_name), self._reader.get(spec.b_name)
         # The experts of one parameter share two tensors and come one after another: read them once.
@@ -298,6 +303,14 @@ class LoraAdapter:
             return ModuleFactors(
                 module, a_name, b_name, a_shape[0], a_shape[1], out_features, kind, enable_lora=enable_lora
             )
+        if kind == "linear" and len(a_shape) in (3, 4, 5) and len(b_shape) == len(a_shape):
+            return self._conv_spec(module, a_name, b_name, a_shape, b_shape)
+        if kind == "linear" and len(a_shape) == 2 and len(b_shape) == 3 and b_shape[2] == 1:
+            self.problems.append(
+                f"{self._where(b_name)} has shape {list(b_shape)} next to a 2-D lora_A: PEFT 0.2's MergedLinear "
+                "(enable_lora), but adapter_config.json has no enable_lora to say which parts it adapts"
+            )
+            return None
         bad = False
         for tensor, shape in ((a_name, a_shape), (b_name, b_shape)):
             if not self._dtypes[tensor].is_floating_point:
@@ -305,8 +318,8 @@ class LoraAdapter:
                 bad = True
             if len(shape) != 2:
                 self.problems.append(
-                    f"{self._where(tensor)} has shape {list(shape)}; only 2-D factors (Linear, Conv1D, "
-                    "Embedding) are supported, not convolution LoRA"
+                    f"{self._where(tensor)} has shape {list(shape)}; LoRA factors are 2-D (Linear, Conv1D, "
+                    "Embedding) or, for a convolution, lora_A and lora_B of the same number of dimensions (3 to 5)"
                 )
                 bad = True
         if bad:
@@ -335,6 +348,25 @@ class LoraAdapter:
             kind=kind,
         )
 
+    def _conv_spec(self, module: str, a_name: str, b_name: str, a_shape, b_shape) -> ModuleFactors | None:
+        """A convolution LoRA (lora_A: r × in × k…, lora_B: out × r × 1…), read flattened."""
+        if not (self._dtypes[a_name].is_floating_point and self._dtypes[b_name].is_floating_point):
+            self.problems.append(f"{self._where(a_name)}: convolution LoRA factors must be floats")
+            return None
+        problem = conv_problem(a_shape, b_shape)
+        if problem is not None:
+            self.problems.append(f"{self._where(b_name)} {problem}")
+            return None
+        rank, expected = a_shape[0], self.config.rank_for(module)
+        if rank != expected:
+            self.problems.append(
+                f"{self._where(a_name)} has rank {rank} but adapter_config.json gives module {module!r} "
+                f"rank {expected} (r / rank_pattern): the config contradicts the tensors"
+            )
+            return None
+        kernel = tuple(int(d) for d in a_shape[1:])
+        return ModuleFactors(module, a_name, b_name, rank, flat_in_features(a_shape), b_shape[0], "conv", kernel=kernel)
+
 
 def _lora_part(rel: str) -> tuple[str, str] | None:
     """Split ``<module>.lora_A.weight`` style names into (module, "lA"/"lB"/"eA"/"eB")."""
@@ -347,25 +379,6 @@ def _lora_part(rel: str) -> tuple[str, str] | None:
         if rel.endswith(suffix):
             return rel[: -len(suffix)], which
     return None
-
-
-class _TensorReader:
-    """Reads tensors by name from a safetensors file (lazily) or an unpickled dict."""
-
-    def __init__(self, path: Path, tensors: dict[str, torch.Tensor] | None = None):
-        self._path = path
-        self._tensors = tensors
-        self._handle: Any = None  # opened on first read: parsing the header once, not per tensor
-
-    def get(self, name: str) -> torch.Tensor:
-        if self._tensors is not None:
-            return self._tensors[name]
-        try:
-            if self._handle is None:
-                self._handle = safe_open(str(self._path), framework="pt")
-            return self._handle.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise AdapterFormatError(f"{self._path}: cannot read tensor {name!r}: {err}") from None
 
 
 def load_adapter(
@@ -410,14 +423,14 @@ def load_adapter(
     config_file = directory / CONFIG_NAME
     if not config_file.exists():
         raise AdapterNotFoundError(f"{where}: no {CONFIG_NAME} (is this a PEFT adapter directory?)", source=where)
-    _check_regular_file(config_file, where)
+    check_regular_file(config_file, where)
     config = read_config(config_file, where)
 
     weights = directory / SAFETENSORS_NAME
     if weights.exists():
-        _check_regular_file(weights, where)
-        names, shapes, dtypes = _read_safetensors_header(weights, where)
-        reader = _TensorReader(weights)
+        check_regular_file(weights, where)
+        names, shapes, dtypes = read_safetensors_header(weights, where)
+        reader = TensorReader(weights)
     elif (directory / PICKLE_NAME).is_file():
         weights = directory / PICKLE_NAME
         if not allow_pickle:
@@ -427,11 +440,11 @@ def load_adapter(
                 reason="pickle_only",
                 source=where,
             )
-        tensors = _read_pickle(weights, where)
+        tensors = read_pickle(weights, where)
         names = list(tensors)
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         dtypes = {k: v.dtype for k, v in tensors.items()}
-        reader = _TensorReader(weights, tensors)
+        reader = TensorReader(weights, tensors)
     else:
         raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_NAME} next to {CONFIG_NAME}", source=where)
 
@@ -447,60 +460,3 @@ def load_adapter(
         reader=reader,
         hub_origin=hub_origin,
     )
-
-
-def _check_regular_file(path: Path, where: str) -> None:
-    # A directory, FIFO or device under an adapter file's name would fail oddly or block a read forever.
-    if not path.is_file():
-        raise AdapterFormatError(
-            f"{where}: {path.name} is not a regular file; replace it with the adapter's file", source=where
-        )
-
-
-def _read_safetensors_header(path: Path, where: str) -> tuple[list[str], dict, dict]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())
-            shapes, dtypes = {}, {}
-            for key in names:
-                piece = handle.get_slice(key)
-                shapes[key] = tuple(piece.get_shape())
-                dtypes[key] = _DTYPES.get(piece.get_dtype())
-                if dtypes[key] is None:
-                    raise AdapterFormatError(
-                        f"{where}: {path.name} key {key!r} has dtype {piece.get_dtype()}, which hubmerge does not "
-                        f"read (LoRA factors are F32, F16, BF16 or F64); convert the adapter to one of those"
-                    )
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise AdapterFormatError(
-            f"{where}: {path.name} is not a readable safetensors file ({err})", source=where
-        ) from err
-    return names, shapes, dtypes
-
-
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def _read_pickle(path: Path, where: str) -> dict[str, torch.Tensor]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad pickle; all mean "unreadable"
-        raise AdapterFormatError(
-            f"{where}: {path.name} cannot be loaded safely ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
-    ):
-        raise AdapterFormatError(f"{where}: {path.name} does not hold a flat dict of name → tensor", source=where)
-    return data

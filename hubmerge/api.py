@@ -11,7 +11,7 @@ changed: display names and weights belong to the merge.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, overload
@@ -20,8 +20,9 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .adapter import KEY_PREFIX, LoraAdapter
-from .compat import Compatibility, check_compatibility, nonfinite_factors
+from .compat import Compatibility, check_compatibility
 from .config import build_config
+from .conv import layer_name, unflatten
 from .errors import IncompatibleAdaptersError, InvalidArgumentError, Problem
 from .experts import output_notice, place_parameters
 from .interference import ModuleGram, SimilarityAccumulator, Thresholds, concat_gram, round_float
@@ -33,7 +34,7 @@ from .methods.exact import concat_factors, pad_rank
 from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .options import check_weights, inputs_dtype, parse_dtype
-from .peft_releases import plain_target_names
+from .peft_releases import loading_release, plain_target_names
 from .recipe import Recipe
 from .report import (
     KeptEnergy,
@@ -236,7 +237,7 @@ def merge(
     for key, owners in items:
         stats, merged = _merge_module(
             adapters, key, owners, coefficients, chosen, params, out_dtype, scratch,
-            own_keys=[compat.own_key(i, key) for i in owners], report_only=report_only, cap=cap,
+            compat=compat, report_only=report_only, cap=cap,
         )  # fmt: skip
         if isinstance(stats, list):
             broken.extend(stats)
@@ -274,7 +275,11 @@ def merge(
     for note in report.warnings:
         logger.warning(note.message)
     if report_only:  # nothing was fitted; the rank in the facts is the stacked one, an upper bound
-        return replace(report, serving=serving_section(serving_facts(report, {}, full_weights=[])))
+        facts = serving_facts(
+            report, {}, full_weights=[], model_type=_one_model_type(model_types),
+            source_configs=[a.config for a in adapters],
+        )  # fmt: skip
+        return replace(report, serving=serving_section(facts))
     tensors = _output_tensors(adapters, compat, modules)
     tasks = {a.config.task_type for a in adapters}
     module_keys = [key for key, m in modules.items() if m.parameter is None]
@@ -299,10 +304,21 @@ def merge(
         max_rank=max_rank,
         fit=fit,
     )
-    facts = serving_facts(report, config, full_weights=list(compat.base_layers))
+    layers = {layer_name(m.kernel) for m in modules.values() if m.kernel is not None}
+    if report.output is not None:
+        report = replace(report, output=replace(report.output, min_peft=loading_release(config, layers)))
+    facts = serving_facts(
+        report, config, full_weights=list(compat.base_layers), model_type=_one_model_type(model_types)
+    )
     rank_fit = summarize_fits(fits, target, max(ranks.values(), default=1))
     report = replace(report, serving=serving_section(facts, rank_fit=rank_fit))
     return MergeResult(config=config, tensors=tensors, report=report, recipe=recipe)
+
+
+def _one_model_type(model_types: Mapping[str, str]) -> str | None:
+    """The base's ``model_type`` where the Hub told one (the modules an engine applies depend on it)."""
+    types = set(model_types.values())
+    return types.pop() if len(types) == 1 else None
 
 
 def similarity(
@@ -343,6 +359,7 @@ class _MergedModule:
     fit: ModuleFit | None = None  # how the rank cap fitted this module
     parameter: str | None = None  # a parameter LoRA (hubmerge.experts): its key, and which expert
     expert: int | None = None
+    kernel: tuple[int, ...] | None = None  # a convolution LoRA: lora_A's shape after the rank
 
 
 def _merge_module(
@@ -355,19 +372,19 @@ def _merge_module(
     out_dtype: torch.dtype,
     scratch: torch.Tensor,
     *,
-    own_keys: Sequence[str],
+    compat: Compatibility,
     report_only: bool,
     cap: int | None = None,
 ) -> tuple[ModuleGram | list[Problem], _MergedModule | None]:
     """One module: read its factors, compare them in rank space, combine them with the method.
 
-    ``own_keys`` are the names each owner gives the module (an adapter saved against an older
-    checkpoint layout names it differently from the merge).
+    ``compat`` reads each owner's factors under the merge's key (an adapter saved against an older
+    checkpoint layout names the module differently, or holds it as per-expert LoRAs).
 
     Returns the module's statistics (or, for NaN/Inf inputs, the problems) and its merged factors.
     """
-    factors = [adapters[i].factors(k) for i, k in zip(owners, own_keys)]
-    scales = [adapters[i].scale(k) for i, k in zip(owners, own_keys)]
+    factors = [compat.factors(adapters[i], i, key) for i in owners]
+    scales = [compat.scale(adapters[i], i, key) for i in owners]
     weights = [coefficients[i] for i in owners]
     ranks = [a.shape[0] for a, _ in factors]
     # One concatenation serves the analysis and the exact sum (float32, or float64 inputs' float64).
@@ -378,8 +395,8 @@ def _merge_module(
     if not torch.isfinite(stats.gram).all():  # a NaN/Inf anywhere in a factor reaches its Gram diagonal
         problems = [
             Problem(text, code="nonfinite", source=adapters[i].source, module=key)
-            for i, own in zip(owners, own_keys)
-            for text in nonfinite_factors(adapters[i], own)
+            for i in owners
+            for text in compat.nonfinite(adapters[i], i, key)
         ]
         if problems:
             return problems, None
@@ -412,9 +429,9 @@ def _merge_module(
             reason="dtype_overflow",
             module=key,
         )
-    spec = adapters[owners[0]].modules[own_keys[0]]
+    spec = compat.spec(adapters[owners[0]], owners[0], key)
     return stats, _MergedModule(
-        a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert
+        a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert, spec.kernel
     )
 
 
@@ -435,8 +452,12 @@ def _output_tensors(
             else ("lora_A.weight", "lora_B.weight")
         )
         a, b = pad_rank(merged.a, merged.b, stored_rank)
+        if merged.kernel is not None:
+            a, b = unflatten(a, b, merged.kernel)
         tensors[f"{KEY_PREFIX}{key}.{a_name}"], tensors[f"{KEY_PREFIX}{key}.{b_name}"] = a, b
-    tensors.update(place_parameters(parameters, compat.parameter_depths, stored_rank, KEY_PREFIX))
+    tensors.update(
+        place_parameters(parameters, compat.parameter_depths, stored_rank, KEY_PREFIX, compat.parameter_experts)
+    )
     for owners in (compat.saved_modules, compat.base_layers):
         group = "saved_modules" if owners is compat.saved_modules else "base_layers"
         for key, owner in owners.items():
@@ -462,7 +483,7 @@ def _scratch_buffer(adapters: Sequence[LoraAdapter], compat: Compatibility) -> t
     """One float32 buffer, sized for the largest module, that every module's analysis copy reuses."""
     largest = 0
     for key, owners in compat.coverage.items():
-        spec = adapters[owners[0]].modules[compat.own_key(owners[0], key)]
-        rank = sum(adapters[i].modules[compat.own_key(i, key)].rank for i in owners)
+        spec = compat.spec(adapters[owners[0]], owners[0], key)
+        rank = sum(compat.spec(adapters[i], i, key).rank for i in owners)
         largest = max(largest, rank * (spec.in_features + spec.out_features))
     return torch.empty(largest, dtype=torch.float32)

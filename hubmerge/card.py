@@ -15,16 +15,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from huggingface_hub import ModelCard, ModelCardData
+# repocard_data only: huggingface_hub's ModelCard module imports its whole HfApi (~0.1 s), which a local
+# merge writing README.md does not need; build_card wraps the same text in a ModelCard.
+from huggingface_hub.repocard_data import ModelCardData
 
 from .sources import is_repo_id
 
 if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
     from .report import MergeReport
 
 from .serving import render_card as render_serving
 
-__all__ = ["build_card"]
+__all__ = ["build_card", "card_text"]
 
 HUB_URL = "https://huggingface.co"
 PAPER_URL = "https://arxiv.org/abs/2508.11985"
@@ -70,6 +74,15 @@ def build_card(
         >>> card.data.base_model_relation
         'adapter'
     """
+    from huggingface_hub import ModelCard
+
+    return ModelCard(card_text(report, repo_id=repo_id, command=command, heatmap_path=heatmap_path))
+
+
+def card_text(
+    report: MergeReport | Mapping[str, Any], *, repo_id: str, command: str, heatmap_path: str | None = "similarity.png"
+) -> str:
+    """The README.md text of :func:`build_card` (the same arguments), without building a ``ModelCard``."""
     report = dict(report) if isinstance(report, Mapping) else report.to_dict()
     sources = report.get("sources") or []
     base = _base_model_id(report.get("base_model") or {})
@@ -100,7 +113,7 @@ def build_card(
             "## Reproduce\n\n" + _reproduce(command),
         ]
     )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_mask_tokens(body)}\n")
+    return f"---\n{data.to_yaml()}\n---\n\n{_mask_tokens(body)}\n"
 
 
 def _base_model_id(base: dict) -> str | None:
@@ -223,6 +236,11 @@ def _method(report: dict) -> str:
             else f"rank {out['rank']} (effective {low}–{high} per module; smaller modules are zero-padded)"
         )
         lines.append(f"- output: {ranks}, {out['num_modules']} modules, {out['dtype']}")
+        if out.get("min_peft"):
+            lines.append(
+                f"- loads in PEFT ≥ {out['min_peft']}: the oldest release whose LoraConfig has every field written "
+                "and whose LoRA wraps every layer kind adapted"
+            )
     modules = report.get("modules") or {}
     if "union" in modules:
         lines.append(

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="f32",
         choices=GGUF_TYPES,
         metavar="TYPE",
-        help="also write adapter_model.gguf for llama.cpp / Ollama (TYPE: f32 (default), f16, bf16)",
+        help="also write adapter_model.gguf for llama.cpp / Ollama (TYPE: f32 (default), f16, bf16, q8_0)",
     )
     serving.add_argument(
         "--gguf-base",

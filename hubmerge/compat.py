@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapter import LoraAdapter
+from .adapter import LoraAdapter, ModuleFactors
 from .errors import IncompatibleAdaptersError, Problem
+from .expert_layouts import FusedModule, fuse_experts, fused_factors, unmatched_layouts, with_model_order
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
@@ -42,6 +43,9 @@ class Compatibility:
         warnings: things the user should know that do not stop the merge.
         own_keys: per adapter, module key in the merge's layout → the adapter's own key,
             where they differ (an adapter saved against an older checkpoint layout).
+        fused: per adapter, the modules built from its per-expert LoRAs in the fused
+            experts layout (:mod:`hubmerge.expert_layouts`), by own key.
+        parameter_experts: parameter key → its number of experts (3-D parameters).
     """
 
     base_model: str | None
@@ -52,10 +56,35 @@ class Compatibility:
     warnings: list[Notice] = field(default_factory=list)
     parameter_depths: dict[str, int] = field(default_factory=dict)
     own_keys: list[dict[str, str]] = field(default_factory=list)
+    fused: list[dict[str, FusedModule]] = field(default_factory=list)
+    parameter_experts: dict[str, int] = field(default_factory=dict)
 
     def own_key(self, index: int, key: str) -> str:
         """The key adapter ``index`` itself uses for the merge's module ``key``."""
         return self.own_keys[index].get(key, key) if index < len(self.own_keys) else key
+
+    def _fused(self, index: int, key: str) -> FusedModule | None:
+        return self.fused[index].get(self.own_key(index, key)) if index < len(self.fused) else None
+
+    def spec(self, adapter: LoraAdapter, index: int, key: str) -> ModuleFactors:
+        """What adapter ``index`` (``adapter``) holds for the merge's module ``key``."""
+        fused = self._fused(index, key)
+        return fused.spec if fused is not None else adapter.modules[self.own_key(index, key)]
+
+    def factors(self, adapter: LoraAdapter, index: int, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` of the merge's module ``key`` in adapter ``index``, to be scaled by :meth:`scale`."""
+        fused = self._fused(index, key)
+        return fused_factors(adapter, fused) if fused is not None else adapter.factors(self.own_key(index, key))
+
+    def scale(self, adapter: LoraAdapter, index: int, key: str) -> float:
+        """PEFT's scaling of that module (1 for a fused module: its parts' scales are in its B)."""
+        return 1.0 if self._fused(index, key) is not None else adapter.scale(self.own_key(index, key))
+
+    def nonfinite(self, adapter: LoraAdapter, index: int, key: str) -> list[str]:
+        """The problems (file and key) of that module's factors that hold NaN/Inf."""
+        fused = self._fused(index, key)
+        owns = [own for own, *_ in fused.parts] if fused is not None else [self.own_key(index, key)]
+        return [text for own in owns for text in nonfinite_factors(adapter, own)]
 
 
 def normalize_base_model(name: str) -> str:
@@ -124,16 +153,28 @@ def check_compatibility(
 
     base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
     _check_fields(adapters, problems, warnings)
+    known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
+    model_type = known.pop() if len(known) == 1 else None
+    fusion = fuse_experts(adapters, model_type=model_type)
+    problems.extend(Problem(text, code="expert_layouts_differ") for text in fusion.problems)
+    warnings.extend(fusion.notices)
+    layouts = [
+        with_model_order({**a.parameter_layouts, **extra}, model_type) for a, extra in zip(adapters, fusion.layouts)
+    ]
     parameter_depths, parameter_problems = plan_parameters(
         [a.source for a in adapters],
-        [a.parameter_layouts for a in adapters],
-        [[k for k, spec in a.modules.items() if spec.parameter is None] for a in adapters],
+        layouts,
+        [
+            [k for k, spec in a.modules.items() if spec.parameter is None and k not in consumed]
+            for a, consumed in zip(adapters, fusion.consumed)
+        ],
     )
     problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
-    known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
-    views = _layout_views(adapters, warnings, known.pop() if len(known) == 1 else None)
+    views = _layout_views(adapters, warnings, model_type, fusion)
     coverage = _check_modules(adapters, views, problems)
-    _check_expert_layouts(adapters, problems)
+    unmatched = unmatched_layouts([a.source for a in adapters], [view["modules"] for view in views])
+    if unmatched is not None:
+        problems.append(unmatched)
     saved_modules = _check_saved_modules(adapters, views, problems)
     base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
     if check_values:
@@ -161,15 +202,27 @@ def check_compatibility(
         warnings=warnings,
         parameter_depths=parameter_depths,
         own_keys=[{new: own for own, new in view["renames"].items()} for view in views],
+        fused=fusion.modules,
+        parameter_experts={
+            f"{container}.{p}": experts
+            for per_adapter in layouts
+            for container, layout in per_adapter.items()
+            for p, (_, _, experts) in zip(layout.labels, layout.features)
+            if experts > 1
+        },
     )
 
 
-def _layout_views(adapters, warnings, model_type: str | None) -> list[dict]:
-    """Each adapter's modules, saved modules and saved base layers under the merge's layout keys."""
+def _layout_views(adapters, warnings, model_type: str | None, fusion) -> list[dict]:
+    """Each adapter's modules, saved modules and saved base layers under the merge's layout keys
+    (per-expert LoRAs rewritten into the fused experts layout where ``fusion`` says so)."""
     attributes = ("modules", "saved_modules", "base_layers")
-    keymaps, renamed = layout_keymaps(
-        [[k for a in attributes for k in getattr(adapter, a)] for adapter in adapters], model_type=model_type
-    )
+    own: list[dict[str, dict]] = []
+    for adapter, fused, consumed in zip(adapters, fusion.modules, fusion.consumed):
+        modules = {k: v for k, v in adapter.modules.items() if k not in consumed}
+        modules.update((k, f.spec) for k, f in fused.items())
+        own.append({"modules": modules, "saved_modules": adapter.saved_modules, "base_layers": adapter.base_layers})
+    keymaps, renamed = layout_keymaps([[k for a in attributes for k in view[a]] for view in own], model_type=model_type)
     for index, family in renamed:
         warnings.append(
             Notice(
@@ -180,8 +233,8 @@ def _layout_views(adapters, warnings, model_type: str | None) -> list[dict]:
             )
         )
     views = []
-    for adapter, keymap in zip(adapters, keymaps):
-        view = {a: {keymap.get(k, k): v for k, v in getattr(adapter, a).items()} for a in attributes}
+    for mine, keymap in zip(own, keymaps):
+        view = {a: {keymap.get(k, k): v for k, v in mine[a].items()} for a in attributes}
         view["renames"] = keymap
         views.append(view)
     return views
@@ -259,13 +312,22 @@ def _check_modules(adapters, views, problems) -> dict[str, list[int]]:
                     f"{adapters[index].source}: module {key!r} is {spec.kind} LoRA but "
                     f"{first.kind} LoRA in {adapters[owners[0]].source}"
                 )
-            elif (spec.in_features, spec.out_features) != (first.in_features, first.out_features):
+            elif (spec.in_features, spec.out_features, spec.kernel) != (
+                first.in_features,
+                first.out_features,
+                first.kernel,
+            ):
                 problems.append(
-                    f"{adapters[index].source}: module {key!r} maps {spec.in_features}→{spec.out_features} features "
-                    f"but {first.in_features}→{first.out_features} in {adapters[owners[0]].source}; "
+                    f"{adapters[index].source}: module {key!r} maps {_shape(spec)} but {_shape(first)} in "
+                    f"{adapters[owners[0]].source}; "
                     "the adapters were trained on different model shapes"
                 )
     return dict(sorted(coverage.items()))
+
+
+def _shape(spec: ModuleFactors) -> str:
+    shape = f"{spec.in_features}→{spec.out_features} features"
+    return shape if spec.kernel is None else f"{shape} (convolution, lora_A {list(spec.kernel)} per rank)"
 
 
 def _owners(views, attribute: str) -> dict[str, list[int]]:
@@ -274,35 +336,6 @@ def _owners(views, attribute: str) -> dict[str, list[int]]:
         for key in view[attribute]:
             owners.setdefault(key, []).append(index)
     return owners
-
-
-# transformers before 5 held MoE experts as one Linear each (…experts.3.w1); from 5 on, many models hold them
-# fused, as 3-D parameters that PEFT adapts through target_parameters (…experts.gate_up_proj).
-_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
-
-
-def _check_expert_layouts(adapters, problems) -> None:
-    """Refuse a merge of per-expert Linear LoRAs with LoRAs on fused expert parameters.
-
-    The two address the same experts in two model layouts; no renaming table maps one onto the other
-    (the fused parameter stacks the experts' weights, gate and up together), and writing both key sets
-    would leave one of them matching nothing in the model PEFT loads it on.
-    """
-    per_expert = [a for a in adapters if any(_PER_EXPERT.search(k) and s.expert is None for k, s in a.modules.items())]
-    fused = [a for a in adapters if any(s.expert is not None for s in a.modules.values())]
-    if per_expert and fused and {id(a) for a in per_expert} != {id(a) for a in fused}:
-        one = next(k for k in per_expert[0].modules if _PER_EXPERT.search(k))
-        other = next(k for k, s in fused[0].modules.items() if s.expert is not None)
-        problems.append(
-            Problem(
-                f"{per_expert[0].source} adapts MoE experts one Linear per expert ({one!r}, transformers' layout "
-                f"before 5) and {fused[0].source} the fused expert parameters ({other!r}): the two layouts of the "
-                "experts cannot be matched module by module, so they are not merged",
-                code="expert_layouts_differ",
-                source=per_expert[0].source,
-                module=one,
-            )
-        )
 
 
 def _check_saved_modules(adapters, views, problems) -> dict[str, int]:

@@ -92,12 +92,15 @@ class ParameterLayout:
         labels: the parameter name at each nesting depth (0 = outermost).
         features: ``(in, out, experts)`` at each depth.
         ambiguous: the shapes fit more than one labelling; ``labels`` is the sorted one.
+        order: where the model's class is known (:mod:`hubmerge.expert_layouts`), the nesting
+            of all the parameters PEFT can adapt there, outermost first.
     """
 
     container: str
     labels: tuple[str, ...]
     features: tuple[tuple[int, int, int], ...]
     ambiguous: bool
+    order: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,9 @@ def plan_parameters(
         layouts: each adapter's :class:`ParameterLayout` per container.
         modules: each adapter's module LoRA keys (a module cannot carry both kinds).
 
+    The nesting follows an adapter that adapts every parameter the others adapt on a module,
+    or, where the model is known (a :attr:`ParameterLayout.order`), the model's own order.
+
     Returns:
         ``({parameter key: nesting depth in the output}, problems)``.
     """
@@ -352,6 +358,17 @@ def plan_parameters(
                         "and ranks, PEFT's file does not name them, and the other adapters target other "
                         "parameters of this module"
                     )
+        known = {layout.order for layout in found.values() if layout.order is not None and union <= set(layout.order)}
+        if len(known) == 1:  # the model's own nesting: every file's labels must agree with it
+            order = tuple(p for p in known.pop() if p in union)
+            for i, layout in found.items():
+                if layout.labels != tuple(p for p in order if p in layout.labels):
+                    problems.append(
+                        f"{sources[i]}: module {container!r} nests LoRAs of {', '.join(layout.labels)} from the "
+                        f"outside in, but the model nests {', '.join(order)}; the file does not fit that model"
+                    )
+            depth_of.update((f"{container}.{p}", depth) for depth, p in enumerate(order))
+            continue
         if not full:
             listing = "; ".join(f"{sources[i]}: {', '.join(found[i].labels)}" for i in found)
             problems.append(
@@ -384,6 +401,7 @@ def place_parameters(
     depth_of: Mapping[str, int],
     rank: int,
     prefix: str,
+    experts: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The merged parameter LoRAs as PEFT saves them.
 
@@ -392,6 +410,8 @@ def place_parameters(
         depth_of: parameter key → nesting depth in the output (from :func:`plan_parameters`).
         rank: the stored rank; every expert is zero-padded to it (B·A is unchanged).
         prefix: PEFT's key prefix.
+        experts: parameter key → its number of experts, where an input may adapt only some
+            (per-expert LoRAs rewritten by :mod:`hubmerge.expert_layouts`): the others get zeros.
 
     Returns:
         Tensor name → tensor.
@@ -399,8 +419,12 @@ def place_parameters(
     from .methods.exact import pad_rank
 
     tensors: dict[str, torch.Tensor] = {}
-    for parameter, experts in parts.items():
-        padded = [pad_rank(*experts[e], rank) for e in sorted(experts, key=lambda e: -1 if e is None else e)]
+    for parameter, by_expert in parts.items():
+        by_expert = dict(by_expert)
+        a_any, b_any = next(iter(by_expert.values()))
+        for e in range((experts or {}).get(parameter, 0)):
+            by_expert.setdefault(e, (a_any.new_zeros(0, a_any.shape[1]), b_any.new_zeros(b_any.shape[0], 0)))
+        padded = [pad_rank(*by_expert[e], rank) for e in sorted(by_expert, key=lambda e: -1 if e is None else e)]
         a, b = assemble(padded) if len(padded) > 1 else padded[0]
         a_name, b_name = saved_names(parameter.rsplit(".", 1)[0], depth_of[parameter], prefix)
         tensors[a_name], tensors[b_name] = a, b

@@ -54,7 +54,10 @@ __all__ = ["ARCHITECTURES", "DEFAULT_GGUF_TYPE", "GGUF_NAME", "GGUF_TYPES", "att
 GGUF_NAME = "adapter_model.gguf"
 # f32 by default: the merged factors are float32 sums rounded once to the output dtype, and every input dtype
 # (bf16, f16, f32) converts to float32 exactly, so the file holds the PEFT adapter's values bit for bit.
-GGUF_TYPES = ("f32", "f16", "bf16")
+# q8_0: blocks of 32 values, int8 each and one f16 scale per block (llama.cpp's Q8_0, quantised by the gguf
+# package's own code); a tensor whose rows are not whole blocks (lora_b of a rank that is not a multiple of 32)
+# is written f16 instead, as llama.cpp's converter does.
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPE = "f32"
 
 
@@ -154,7 +157,8 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
     Args:
         adapter: a loaded PEFT LoRA adapter (:func:`hubmerge.load_adapter`).
         base_config: the base model's ``config.json``.
-        outtype: tensor type, one of :data:`GGUF_TYPES` (default ``"f32"``).
+        outtype: tensor type, one of :data:`GGUF_TYPES` (default ``"f32"``; ``"q8_0"`` writes tensors whose
+            rows are not whole 32-value blocks as f16).
         name: ``general.name`` of the file.
 
     Returns:
@@ -190,7 +194,7 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
     names = gguf.get_tensor_name_map(model_arch, n_blocks)
     alpha = float(config.lora_alpha)
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-             "bf16": gguf.GGMLQuantizationType.BF16}[outtype]  # fmt: skip
+             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[outtype]  # fmt: skip
     tensors = []
     for key, spec in adapter.modules.items():
         short = key.rsplit(".", 1)[-1]
@@ -238,6 +242,11 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
                 writer.add_tensor(tensor_name, array.astype(np.float16))
             elif qtype == gguf.GGMLQuantizationType.BF16:
                 writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+            elif qtype == gguf.GGMLQuantizationType.Q8_0:
+                try:
+                    writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+                except gguf.QuantError:  # rows are not whole 32-value blocks: f16, llama.cpp's converter's fallback
+                    writer.add_tensor(tensor_name, array.astype(np.float16))
             else:
                 writer.add_tensor(tensor_name, array)
         writer.write_header_to_file()
@@ -326,10 +335,11 @@ def attach_gguf(
     Raises:
         GGUFExportError, HubError: as :func:`build_gguf` / :func:`read_base_config`.
     """
-    from .adapter import LoraAdapter, _TensorReader
+    from .adapter import LoraAdapter
     from .config import parse_config
     from .result import MergeResult
     from .serving import serving_section
+    from .weights_file import TensorReader
 
     if not isinstance(result, MergeResult) or not result.tensors:
         raise GGUFExportError(
@@ -340,13 +350,15 @@ def attach_gguf(
     adapter = LoraAdapter(
         name="merged", source="the merged adapter", path=Path("."), config=config, weights_file=Path("."),
         tensor_names=list(tensors), shapes={k: tuple(v.shape) for k, v in tensors.items()},
-        dtypes={k: v.dtype for k, v in tensors.items()}, reader=_TensorReader(Path("."), tensors),
+        dtypes={k: v.dtype for k, v in tensors.items()}, reader=TensorReader(Path("."), tensors),
     )  # fmt: skip
     chosen = _base_of(config.base_model_name_or_path, base)
     revision = config.revision if base is None else None
-    data = build_gguf(adapter, read_base_config(chosen, revision=revision, token=token), outtype=outtype,
-                      name=result.default_repo_name())  # fmt: skip
+    base_config = read_base_config(chosen, revision=revision, token=token)
+    data = build_gguf(adapter, base_config, outtype=outtype, name=result.default_repo_name())
     serving = dict(result.report.serving or {})
     facts = {**serving.get("facts", {}), "gguf_file": GGUF_NAME, "gguf_type": outtype}
+    if not facts.get("model_type") and isinstance(base_config.get("model_type"), str):
+        facts["model_type"] = base_config["model_type"]  # the base's config.json, read for the conversion
     report = replace(result.report, serving=serving_section(facts, rank_fit=serving.get("rank_fit")))
     return replace(result, report=report, extra_files={**result.extra_files, GGUF_NAME: data})

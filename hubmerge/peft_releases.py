@@ -39,8 +39,10 @@ if TYPE_CHECKING:
     from .config import AdapterConfig
 
 __all__ = [
+    "LAYER_RELEASES",
     "OLDEST_SUPPORTED",
     "config_fields",
+    "loading_release",
     "minimum_release",
     "peft_releases",
     "plain_target_names",
@@ -49,6 +51,10 @@ __all__ = [
 ]
 
 OLDEST_SUPPORTED = "0.3.0"  # its config; 0.2 and 0.3 read only adapter_model.bin (docs/compatibility-peft.md)
+SAFETENSORS_RELEASE = "0.4.0"  # the first release that reads adapter_model.safetensors, which hubmerge writes
+# The first release whose LoRA wraps each layer (read from the wheels' peft/tuners/lora code: the layer
+# class and its dispatch); Linear, Embedding and transformers' Conv1D are older than SAFETENSORS_RELEASE.
+LAYER_RELEASES = {"Conv2d": "0.4.0", "Conv3d": "0.14.0", "Conv1d": "0.15.0"}
 _DATA = "peft_lora_fields.json"
 
 
@@ -102,6 +108,18 @@ def minimum_release(config: Mapping[str, Any]) -> str:
         if set(config) <= set(peft_releases()[release]):
             return release
     raise ValueError(f"no known PEFT release has all of {sorted(config)}")
+
+
+def loading_release(config: Mapping[str, Any], layers: Iterable[str] = ()) -> str:
+    """The oldest PEFT release that can load a merged adapter: one whose ``LoraConfig`` has every key of
+    ``config`` (:func:`minimum_release`), that reads safetensors, and whose LoRA wraps every layer kind in
+    ``layers`` (names of :data:`LAYER_RELEASES`; others need nothing newer).
+
+    Raises:
+        ValueError: no known release has every key of ``config``.
+    """
+    needed = [minimum_release(config), SAFETENSORS_RELEASE, *(LAYER_RELEASES.get(layer, "0.0.0") for layer in layers)]
+    return max(needed, key=_version)
 
 
 def plain_target_names(configs: Iterable[AdapterConfig], keys: Iterable[str]) -> list[str] | None:

@@ -9,11 +9,12 @@ of the two files a merge reads.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from .digests import file_sha256
 
 __all__ = ["HubOrigin", "LocalOrigin", "Origin", "local_origin", "local_origin_soon"]
 
@@ -52,14 +53,8 @@ Origin = HubOrigin | LocalOrigin
 
 
 def local_origin(directory: Path, files: tuple[Path, ...]) -> LocalOrigin:
-    """The :class:`LocalOrigin` of ``files`` in ``directory`` (each read once, in 1 MiB blocks)."""
-    digests = []
-    for path in files:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        digests.append((path.name, digest.hexdigest()))
+    """The :class:`LocalOrigin` of ``files`` in ``directory`` (digests remembered while a file is unchanged)."""
+    digests = [(path.name, file_sha256(path)) for path in files]
     return LocalOrigin(folder=directory.resolve().name or str(directory), files_sha256=tuple(digests))
 
 

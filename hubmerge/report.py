@@ -153,7 +153,8 @@ class KeptEnergy:
 
 @dataclass(frozen=True)
 class OutputSummary:
-    """The merged adapter: module count, stored rank (every module padded to it), dtype."""
+    """The merged adapter: module count, stored rank (every module padded to it), dtype, and the
+    oldest PEFT release that loads it (:func:`hubmerge.peft_releases.loading_release`)."""
 
     num_modules: int
     rank: int
@@ -161,6 +162,7 @@ class OutputSummary:
     rank_max: int
     padded_modules: int
     dtype: str
+    min_peft: str | None = None
 
     @classmethod
     def of(cls, ranks: Mapping[str, int], dtype: object) -> OutputSummary:
@@ -367,6 +369,11 @@ def render_text(report: MergeReport, *, adapter: str | None = None) -> str:
             else ""
         )
         lines.append(f"merged adapter: {out.num_modules} modules, rank {out.rank}{effective}, dtype {out.dtype}")
+        if out.min_peft:
+            lines.append(
+                f"loads in PEFT >= {out.min_peft} (the oldest release whose LoraConfig fields and LoRA layers "
+                "cover everything the adapter uses)"
+            )
     kept = report.kept_energy.overall if report.kept_energy else None
     if kept is not None:
         lines.append(f"kept energy: {100 * kept:.2f}% of ‖ΔW‖² of the method's dense result (per module in the report)")

@@ -112,16 +112,16 @@ class MergeResult:
         return write_directory(save_directory, writers, overwrite=overwrite)
 
     def _small_files(self, repo_id: str | None, figure: bool) -> dict[str, Callable[[], bytes]]:
-        from .card import build_card
+        from .card import card_text
 
         def card() -> bytes:
-            text = build_card(
+            text = card_text(
                 self.report,
                 repo_id=repo_id or self.default_repo_name(),
                 command=self.recipe.command,
                 heatmap_path=HEATMAP_NAME if figure else None,
             )
-            return str(text).encode("utf-8")
+            return text.encode("utf-8")
 
         files: dict[str, Callable[[], bytes]] = {
             CONFIG_NAME: lambda: _json(self.config),

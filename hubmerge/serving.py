@@ -1,30 +1,37 @@
 """Where the merged adapter can be served: the engines' rules as data, and a verdict per engine.
 
 Serving engines apply LoRA adapters with limits of their own. :data:`RULES`
-holds them, one row per rule with the code or document it comes from (and
-the version read); :func:`servability` checks the facts of a merge against
-every row and gives, per engine, whether it serves the adapter as merged,
-why not, and the command that serves it. Pure: no network, no files.
+(:mod:`hubmerge.serving_rules`) holds them, one row per rule with the code or
+document it comes from (and the version read); which modules each engine
+applies per architecture is :mod:`hubmerge.serving_modules`. :func:`servability`
+checks the facts of a merge against every row and gives, per engine, whether it
+serves the adapter as merged, why not, and the command that serves it. Pure: no
+network, no files.
 
 The facts (:func:`serving_facts`) come from the merge report and the merged
-``adapter_config.json``: the stored rank, the adapted modules, full weight
-copies, and whether a GGUF file was written.
+``adapter_config.json``: the base's ``model_type`` (where the Hub told it), the
+stored rank, the adapted modules and parameters, full weight copies, and whether
+a GGUF file was written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .methods.rank_limit import VLLM_DEFAULT_MAX_LORA_RANK, VLLM_MAX_LORA_RANKS, smallest_vllm_rank
+from .methods.rank_limit import VLLM_MAX_LORA_RANKS, smallest_vllm_rank
+from .peft_releases import plain_target_names
+from .serving_modules import NotKnown, judge_modules
+from .serving_rules import ADAPTER, ENGINES, GGUF_NAME, RULES, Engine, Rule
 
 if TYPE_CHECKING:
+    from .config import AdapterConfig
     from .report import MergeReport
 
 __all__ = [
     "ENGINES",
+    "GGUF_NAME",
     "RULES",
     "Engine",
     "Rule",
@@ -36,121 +43,19 @@ __all__ = [
     "serving_section",
 ]
 
-ADAPTER = "ADAPTER"  # placeholder in commands: where the adapter is (a directory or a repo id)
-GGUF_NAME = "adapter_model.gguf"
-
-_VLLM = "https://github.com/vllm-project/vllm/blob/v0.11.0/"
-_SGLANG = "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/lora/utils.py"
-_TGI = (
-    "https://github.com/huggingface/text-generation-inference/blob/main/server/text_generation_server/adapters/lora.py"
-)
-_LORAX = "https://github.com/predibase/lorax/blob/main/server/lorax_server/"
-_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp/blob/master/"  # read as vendored by llama-cpp-python 0.3.36
-
-
-@dataclass(frozen=True)
-class Engine:
-    """A serving engine: its display name and the command that serves one adapter.
-
-    In ``command``, ``{base}`` and ``{rank}`` are filled from the facts; ``ADAPTER`` stays
-    until the adapter's place is known (:func:`fill_command`).
-    """
-
-    key: str
-    name: str
-    command: str
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One limit of one engine.
-
-    Attributes:
-        engine: the :class:`Engine` key.
-        code: a short id, unique per engine.
-        requirement: what the engine needs, in words.
-        check: the name of the check in :data:`_CHECKS` that tests the facts.
-        source: where the rule comes from: a URL to the code or document, and the symbol read.
-        effect: ``"refuses"`` (the engine will not serve it as merged), ``"slower"``
-            (served, off the fast path) or ``"convert"`` (served after a conversion).
-        params: the check's parameters.
-    """
-
-    engine: str
-    code: str
-    requirement: str
-    check: str
-    source: str
-    effect: str = "refuses"
-    params: Mapping = field(default_factory=dict)
-
-
-ENGINES: dict[str, Engine] = {
-    e.key: e
-    for e in (
-        Engine("vllm", "vLLM", "vllm serve {base} --enable-lora --lora-modules merged=ADAPTER --max-lora-rank {rank}"),
-        Engine(
-            "sglang",
-            "SGLang",
-            "python -m sglang.launch_server --model-path {base} --enable-lora --lora-paths merged=ADAPTER "
-            "--max-lora-rank {rank}",
-        ),
-        Engine("tgi", "TGI", "text-generation-launcher --model-id {base} --lora-adapters ADAPTER"),
-        Engine("lorax", "LoRAX", 'lorax-launcher --model-id {base}   # then per request: "adapter_id": "ADAPTER"'),
-        Engine("llama.cpp", "llama.cpp", "llama-server -m BASE_MODEL.gguf --lora ADAPTER/" + GGUF_NAME),
-    )
-}
-
-_SGLANG_MODULES = (
-    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj",
-    "embed_tokens", "vocab_emb", "embeddings", "word_embeddings", "lm_head", "output",
-)  # fmt: skip
-
-RULES: tuple[Rule, ...] = (
-    Rule("vllm", "max_lora_rank",
-         f"r ≤ --max-lora-rank, which must be one of {', '.join(map(str, VLLM_MAX_LORA_RANKS))} "
-         f"(default {VLLM_DEFAULT_MAX_LORA_RANK}); above it: 'LoRA rank R is greater than max_lora_rank'",
-         "vllm_rank", _VLLM + "vllm/config/lora.py (MaxLoRARanks, max_lora_rank); vllm/lora/peft_helper.py "
-         "(PEFTHelper.validate_legal)"),
-    Rule("vllm", "modules_to_save", "no modules_to_save ('vLLM only supports modules_to_save being None')",
-         "no_modules_to_save", _VLLM + "vllm/lora/peft_helper.py (PEFTHelper._validate_features)"),
-    Rule("vllm", "dora", "no DoRA ('vLLM does not yet support DoRA')", "no_dora",
-         _VLLM + "vllm/lora/peft_helper.py (PEFTHelper._validate_features)"),
-    Rule("vllm", "bias", "bias 'none' unless the server runs with --enable-lora-bias", "no_bias",
-         _VLLM + "vllm/lora/peft_helper.py (PEFTHelper.validate_legal)"),
-    Rule("vllm", "one_rank", "one r and lora_alpha for every module: rank_pattern / alpha_pattern are not read",
-         "no_patterns", _VLLM + "vllm/lora/peft_helper.py (PEFTHelper fields; from_dict drops other keys)"),
-    Rule("vllm", "full_weights", "no full weight copies: saved base embeddings are skipped, not applied",
-         "no_saved_embeddings", _VLLM + "vllm/lora/lora_model.py (from_lora_tensors: is_base_embeddding_weights)"),
-    Rule("sglang", "target_modules", "every module is one SGLang maps to a LoRA weight: " + ", ".join(_SGLANG_MODULES),
-         "known_modules", _SGLANG + " (get_normalized_target_modules, get_hidden_dim)",
-         params={"names": _SGLANG_MODULES}),
-    Rule("sglang", "modules_to_save", "LoRA factors only: full copies (modules_to_save, saved embeddings) are not "
-         "LoRA weights SGLang applies", "no_full_weights", _SGLANG + " (get_normalized_target_modules)"),
-    Rule("tgi", "every_layer", "a module type is adapted in every layer: one layer without it drops that type "
-         "for all layers ('There is no LoRA weight for this layer type in the adapter')", "every_layer",
-         _TGI + " (LoraWeights.prepare_weights)"),
-    Rule("tgi", "one_rank", "one r and lora_alpha for every module (rank_pattern / alpha_pattern are not read)",
-         "no_patterns", _TGI + " (LoraConfig.load)"),
-    Rule("lorax", "every_layer", "a module type is adapted in every layer, as in TGI (which took this code "
-         "from LoRAX)", "every_layer", _LORAX + "adapters/lora.py (LoraWeights.prepare_weights)"),
-    Rule("lorax", "fast_rank", "rank ≤ 128 runs on the SGMV kernels (ranks below 8 are padded to 8); above 128 "
-         "LoRAX falls back to a slower loop", "rank_at_most", _LORAX + "utils/sgmv.py (MIN_SGMV_RANK, "
-         "MAX_RANK_CUSTOM)", effect="slower", params={"max": 128}),
-    Rule("llama.cpp", "gguf", "a GGUF LoRA file (general.type 'adapter', adapter.type 'lora', adapter.lora.alpha), "
-         "not PEFT safetensors: write it with --gguf or hubmerge-gguf DIR", "has_gguf",
-         _LLAMA_CPP + "src/llama-adapter.cpp (llama_adapter_lora_init_impl)", effect="convert"),
-    Rule("llama.cpp", "lora_only", "only .lora_a / .lora_b tensors: a full lm_head or embedding copy "
-         "(modules_to_save, saved embeddings) is refused", "no_full_weights",
-         _LLAMA_CPP + "src/llama-adapter.cpp ('has unexpected suffix'); convert_lora_to_gguf.py "
-         "('Embeddings is present in the adapter')"),
-)  # fmt: skip
-
 _LAYER = re.compile(r"\.(\d+)\.")
+_NUMBER = re.compile(r"\.\d+\.")  # applied twice: adjacent numbers (".0.1.") share a dot
+_PARAM = re.compile(r"\[\d+\]$")
 
 
 def serving_facts(
-    report: MergeReport, config: Mapping[str, Any], *, full_weights: list[str], gguf_file: str | None = None
+    report: MergeReport,
+    config: Mapping[str, Any],
+    *,
+    full_weights: list[str],
+    gguf_file: str | None = None,
+    model_type: str | None = None,
+    source_configs: Sequence[AdapterConfig] | None = None,
 ) -> dict[str, Any]:
     """What the rules look at, from a merge report and the merged ``adapter_config.json``.
 
@@ -159,31 +64,59 @@ def serving_facts(
         config: the merged adapter's config (``use_dora``, ``bias``, ``rank_pattern``, …).
         full_weights: module keys whose full weights the adapter carries (saved embeddings).
         gguf_file: the GGUF file written next to the adapter, if any.
+        model_type: the base model's ``model_type`` (from its ``config.json``), where known: which
+            modules an engine applies depends on it.
+        source_configs: the sources' configs, for a report without a merged config (report only):
+            whether its ``target_modules`` would be a regex is then found as the merge would write it.
 
     Returns:
-        A JSON-able dict: ``base_model``, ``rank`` (with ``rank_is_upper_bound`` for a report-only
-        run, where it is the sum of the sources' largest ranks), ``modules`` (short names),
-        ``partial_layers`` (module types some layers lack), ``modules_to_save``,
-        ``full_weights``, ``use_dora``, ``bias``, ``patterns``, ``gguf_file``.
+        A JSON-able dict: ``base_model``, ``model_type``, ``rank`` (with ``rank_is_upper_bound`` for a
+        report-only run, where it is the sum of the sources' largest ranks), ``modules`` (short names),
+        ``module_types`` (module keys with layer and expert numbers starred), ``parameters``
+        (parameter LoRA, ``target_parameters``, starred the same way), ``partial_layers`` (module
+        types some layers lack), ``modules_to_save``, ``full_weights``, ``use_dora``, ``bias``,
+        ``patterns``, ``target_modules_regex`` (``None`` when not known), ``gguf_file``.
     """
-    keys = list(report.modules.coverage)
+    every = list(report.modules.coverage)
+    # A parameter LoRA's key is the parameter's (".weight", or "[e]" for one expert of a fused 3-D weight).
+    params = {_PARAM.sub("", key) for key in every if _PARAM.search(key) or key.endswith((".weight", ".bias"))}
+    params |= set(config.get("target_parameters") or [])
+    keys = [key for key in every if not (_PARAM.search(key) or key.endswith((".weight", ".bias")))]
     if report.output is not None:
         rank, upper_bound = report.output.rank, False
     else:  # report only: the stacked rank, an upper bound
         rank, upper_bound = sum(s.rank_max for s in report.sources), True
     return {
         "base_model": report.base_model.canonical or report.base_model.name,
+        "model_type": model_type,
         "rank": rank,
         "rank_is_upper_bound": upper_bound,
         "modules": sorted({key.rsplit(".", 1)[-1] for key in keys}),
+        "module_types": sorted({_NUMBER.sub(".*.", _NUMBER.sub(".*.", key)) for key in keys}),
+        "parameters": sorted({_NUMBER.sub(".*.", _NUMBER.sub(".*.", key)) for key in params}),
         "partial_layers": _partial_layers(keys),
         "modules_to_save": [item.module for item in report.modules_to_save],
         "full_weights": sorted(full_weights),
         "use_dora": bool(config.get("use_dora")),
         "bias": config.get("bias") or "none",
         "patterns": bool(config.get("rank_pattern") or config.get("alpha_pattern")),
+        "target_modules_regex": _regex_targets(config, source_configs, keys),
         "gguf_file": gguf_file,
     }
+
+
+def _regex_targets(config: Mapping[str, Any], sources: Sequence[AdapterConfig] | None, keys: list[str]) -> bool | None:
+    """Whether ``target_modules`` is a string other than PEFT's shorthands (PEFT then reads it as a regex).
+
+    Without a merged config, from the sources as :func:`hubmerge.config.build_config` would choose (names
+    where names select exactly the merged modules, else a regex); ``None`` when neither is given.
+    """
+    if config:
+        targets = config.get("target_modules")
+        return isinstance(targets, str) and targets not in ("all", "all-linear")
+    if sources is None:
+        return None
+    return bool(keys) and plain_target_names(sources, keys) is None
 
 
 def _partial_layers(keys: list[str]) -> list[str]:
@@ -211,7 +144,7 @@ def _rank_at_most(facts, params) -> str | None:
 
 
 def _no_modules_to_save(facts, params) -> str | None:
-    saved = facts["modules_to_save"]
+    saved = [m for m in facts["modules_to_save"] if m.rsplit(".", 1)[-1] not in params.get("allowed", ())]
     return f"modules_to_save: {', '.join(saved)}" if saved else None
 
 
@@ -242,9 +175,44 @@ def _known_modules(facts, params) -> str | None:
     return f"modules {', '.join(unknown)} are not ones it maps" if unknown else None
 
 
+def _no_regex_targets(facts, params) -> str | None:
+    regex = facts.get("target_modules_regex")
+    if regex is None:
+        return NotKnown("whether target_modules is a list (a report without a merged adapter_config.json)")
+    return "target_modules is a regex string" if regex else None
+
+
+def _no_parameters(facts, params) -> str | None:
+    found = facts.get("parameters") or []
+    return NotKnown(f"how SGLang reads LoRA on {', '.join(found)}") if found else None
+
+
 def _every_layer(facts, params) -> str | None:
     partial = facts["partial_layers"]
     return f"{', '.join(partial)} is not adapted in every layer and would be dropped" if partial else None
+
+
+class _Partial(str):
+    """A failed module check that does not refuse the adapter: some modules are served without their LoRA."""
+
+
+def _engine_modules(facts, params) -> str | None:
+    found = judge_modules(params["engine"], facts)
+    why = found["why"]
+    if why is None or isinstance(why, NotKnown) or found["refuses"]:
+        return why
+    return _Partial(why)
+
+
+def _gguf_convertible(facts, params) -> str | None:
+    model_type = facts.get("model_type")
+    if facts.get("gguf_file"):
+        return None
+    if model_type is None:
+        return NotKnown("whether hubmerge's GGUF export converts this base (the base's model_type was not read)")
+    if model_type not in params["model_types"]:
+        return NotKnown(f"how llama.cpp takes a {model_type} LoRA: hubmerge's GGUF export does not convert it")
+    return None
 
 
 def _has_gguf(facts, params) -> str | None:
@@ -262,8 +230,15 @@ _CHECKS: dict[str, Callable[[Mapping, Mapping], str | None]] = {
     "no_patterns": _no_patterns,
     "known_modules": _known_modules,
     "every_layer": _every_layer,
+    "no_regex_targets": _no_regex_targets,
+    "no_parameters": _no_parameters,
+    "engine_modules": _engine_modules,
+    "gguf_convertible": _gguf_convertible,
     "has_gguf": _has_gguf,
 }
+
+
+_MODULE_RULES = {"target_modules", "target_modules_list", "experts"}
 
 
 def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
@@ -275,15 +250,21 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
 
     Returns:
         Per engine, in :data:`ENGINES` order: ``engine``, ``name``, ``status``
-        (``"servable"``, ``"servable, slower"``, ``"after conversion"`` or ``"not servable"``),
-        ``servable`` (bool: it serves this adapter as merged, possibly after the
-        stated conversion), ``reasons`` (the failed rules, in words), ``command`` (with
+        (``"servable"``, ``"servable, slower"``, ``"after conversion"`` or ``"not servable"``; a
+        servable one adds ``", some modules not applied"`` when the engine serves the adapter without
+        some of its modules, ``", modules not checked"`` when which modules it applies is not known, and
+        ``", not all checked"`` when something else is not known),
+        ``servable`` (bool: no rule checked refuses it; it serves this adapter as merged, possibly
+        after the stated conversion), ``reasons`` (the failed rules, in words), ``not_known`` (what
+        the sources read do not say for this base), ``command`` (with
         ``ADAPTER`` standing for the adapter's directory or repo id; ``None`` when not
-        servable) and ``rules`` (every rule checked: ``code``, ``ok``, ``effect``, ``detail``, ``source``).
+        servable) and ``rules`` (every rule checked: ``code``, ``ok`` (``None``: not known),
+        ``effect``, ``detail``, ``source``).
 
     Example:
         >>> [v["status"] for v in servability(serving_facts(result.report, result.config, full_weights=[]))]
-        ['servable', 'servable', 'servable', 'servable', 'after conversion']
+        ['servable, modules not checked', 'servable', 'servable', 'servable, modules not checked',
+         'after conversion, not all checked']
     """
     verdicts = []
     for key, engine in ENGINES.items():
@@ -293,14 +274,14 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
             checked.append(
                 {
                     "code": rule.code,
-                    "ok": detail is None,
-                    "effect": rule.effect,
+                    "ok": None if isinstance(detail, NotKnown) else detail is None,
+                    "effect": "partial" if isinstance(detail, _Partial) else rule.effect,
                     "requirement": rule.requirement,
-                    "detail": detail,
+                    "detail": None if detail is None else str(detail),
                     "source": rule.source,
                 }
             )
-        failed = {c["effect"] for c in checked if not c["ok"]}
+        failed = {c["effect"] for c in checked if c["ok"] is False}
         if "refuses" in failed:
             status = "not servable"
         elif "convert" in failed:
@@ -310,20 +291,39 @@ def servability(facts: Mapping, rules: tuple[Rule, ...] = RULES) -> list[dict]:
         else:
             status = "servable"
         servable = status != "not servable"
-        rank = smallest_vllm_rank(facts["rank"]) if key == "vllm" else facts["rank"]
-        command = engine.command.replace("{rank}", str(rank)).replace("{base}", facts.get("base_model") or "BASE_MODEL")
+        if servable and "partial" in failed:
+            status += ", some modules not applied"
+        not_known = [c["detail"] for c in checked if c["ok"] is None]
+        if servable and not_known:
+            modules = all(c["code"] in _MODULE_RULES for c in checked if c["ok"] is None)
+            status += ", modules not checked" if modules else ", not all checked"
         verdicts.append(
             {
                 "engine": key,
                 "name": engine.name,
                 "status": status,
                 "servable": servable,
-                "reasons": [f"{c['detail']}: {c['requirement']}" for c in checked if not c["ok"]],
-                "command": command if servable else None,
+                "reasons": [f"{c['detail']}: {c['requirement']}" for c in checked if c["ok"] is False],
+                "not_known": not_known,
+                "command": _command(engine, facts) if servable else None,
                 "rules": checked,
             }
         )
     return verdicts
+
+
+def _command(engine: Engine, facts: Mapping) -> str:
+    """The engine's command for these facts: the base, vLLM's smallest legal rank, and the flags the modules need."""
+    rank = smallest_vllm_rank(facts["rank"]) if engine.key == "vllm" else facts["rank"]
+    command = engine.command.replace("{rank}", str(rank)).replace("{base}", facts.get("base_model") or "BASE_MODEL")
+    if engine.key == "vllm" and judge_modules("vllm", facts)["flags"]:
+        # A fused-expert adapter is read only on this flag and with is_3d_lora_weight on the LoRA module
+        # (vllm/lora/model_manager.py: _validate_moe_lora_format; entrypoints/openai/models/protocol.py).
+        module = '{"name": "merged", "path": "ADAPTER", "is_3d_lora_weight": true}'
+        command = command.replace(
+            "--lora-modules merged=ADAPTER", f"--enable-mixed-moe-lora-format --lora-modules '{module}'"
+        )
+    return command
 
 
 def serving_section(facts: dict, *, rank_fit: dict | None = None) -> dict:
@@ -359,7 +359,10 @@ def render_text(section: Mapping | None, *, adapter: str | None = None) -> list[
     lines.append("serving" + (bound if facts.get("rank_is_upper_bound") else "") + ":")
     width = max(len(v["name"]) for v in section["engines"])
     for verdict in section["engines"]:
-        why = f" — {'; '.join(r.split(':', 1)[0] for r in verdict['reasons'])}" if verdict["reasons"] else ""
+        said = [r.split(":", 1)[0] for r in verdict["reasons"]] + [
+            f"not known: {n}" for n in verdict.get("not_known", [])
+        ]
+        why = f" — {'; '.join(said)}" if said else ""
         lines.append(f"  {verdict['name']:<{width}}  {verdict['status']}{why}")
         if verdict["command"]:
             lines.append(f"  {'':<{width}}  $ {fill_command(verdict['command'], adapter or ADAPTER)}")
@@ -372,7 +375,8 @@ def render_card(section: Mapping | None, *, adapter: str) -> str:
         return ""
     rows = ["| engine | verdict | why |", "|---|---|---|"]
     for verdict in section["engines"]:
-        why = "; ".join(verdict["reasons"]) or "every rule checked passes"
+        said = [*verdict["reasons"], *(f"not known: {n}" for n in verdict.get("not_known", []))]
+        why = "; ".join(said) or "every rule checked passes"
         rows.append(f"| {verdict['name']} | {verdict['status']} | {why.replace('|', '/')} |")
     parts = ["\n".join(rows)]
     fit = section.get("rank_fit")

@@ -1,7 +1,8 @@
 """What the page shows for a report: hubmerge's own renderers, plus the few lines only the page needs.
 
 The sources table and the method section (exactness, kept energy, output rank) are the model card's,
-cut out of :func:`hubmerge.card.build_card`, so the page and the card can never disagree; the heatmap
+cut out of :func:`hubmerge.card.build_card`, and so are the serving verdicts (where the merged adapter runs,
+with the commands), so the page and the card can never disagree; the heatmap
 is :func:`hubmerge.figures.render_heatmap`. The page adds a one-line verdict, the warnings and two tables
 (the RMS-cosine matrix and the per-module details) that the card has no room for.
 
@@ -80,6 +81,9 @@ def verdict(report: dict, *, repo_id: str, merged: bool) -> str:
         "",
         "#### Method (as in the model card)",
         space_words(sections.get("Method", "")),
+        "",
+        "#### Serving (as in the model card)",
+        sections.get("Serving", ""),  # the engines' commands are theirs, not hubmerge's options: shown as they are
     ]
     return "\n".join(lines)
 

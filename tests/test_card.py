@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 import hubmerge
-from hubmerge.card import build_card
+from hubmerge.card import build_card, card_text
 from hubmerge.errors import InvalidArgumentError
 from hubmerge.figures import render_heatmap
 from tests.factory import LLAMA_ID, make_adapter
@@ -65,6 +65,15 @@ def test_metadata_round_trips_for_the_hub_and_peft(report):
     assert data["license"] == "apache-2.0"
     assert data["datasets"] == ["gsm8k", "openai/openmath"]
     assert card.text.lstrip().startswith("# a-plus-b\n")
+
+
+def test_the_written_readme_is_the_model_cards_text(report):
+    # save_pretrained writes card_text (no ModelCard import); a push and the Space use build_card: one text.
+    for heatmap in ("similarity.png", None):
+        text = card_text(report, repo_id=REPO_ID, command=COMMAND, heatmap_path=heatmap)
+        card = build_card(report, repo_id=REPO_ID, command=COMMAND, heatmap_path=heatmap)
+        assert str(card) == text
+        assert ModelCard(text).data.to_dict() == card.data.to_dict()
 
 
 def test_canonical_base_model_wins_over_the_name_in_the_adapter_config(report):

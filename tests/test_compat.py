@@ -191,11 +191,12 @@ def test_integer_tensor(capsys, tmp_path, pair):
     refuse(capsys, tmp_path, [a, b], key, "torch.int32")
 
 
-def test_convolution_lora_refused(capsys, tmp_path, pair):
+def test_factors_of_different_dimensions_refused(capsys, tmp_path, pair):
+    """A 4-D lora_A next to a 2-D lora_B is neither a Linear's LoRA nor a convolution's (tests/test_conv.py)."""
     a, b = pair
     key = f"base_model.model.{Q0}.lora_A.weight"
     edit_tensors(b, lambda t: t.__setitem__(key, t[key].reshape(4, 32, 1, 1).contiguous()))
-    refuse(capsys, tmp_path, [a, b], key, "convolution LoRA")
+    refuse(capsys, tmp_path, [a, b], key, "of the same number of dimensions")
 
 
 def test_all_problems_reported_at_once(capsys, tmp_path, pair):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hubmerge.expert_layouts import EXPERT_FUSIONS
 from hubmerge.layouts import LAYOUT_RENAMES
-from hubmerge.peft_releases import OLDEST_SUPPORTED, config_fields, peft_releases
+from hubmerge.peft_releases import LAYER_RELEASES, OLDEST_SUPPORTED, config_fields, peft_releases
 from tests.test_sweep import CASES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
@@ -42,12 +43,28 @@ def render() -> str:
     for family in LAYOUT_RENAMES:
         renames = "<br>".join(f"`{p}` → `{r}`" for p, r in family.renames).replace("|", "\\|")
         lines.append(f"| {family.name} | {', '.join(family.model_types)} | {renames} | {family.origin} |")
+    lines += ["", "### MoE experts: per-expert Linears → fused parameters (`hubmerge/expert_layouts.py`)", ""]
+    lines += ["| family | model types | per-expert module | fused as | router | from |", "|---|---|---|---|---|---|"]
+    for fusion in EXPERT_FUSIONS:
+        parts = "<br>".join(
+            f"`{proj}` → `{parameter}` block {slot + 1} of {fusion.slots[parameter]}"
+            for proj, (parameter, slot) in fusion.parts.items()
+        )
+        router = f"`{fusion.router[0]}` → `{fusion.router[1]}`"
+        cells = [fusion.name, ", ".join(fusion.model_types), f"`{fusion.expert}`", parts, router, fusion.origin]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "### PEFT releases and the merged adapter_config.json (`hubmerge/peft_releases.py`)", ""]
     lines += [
         "Checked in CI: every key the merged config writes is a `LoraConfig` field of the release (0.6 to 0.13 "
         "raise `TypeError` on any other), and every field left out defaults to a harmless value. Loading in "
         "the old releases themselves is measured by `tests/old_peft/check_loading.py`: "
         "[compatibility-peft.md](compatibility-peft.md).",
+        "",
+        "The oldest release that loads a merged adapter is in its report (`output.min_peft`), summary and card: "
+        "the first with every key its config writes, that reads safetensors (0.4.0), and whose LoRA wraps every "
+        "layer kind it adapts (from the releases' own code: "
+        + ", ".join(f"{layer} {release}" for layer, release in LAYER_RELEASES.items())
+        + ").",
         "",
         "| release | LoraConfig fields | the merged config's keys |",
         "|---|---|---|",

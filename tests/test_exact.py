@@ -295,3 +295,30 @@ def test_concat_factors_in_a_scratch_buffer_equals_a_fresh_result():
     fresh = concat_factors(factors, [1.5, -2.0], dtype=torch.float32)
     assert all(torch.equal(x, y) for x, y in zip(in_scratch, fresh))
     assert in_scratch[0].data_ptr() == scratch.data_ptr()  # built in place
+
+
+@pytest.mark.parametrize("inputs", [torch.bfloat16, torch.float16, torch.float32, "mixed"])
+@pytest.mark.parametrize("out", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_the_sum_built_from_the_analysis_copy_equals_the_sum_built_from_the_inputs(inputs, out):
+    # The merge hands exact_sum the float32 concatenation it made for the analysis (in a buffer reused for
+    # the next module); the written factors must be bit for bit what the inputs give directly, and not
+    # share that buffer.
+    from hubmerge.methods import MethodParams
+    from hubmerge.methods.combine import ModuleInput, exact_sum
+
+    g = torch.Generator().manual_seed(11)
+    dtypes = [torch.bfloat16, torch.float32, torch.float16] if inputs == "mixed" else [inputs] * 3
+    factors = [
+        (torch.randn(r, 300, generator=g).to(d), torch.randn(200, r, generator=g).to(d))
+        for r, d in zip((4, 8, 3), dtypes)
+    ]
+    weights, scales = [0.7, -1.3, 2.9], [64 / 3, 0.37, 16.0]  # products that round in every dtype
+    coefficients = [w * s for w, s in zip(weights, scales)]
+    scratch = torch.full((15 * 500 + 3,), float("nan"))
+    concat = concat_factors(factors, coefficients, dtype=torch.float32, scratch=scratch)
+    with_copy = exact_sum(ModuleInput("m", factors, weights, scales, concat=concat, out_dtype=out), MethodParams())
+    direct = exact_sum(ModuleInput("m", factors, weights, scales, out_dtype=out), MethodParams())
+    for ours, reference in ((with_copy.a, direct.a), (with_copy.b, direct.b)):
+        assert ours.dtype == reference.dtype == out and torch.equal(ours, reference)
+    scratch.fill_(float("nan"))  # the next module overwrites the buffer: the result must not change
+    assert torch.equal(with_copy.a, direct.a) and torch.equal(with_copy.b, direct.b)

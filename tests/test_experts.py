@@ -186,6 +186,24 @@ def test_disjoint_parameters_of_one_module_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_disjoint_parameters_merge_where_the_hub_names_the_model_type(tmp_path, hub):
+    """The same two adapters, once the Hub says the base is a qwen3_moe model: transformers' Qwen3MoeExperts
+    registers gate_up_proj before down_proj, so PEFT nests down_proj outside, and the merge is exact."""
+    from tests.conftest import TOKENS
+
+    if BASE_ID not in hub.list_repos():
+        hub.create_repo(BASE_ID, owner_token=TOKENS["alice"])
+        hub.commit_files(BASE_ID, {"config.json": json.dumps({"model_type": "qwen3_moe"}).encode()})
+    a = make(tmp_path / "a", "qwen3_moe", seed=1, target_modules=[], target_parameters=["experts.gate_up_proj"])
+    b = make(tmp_path / "b", "qwen3_moe", seed=2, target_modules=[], target_parameters=["experts.down_proj"])
+    sources = [(a, 1.0), (b, -0.5)]
+    result = hubmerge.merge([str(a), str(b)], weights=[1.0, -0.5], resolve_base_model=True)
+    result.save_pretrained(tmp_path / "merged")
+    dense = dense_reference("qwen3_moe", sources)
+    assert (dense - dense_reference("qwen3_moe", sources[:1])).abs().max() > 0.05
+    assert torch.allclose(merged_logits("qwen3_moe", tmp_path / "merged"), dense, atol=2e-5)
+
+
 def test_equal_shapes_that_cannot_be_told_apart_are_refused(tmp_path):
     """Two same-shaped parameters on one module, each adapter targeting a different one: a guessed
     label could not be checked, so hubmerge refuses instead of risking a swapped sum."""
@@ -277,31 +295,202 @@ def test_a_config_that_contradicts_the_tensors_says_so_first(tmp_path):
     assert "target_parameters" in first
 
 
-def test_per_expert_linears_and_fused_experts_are_refused_not_both_written(tmp_path):
-    """transformers before 5 held Mixtral's experts as Linears (experts.0.w1), from 5 on as fused parameters:
-    one adapter of each is refused with that reason first, instead of writing both key sets."""
+# transformers 4's per-expert layout of each family: the router and the expert projections' names,
+# in the order transformers 5 stacks gate before up into gate_up_proj (conversion_mapping.py).
+OLD_LAYOUT = {
+    "mixtral": ("block_sparse_moe", "gate", ("w1", "w3", "w2")),
+    "qwen3_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj")),
+}
+
+
+def make_per_expert(
+    directory,
+    arch: str,
+    seed: int,
+    *,
+    projections,
+    experts=(0, 1, 2),
+    router=True,
+    attention=True,
+    r=2,
+    alpha=4,
+    rank_pattern=None,
+    alpha_pattern=None,
+):
+    """An adapter saved against transformers 4's per-expert layout (one Linear per expert and projection),
+    written by hand with PEFT's key names; sizes from the tiny transformers-5 model."""
     from safetensors.torch import save_file
 
+    from hubmerge.config import read_config
+
+    block, gate, names = OLD_LAYOUT[arch]
+    config = CONFIGS[arch]()
+    hidden = config.hidden_size
+    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    count = getattr(config, "num_local_experts", None) or config.num_experts
+    sizes = {names[0]: (hidden, inter), names[1]: (hidden, inter), names[2]: (inter, hidden)}
+    lora = {"r": r, "lora_alpha": alpha, "rank_pattern": rank_pattern or {}, "alpha_pattern": alpha_pattern or {}}
+    torch.manual_seed(seed)
+    tensors, modules = {}, []
+    for layer in range(config.num_hidden_layers):
+        stem = f"model.layers.{layer}"
+        for expert in experts:
+            for proj in projections:
+                modules.append((f"{stem}.{block}.experts.{expert}.{proj}", *sizes[proj]))
+        if router:
+            modules.append((f"{stem}.{block}.{gate}", hidden, count))
+        if attention:
+            modules.append((f"{stem}.self_attn.q_proj", hidden, config.num_attention_heads * 8))
+    targets = sorted({key.rsplit(".", 1)[1] for key, *_ in modules})
+    cfg = {"peft_type": "LORA", "base_model_name_or_path": BASE_ID, "target_modules": targets, **lora}
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text(json.dumps(cfg))
+    parsed = read_config(directory / "adapter_config.json", "made")
+    for key, d_in, d_out in modules:
+        rank = parsed.rank_for(key)
+        tensors[f"base_model.model.{key}.lora_A.weight"] = torch.randn(rank, d_in) * 0.5
+        tensors[f"base_model.model.{key}.lora_B.weight"] = torch.randn(d_out, rank) * 0.5
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    return directory
+
+
+def per_expert_deltas(arch: str, directory) -> dict[str, torch.Tensor]:
+    """Each per-expert LoRA's s·B·A, placed by hand where transformers 5 keeps that weight: gate in the
+    first half of gate_up_proj[e]'s rows, up in the second, down in down_proj[e], the router in gate.weight."""
+    from hubmerge.config import read_config
+
+    block, gate, (g, u, d) = OLD_LAYOUT[arch]
+    config = read_config(directory / "adapter_config.json", "made")
+    saved = load_file(directory / "adapter_model.safetensors")
+    params = dict(tiny(arch).named_parameters())
+    deltas: dict[str, torch.Tensor] = {}
+    for name in saved:
+        if not name.endswith(".lora_A.weight"):
+            continue
+        key = name[len("base_model.model.") : -len(".lora_A.weight")]
+        delta = config.scale_for(key) * saved[name.replace("lora_A", "lora_B")] @ saved[name]
+        head, _, proj = key.rpartition(".")
+        if proj == gate:
+            target, index = head.replace(f".{block}", ".mlp") + ".gate.weight", ()
+        elif ".experts." in key:
+            layer, expert = head.replace(f".{block}.", ".mlp.").rsplit(".", 1)
+            fused = "down_proj" if proj == d else "gate_up_proj"
+            rows = delta.shape[0]
+            half = slice(0, rows) if proj in (g, d) else slice(rows, 2 * rows)
+            target, index = f"{layer}.{fused}", (int(expert), half)
+        else:
+            target, index = f"{key}.weight", ()
+        full = deltas.setdefault(target, torch.zeros_like(params[target]))
+        full[index] += delta
+    return deltas
+
+
+@torch.no_grad()
+def model_with(arch: str, deltas) -> torch.nn.Module:
+    model = tiny(arch)
+    params = dict(model.named_parameters())
+    for weight, per_param in deltas:
+        for name, delta in per_param.items():
+            params[name].add_(weight * delta)
+    return model
+
+
+@torch.no_grad()
+def peft_deltas(arch: str, directory) -> dict[str, torch.Tensor]:
+    """Every parameter's delta as PEFT computes it (get_delta_weight) from one adapter loaded on the model."""
+    model = PeftModel.from_pretrained(tiny(arch), str(directory))
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            if isinstance(module, ParamWrapper):
+                target = f"{name.replace('.base_layer', '')}.{module.parameter_name}"
+            else:
+                target = f"{name.replace('.base_layer', '')}.weight"
+            deltas[target] = deltas.get(target, 0) + module.get_delta_weight("default")
+    return deltas
+
+
+def test_peft_reads_the_per_expert_layout_as_the_reference_does(tmp_path):
+    """The reference's reading of transformers 4's layout (gate before up in gate_up_proj) is the one
+    PEFT applies when it loads such an adapter on a transformers-5 model."""
+    old = make_per_expert(tmp_path / "old", "mixtral", seed=5, projections=("w1", "w2", "w3"))
+    want = model_with("mixtral", [(1.0, per_expert_deltas("mixtral", old))])(ids()).logits
+    assert (want - base_logits("mixtral")).abs().max() > 0.05
+    assert torch.allclose(merged_logits("mixtral", old), want, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "old_lora", "new_lora"),
+    [
+        # Different ranks and alphas for gate and up: the stacked LoRA's blocks keep each one's scale.
+        ("mixtral", {"projections": ("w1", "w2", "w3"), "rank_pattern": {"w3": 3}, "alpha_pattern": {"w1": 5}},
+         {"target_modules": "all-linear"}),
+        # Only the gate projection of experts 0 and 2, and no router: zeros elsewhere.
+        ("qwen3_moe", {"projections": ("gate_proj",), "experts": (0, 2), "router": False},
+         {"target_modules": ["q_proj"], "target_parameters": EXPERTS}),
+        # down_proj in one, gate_up_proj in the other: the family's registration order decides the nesting.
+        ("mixtral", {"projections": ("w2",), "router": False, "attention": False},
+         {"target_modules": [], "target_parameters": ["mlp.experts.gate_up_proj"]}),
+    ],
+)  # fmt: skip
+def test_per_expert_and_fused_layouts_merge_exactly(tmp_path, arch, old_lora, new_lora):
+    """One adapter in transformers 4's per-expert layout, one in the fused layout (target_parameters): one
+    module under two layouts is one module, rewritten exactly into the fused layout."""
+    old = make_per_expert(tmp_path / "old", arch, seed=5, **old_lora)
+    new = make(tmp_path / "new", arch, seed=6, **new_lora)
+    sources = [(old, 0.8), (new, -1.3)]
+    result, out = merge_to(tmp_path, sources)
+    assert "experts_fused" in {w.code for w in result.report.warnings}
+    assert result.report.output.min_peft == "0.17.0"  # target_parameters
+    deltas = [(0.8, per_expert_deltas(arch, old)), (-1.3, peft_deltas(arch, new))]
+    want = model_with(arch, deltas)
+    assert (want(ids()).logits - base_logits(arch)).abs().max() > 0.05
+    assert torch.allclose(merged_logits(arch, out), want(ids()).logits, atol=2e-5)
+    got = peft_deltas(arch, out)  # every parameter's merged delta, as PEFT computes it from the output
+    expected: dict[str, torch.Tensor] = {}
+    for weight, per_param in deltas:
+        for name, delta in per_param.items():
+            expected[name] = expected.get(name, 0) + weight * delta
+    assert set(got) == set(expected)
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-5), name
+    saved = load_file(out / "adapter_model.safetensors")
+    assert not any(".experts.0." in k or "block_sparse_moe" in k for k in saved)  # one layout: the fused one
+
+
+def test_a_per_expert_adapter_of_more_experts_than_the_fused_layout_is_refused(tmp_path, capsys):
+    old = make_per_expert(tmp_path / "old", "mixtral", seed=5, projections=("w2",), experts=(0, 3), router=False)
+    new = make(tmp_path / "new", "mixtral", seed=6, target_modules=[], target_parameters=EXPERTS)
+    assert main([str(old), str(new), "-o", str(tmp_path / "out")]) == 1
+    problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert "is expert 3, but the fused layout of the other adapters has 3 experts" in problems[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_per_expert_adapters_alone_stay_in_their_layout(tmp_path):
+    """With no adapter in the fused layout nothing is rewritten: the output is in transformers 4's
+    layout, which PEFT also converts when it loads it under transformers 5."""
+    a = make_per_expert(tmp_path / "a", "mixtral", seed=1, projections=("w1", "w2", "w3"))
+    b = make_per_expert(tmp_path / "b", "mixtral", seed=2, projections=("w1", "w3", "w2"), r=3)
+    sources = [(a, 1.0), (b, 0.5)]
+    result, out = merge_to(tmp_path, sources)
+    assert "experts_fused" not in {w.code for w in result.report.warnings}
+    assert any(".block_sparse_moe.experts.2.w3." in k for k in load_file(out / "adapter_model.safetensors"))
+    want = model_with("mixtral", [(w, per_expert_deltas("mixtral", d)) for d, w in sources])(ids()).logits
+    assert torch.allclose(merged_logits("mixtral", out), want, atol=2e-5)
+
+
+def test_per_expert_layout_of_an_unknown_family_next_to_fused_experts_is_refused(tmp_path):
+    """Per-expert Linears whose names no family of hubmerge/expert_layouts.py has: refused, reason first,
+    instead of writing both key sets."""
+    from safetensors.torch import save_file
+
+    old = make_per_expert(tmp_path / "old", "mixtral", seed=5, projections=("w1",), router=False)
+    path = old / "adapter_model.safetensors"
+    save_file({k.replace("block_sparse_moe", "feed_forward"): v for k, v in load_file(path).items()}, str(path))
     fused = make(tmp_path / "fused", "mixtral", seed=1, target_modules=[], target_parameters=EXPERTS)
-    old = tmp_path / "per-expert"
-    old.mkdir()
-    torch.manual_seed(3)
-    tensors = {}
-    for expert in range(3):
-        stem = f"base_model.model.model.layers.0.block_sparse_moe.experts.{expert}.w1"
-        tensors[f"{stem}.lora_A.weight"] = torch.randn(2, 16)
-        tensors[f"{stem}.lora_B.weight"] = torch.randn(24, 2)
-    save_file(tensors, str(old / "adapter_model.safetensors"))
-    config = {
-        "peft_type": "LORA",
-        "r": 2,
-        "lora_alpha": 4,
-        "target_modules": ["w1"],
-        "base_model_name_or_path": BASE_ID,
-    }
-    (old / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(hubmerge.IncompatibleAdaptersError) as info:
-        hubmerge.merge([old, fused])
-    assert info.value.problems[0].code == "expert_layouts_differ"
-    assert "one Linear per expert" in info.value.problems[0].message
-    hubmerge.merge([old, old], report_only=True)  # one layout alone still merges
+        hubmerge.merge([str(old), str(fused)])
+    first = info.value.problems[0]
+    assert first.code == "expert_layouts_differ" and "feed_forward.experts.0.w1" in first.message
+    assert "fused layout hubmerge does not know" in first.message

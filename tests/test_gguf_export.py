@@ -46,19 +46,20 @@ def _save_base(model, directory):
     return directory
 
 
-def _adapter(directory, model, targets, seed):
+def _adapter(directory, model, targets, seed, r=4):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets,
+                                                  init_lora_weights=False))  # fmt: skip
     peft_model.save_pretrained(directory, save_embedding_layers=False)  # no full copies: llama.cpp takes none
     return directory
 
 
-def _merged(tmp_path, build, targets, **kwargs):
+def _merged(tmp_path, build, targets, r=4, **kwargs):
     """Two real PEFT adapters of one tiny base, merged by hubmerge; returns (merged dir, base config dir)."""
     base = _save_base(build(), tmp_path / "base")
-    sources = [_adapter(tmp_path / f"s{seed}", build(), targets, seed) for seed in (1, 2)]
+    sources = [_adapter(tmp_path / f"s{seed}", build(), targets, seed, r) for seed in (1, 2)]
     out = hubmerge.merge(sources, **kwargs).save_pretrained(tmp_path / "merged")
     return out, base
 
@@ -100,6 +101,37 @@ def test_llama_equals_llama_cpps_converter_tensor_by_tensor(tmp_path, outtype):
         assert shape == theirs[name][0], name
         assert np.array_equal(data, theirs[name][1]), name
     _check_structure(ours, json.loads((merged / "adapter_config.json").read_text()), "llama")
+
+
+def _typed(path) -> dict[str, tuple[gguf.GGMLQuantizationType, np.ndarray]]:
+    return {t.name: (t.tensor_type, np.array(t.data)) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_q8_0_equals_llama_cpps_converter_and_reads_back_within_q8_0s_error(tmp_path):
+    """Ranks 16 + 16: rows of 32 values (lora_a of q/v, the embedding's A transposed, every lora_b at r = 32) are
+    whole Q8_0 blocks; down_proj's A (rows of 48) is not, and is written f16, as llama.cpp's converter does."""
+    targets = ["q_proj", "v_proj", "down_proj", "embed_tokens"]
+    merged, base = _merged(tmp_path, tiny_llama, targets, r=16)
+    ours = _typed(convert_to_gguf(merged, base=base, outtype="q8_0"))
+    theirs = _typed(run_converter(merged, base, tmp_path / "ref.gguf", "q8_0"))
+    exact = _typed(convert_to_gguf(merged, base=base, outtype="f32", overwrite=True))
+    assert sorted(ours) == sorted(theirs) == sorted(exact)
+    q8, f16 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F16
+    for name, (kind, data) in ours.items():
+        assert kind == theirs[name][0] and np.array_equal(data, theirs[name][1]), name  # the same bytes
+        reference = exact[name][1]
+        if reference.shape[-1] % 32:  # down_proj's A: rows of 48 are not whole blocks, so f16
+            assert kind == f16 and np.array_equal(data.astype(np.float32), reference.astype(np.float16)), name
+            continue
+        assert kind == q8, name
+        # Q8_0 stores round(x / d) with d = max|block| / 127 rounded to f16: |error| ≤ d/2 + 127·|d − f16(d)|.
+        back = gguf.quants.dequantize(data, q8)
+        assert back.shape == reference.shape
+        blocks = np.abs(reference).reshape(-1, 32).max(axis=1, keepdims=True) / 127
+        bound = blocks / 2 + 127 * np.abs(blocks - blocks.astype(np.float16).astype(np.float32))
+        assert (np.abs(back - reference).reshape(-1, 32) <= bound * (1 + 1e-6)).all(), name
+        assert np.abs(back - reference).max() > 0  # quantised, not copied
+    assert sum(kind == q8 for kind, _ in ours.values()) == len(ours) - 2  # all but the two down_proj A
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))

@@ -190,7 +190,7 @@ CASES: dict[str, Case] = {
     "three-dimensional-factor": Case(
         lambda d: _tensors(d, lambda t: t.update({f"{Q0}.lora_A.weight": t[f"{Q0}.lora_A.weight"][None]})),
         IncompatibleAdaptersError,
-        ("only 2-D factors",),
+        ("LoRA factors are 2-D",),
     ),
     "shape-contradicts-config": Case(
         lambda d: _config(d, r=8), IncompatibleAdaptersError, ("has rank 4 but adapter_config.json", "rank 8")

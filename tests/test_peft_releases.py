@@ -128,3 +128,22 @@ def test_names_are_written_only_where_they_select_exactly_the_merged_modules(tar
     config = parse_config({"r": 4, "peft_type": "LORA", "target_modules": targets, **extra})
     assert plain_target_names([config], keys) == expected
     assert plain_target_names([parse_config({"r": 4, "target_modules": "all-linear"})], ["visual.merger.mlp.0"]) is None
+
+
+def test_the_oldest_loading_release_is_in_the_report_summary_and_card(tmp_path):
+    """safetensors needs 0.4 whatever the config; a layer kind or a field raises it (tests/test_conv.py: Conv1d
+    0.15, tests/test_experts.py: target_parameters 0.17)."""
+    from hubmerge.peft_releases import loading_release
+    from hubmerge.report import render_text
+
+    a = make_adapter(tmp_path / "a", seed=1)
+    result = hubmerge.merge([a])
+    assert result.report.output.min_peft == "0.4.0"
+    assert "loads in PEFT >= 0.4.0" in render_text(result.report)
+    result.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert sum("loads in PEFT ≥ 0.4.0" in line for line in card.splitlines()) == 1
+    assert loading_release(result.config, ["Conv2d"]) == "0.4.0"
+    assert loading_release(result.config, ["Conv3d", "Conv2d"]) == "0.14.0"
+    assert loading_release(result.config, ["Conv1d"]) == "0.15.0"
+    assert loading_release({**result.config, "target_parameters": ["x.w"]}, ["Conv1d"]) == "0.17.0"

@@ -46,3 +46,26 @@ def test_no_submodule_shares_a_name_with_a_public_function():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["[]", "True", "True"], out.stderr
+
+
+MERGE_PROBE = """
+import sys
+from hubmerge.cli import main
+code = main({argv!r})
+heavy = ["huggingface_hub.hf_api", "matplotlib", "transformers", "peft"]
+print("LOADED", [m for m in heavy if m in sys.modules], code)
+"""
+
+
+def test_a_local_merge_imports_no_hub_client_plotting_or_model_code(tmp_path):
+    # A local merge writes README.md through ModelCardData alone: huggingface_hub's ModelCard module imports
+    # its whole HfApi, which only a push needs; the figure (matplotlib) is skipped with --no-figure.
+    from tests.factory import make_adapter
+
+    a, b = make_adapter(tmp_path / "a", seed=1), make_adapter(tmp_path / "b", seed=2)
+    argv = [str(a), str(b), "-o", str(tmp_path / "out"), "--no-figure"]
+    out = subprocess.run(
+        [sys.executable, "-c", MERGE_PROBE.format(argv=argv)], capture_output=True, text=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "LOADED [] 0", out.stdout + out.stderr
+    assert (tmp_path / "out" / "README.md").read_text().startswith("---\n")

@@ -96,6 +96,9 @@ CASES: dict[str, tuple[str, list[dict], list[float], str]] = {
     "whisper: audio encoder-decoder": (
         "whisper", [dict(target_modules=["q_proj", "v_proj"]), dict(target_modules=["fc1", "q_proj"])],
         [1.0, 1.0], "exact"),
+    "vit: convolution LoRA on the patch embedding (Conv2d, 4×4 kernel)": (
+        "vit_cls", [dict(target_modules=["projection", "query"], modules_to_save=["classifier"]),
+                    dict(target_modules=["projection"], r=2, use_rslora=True)], [1.0, 1.0], "exact"),
     "vit: image classifier head carried + LoRA": (
         "vit_cls", [dict(target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]),
                     dict(target_modules=["fc1"])], [1.0, 1.0], "exact"),

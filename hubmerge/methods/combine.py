@@ -70,14 +70,25 @@ def _concat(module: ModuleInput) -> tuple[torch.Tensor, torch.Tensor]:
 
 def exact_sum(module: ModuleInput, params: MethodParams) -> LowRank:
     """Σ wᵢ·sᵢ·Bᵢ·Aᵢ by rank concatenation: exact."""
+    import torch
+
     from .exact import concat_factors
     from .lowrank import LowRank
 
-    if module.out_dtype is None:
+    out = module.out_dtype
+    if out is None:
         a, b = _concat(module)
+    elif module.concat is not None and not (out == torch.float64 and module.concat[0].dtype != torch.float64):
+        # The analysis already scaled the A's in the work dtype, which is what concat_factors would do on
+        # its way to ``out``: rounding that copy gives the same values, without scaling the inputs again.
+        a = module.concat[0].to(out, copy=True)  # a copy: the analysis' buffer is reused for the next module
+        if all(b.dtype == out for _, b in module.factors):
+            b = torch.cat([b for _, b in module.factors], dim=1)
+        else:
+            b = module.concat[1].to(out, copy=True)
     else:  # straight from the inputs into the output dtype: no round trip through float32
         coefficients = [w * s for w, s in zip(module.weights, module.scales)]
-        a, b = concat_factors(module.factors, coefficients, dtype=module.out_dtype)
+        a, b = concat_factors(module.factors, coefficients, dtype=out)
     return LowRank(a, b, energy=0.0, kept=1.0)
 
 

@@ -20,7 +20,8 @@ __all__ = [
     "smallest_vllm_rank",
 ]
 
-# vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]; max_lora_rank = 16.
+# vLLM 0.33.0, vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]; max_lora_rank = 16
+# (0.11.0 had no 1 in its list). No separate limit for MoE models: see docs/serving.md.
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 FIT_TARGETS = ("vllm",)

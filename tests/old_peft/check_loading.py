@@ -34,11 +34,14 @@ def old_side(job_file: Path) -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from make_fixtures import build_model
+    from make_fixtures import build_model, convnet_inputs
     from peft import PeftModel
 
     job = json.loads(job_file.read_text())
     ids = torch.arange(1, 17).reshape(2, 8)
+
+    def run_model(model, kind: str):
+        return model(convnet_inputs()) if kind == "convnet" else model(ids).logits
 
     @torch.no_grad()
     def reference(kind: str, deltas_file: str):
@@ -46,7 +49,7 @@ def old_side(job_file: Path) -> None:
         params = dict(model.named_parameters())
         for name, delta in torch.load(deltas_file).items():
             params[name].add_(delta.to(params[name].dtype))
-        return model(ids).logits
+        return run_model(model, kind)
 
     @torch.no_grad()
     def loaded(kind: str, directory: str):
@@ -56,7 +59,7 @@ def old_side(job_file: Path) -> None:
                 if hasattr(module, "merge_weights"):
                     module.merge_weights = False
             model.eval()
-            return model(ids).logits, None
+            return run_model(model, kind), None
         except Exception as err:  # any failure to load or apply is the finding
             message = str(err).replace(directory, "<adapter dir>").splitlines()[0][:160]
             return None, f"{type(err).__name__}: {message}"
@@ -121,6 +124,48 @@ def _moe_case(work: Path) -> dict:
     return {"family": "moe (gpt-oss)", "model": "gpt_oss", "fixtures": fixtures, "outputs": outputs}
 
 
+# Convolution LoRA (sources saved by the PEFT of hubmerge's environment): Conv2d layers only, and a Conv1d.
+CONV_FAMILIES = {"nn.Conv2d": ["conv", "tall", "pointwise", "head"], "nn.Conv1d": ["temporal", "head"]}
+
+
+def _conv_cases(work: Path) -> list[dict]:
+    """Two sources per family on the plain torch ConvNet, merged by hubmerge with weights 1 and -0.5."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    import hubmerge
+    from tests.old_peft.make_fixtures import build_model
+
+    cases = []
+    for family, targets in CONV_FAMILIES.items():
+        sources, total, fixtures = [], {}, []
+        for seed, r, weight in ((1, 2, 1.0), (2, 3, -0.5)):
+            torch.manual_seed(seed)
+            model = get_peft_model(build_model("convnet"), LoraConfig(r=r, lora_alpha=4, target_modules=targets))
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "lora_" in name:
+                        param.copy_(torch.randn_like(param) * 0.4)
+            directory = work / family / f"s{seed}"
+            model.save_pretrained(directory)
+            sources.append((directory, weight))
+            deltas = {}
+            loaded = PeftModel.from_pretrained(build_model("convnet"), str(directory))
+            for name, module in loaded.base_model.model.named_modules():
+                if isinstance(module, LoraLayer):
+                    deltas[f"{name}.weight"] = module.get_delta_weight("default").detach().clone()
+                    total[f"{name}.weight"] = total.get(f"{name}.weight", 0) + weight * deltas[f"{name}.weight"]
+            torch.save(deltas, work / family / f"s{seed}.pt")
+            fixtures.append((f"fixture:s{seed}", str(directory), str(work / family / f"s{seed}.pt")))
+        out = work / family / "merged"
+        hubmerge.merge([str(d) for d, _ in sources], weights=[w for _, w in sources]).save_pretrained(out)
+        torch.save(total, work / family / "sum.pt")
+        outputs = [("output", str(out), str(work / family / "sum.pt"))]
+        cases.append({"family": family, "model": "convnet", "fixtures": fixtures, "outputs": outputs})
+    return cases
+
+
 def run(releases: list[str]) -> list[dict]:
     import torch
     from safetensors.torch import load_file
@@ -159,6 +204,8 @@ def run(releases: list[str]) -> list[dict]:
             cases.append({"family": family, "model": spec["model"], "fixtures": fixtures, "outputs": outputs})
         if tuple(map(int, release.split("."))) >= (0, 17, 0):
             cases.append(_moe_case(work / release / "moe"))
+        if tuple(map(int, release.split("."))) >= (0, 4, 0):  # safetensors
+            cases.extend(_conv_cases(work / release / "conv"))
         job = work / release / "job.json"
         job.write_text(json.dumps({"cases": cases}))
         proc = subprocess.run(
@@ -188,7 +235,20 @@ def _loading(rows: list[dict]) -> list[str]:
     def exact(entry: dict) -> bool:
         return not entry.get("error") and entry["max_abs_diff"] <= TOLERANCE
 
-    return [r["release"] for r in rows if "results" in r and all(exact(x["output"]) for x in r["results"])]
+    return [
+        r["release"]
+        for r in rows
+        if "results" in r and all(exact(x["output"]) for x in r["results"] if x["family"] not in CONV_FAMILIES)
+    ]
+
+
+def _conv_loading(rows: list[dict], family: str) -> list[str]:
+    return [
+        r["release"]
+        for r in rows
+        for x in r.get("results", [])
+        if x["family"] == family and not x["output"].get("error") and x["output"]["max_abs_diff"] <= TOLERANCE
+    ]
 
 
 def render(rows: list[dict]) -> str:
@@ -212,6 +272,12 @@ def render(rows: list[dict]) -> str:
         "`lora_B` with this torch. The rows as data: `docs/compatibility-peft.json`.",
         "",
         f"Releases that load hubmerge's output exactly, every family: {', '.join(_loading(rows)) or 'none'}.",
+        "",
+        "Convolution LoRA (a plain torch model: `nn.Conv2d` 3×3 padded, 3×1 strided and 1×1 with a Linear; "
+        "`nn.Conv1d` with a Linear; sources saved by the PEFT of hubmerge's own environment, so older releases "
+        "may not read the sources' configs): hubmerge's output loads exactly in "
+        + "; ".join(f"{family}: {', '.join(_conv_loading(rows, family)) or 'none'}" for family in CONV_FAMILIES)
+        + ".",
         "",
         "| PEFT | transformers | family | release loads its own fixtures | loads hubmerge's output | output as .bin |",
         "|---|---|---|---|---|---|",

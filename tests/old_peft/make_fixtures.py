@@ -92,9 +92,43 @@ def adapters_for(fields: set[str], has_llama: bool) -> dict[str, dict]:
     }
 
 
+def build_convnet():
+    """A plain torch model for convolution LoRA (no transformers): Conv2d 3×3 padded, 3×1 strided and 1×1,
+    a Conv1d and a Linear, as ``tests/test_conv.py`` has it; seed 0. Input: :func:`convnet_inputs`."""
+    import torch
+    from torch import nn
+
+    class TinyConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.tall = nn.Conv2d(8, 8, (3, 1), stride=(2, 1), padding=(1, 0))
+            self.pointwise = nn.Conv2d(8, 6, 1)
+            self.temporal = nn.Conv1d(6, 5, 3)
+            self.head = nn.Linear(5, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            x = torch.relu(self.pointwise(torch.relu(self.tall(x))))
+            x = torch.relu(self.temporal(x.flatten(2)))
+            return self.head(x.mean(dim=2))
+
+    torch.manual_seed(0)
+    return TinyConvNet().eval()
+
+
+def convnet_inputs():
+    import torch
+
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
 def build_model(kind: str):
     """The tiny base model ``kind`` with seed 0, in whatever transformers is installed."""
     import torch
+
+    if kind == "convnet":
+        return build_convnet()
     import transformers
 
     config_cls, model_cls, kwargs = MODELS[kind]
