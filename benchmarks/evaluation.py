@@ -16,6 +16,7 @@ hand) and ``WORKDIR/evaluation.json``.
 
     python benchmarks/evaluation.py            # SmolLM2-135M, the shipped adapters, N = 32 (minutes on 2 cores)
     python benchmarks/evaluation.py --quick --workdir /tmp/e --results /tmp/e/EVALUATION.md   # tiny, seconds
+    python benchmarks/evaluation.py --render   # the page again from the last run's evaluation.json
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PYTHON = sys.executable
 DOMAINS = {"math": "math_qa.jsonl", "medicine": "medicine_qa.jsonl", "finance": "finance_qa.jsonl"}
-GOAL_SPEEDUP, GOAL_SECONDS = 2.0, 240.0
+GOAL_SPEEDUP, GOAL_SECONDS, GOAL_SAMPLES = 2.0, 240.0, 32
 
 
 def _setup_full(workdir: Path, data_dir: Path) -> dict:
@@ -173,10 +174,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--wait-idle", type=float, default=0.0, help="wait up to S seconds for a quiet machine")
+    parser.add_argument("--render", action="store_true", help="rewrite --results from WORKDIR/evaluation.json only")
     parser.add_argument("--naive-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_child:
         naive_child(args.naive_child)
+        return
+    if args.render:  # the page of the last run, without measuring again
+        args.results.write_text(render(json.loads((args.workdir / "evaluation.json").read_text())))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     setup = _setup_quick(args.workdir) if args.quick else _setup_full(args.workdir, args.data_dir)
@@ -309,8 +314,13 @@ def render(results: dict) -> str:
         f"{scored / naive['wall_s']:.0f} | {naive['peak_rss_mb']:.0f} | {_load(naive)} |",
         "",
         f"- speed-up, whole processes: **{speedup:.2f}×** (goal ≥ {GOAL_SPEEDUP:g}×: {met(speedup >= GOAL_SPEEDUP)})",
-        f"- hubmerge's total: **{ours['wall_s']:.0f} s** (goal ≤ {GOAL_SECONDS:.0f} s: "
-        f"{met(ours['wall_s'] <= GOAL_SECONDS)})",
+        f"- hubmerge's total: **{ours['wall_s']:.0f} s** (goal ≤ {GOAL_SECONDS:.0f} s at N = {GOAL_SAMPLES}: "
+        + (
+            met(ours["wall_s"] <= GOAL_SECONDS)
+            if meta["samples"] == GOAL_SAMPLES
+            else f"not measured, this run is N = {meta['samples']}"
+        )
+        + ")",
         f"- {_contention(results)}",
         f"- the two routes' losses differ by at most {results['max_loss_difference']:.2e} nats per token "
         "(same tokens; batching and padding change the float rounding only)",
