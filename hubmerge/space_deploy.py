@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, requires
@@ -52,8 +53,16 @@ def requirements_txt() -> str:
         declared = requires("hubmerge") or []
     except PackageNotFoundError:
         raise InvalidArgumentError("hubmerge's package metadata is missing: install it (pip install -e .)") from None
-    # Optional extras carry an `extra == "…"` marker: the Space needs the plain dependencies only.
-    runtime = [req for req in declared if "extra ==" not in req.partition(";")[2]]
+    # Optional extras carry an `extra == "…"` marker. The Space needs the plain dependencies and the `eval`
+    # extra's (its Evaluate step loads a small base with transformers and peft); the other extras are for
+    # development.
+    runtime = []
+    for req in declared:
+        spec, _, marker = req.partition(";")
+        if "extra ==" not in marker:
+            runtime.append(req)
+        elif re.fullmatch(r"""\s*extra\s*==\s*["']eval["']\s*""", marker):
+            runtime.append(spec.strip())
     return "\n".join(
         [
             f"# Written by `hubmerge-space deploy` (hubmerge {__version__}). hubmerge itself is the hubmerge/ folder",

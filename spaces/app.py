@@ -32,6 +32,7 @@ from huggingface_hub import get_token
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import handlers  # noqa: E402
+from evaluation_page import build_evaluate_section  # noqa: E402
 from handlers import DEFAULT_METHOD, MERGE_METHODS, Limits  # noqa: E402
 from messages import REFERENCE_HINT, SpaceError  # noqa: E402
 
@@ -172,6 +173,8 @@ def build_demo(*, sign_in: bool = True, limits: Limits | None = None, examples: 
                 "density": values[density_box],
                 "limits": limits,
             }
+
+        build_evaluate_section(fields, form, token_of=hub_token, shown=_shown, steps=_steps)
 
         # Gradio injects the visitor's token, profile and progress tracker by these parameters' types and defaults.
         def on_analyse(

@@ -296,7 +296,7 @@ def test_failing_card_creates_no_repo(hub, two_repos, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("card renderer failed")
 
-    monkeypatch.setattr(hubmerge.card, "build_card", broken)
+    monkeypatch.setattr(hubmerge.card, "card_text", broken)  # what save_pretrained and a push render
     (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
     result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"])
     repos = set(hub.list_repos())

@@ -56,7 +56,9 @@ def test_the_bundle_holds_the_space_hubmerge_and_its_dependencies():
     # The requirements are hubmerge's declared runtime dependencies (pyproject.toml, read independently).
     if tomllib is None:
         pytest.skip("reading pyproject.toml needs Python 3.11's tomllib")
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The Evaluate step needs the eval extra on the Space too.
+    declared = project["dependencies"] + project["optional-dependencies"]["eval"]
     lines = [line for line in files["requirements.txt"].decode().splitlines() if line and line[0] != "#"]
     assert sorted(line.replace(" ", "") for line in lines if not line.startswith("--")) == sorted(
         d.replace(" ", "") for d in declared
@@ -162,6 +164,8 @@ def test_the_deployed_space_builds_starts_and_merges(hub, tmp_path):
         with browser_page(url) as page:
             page.get_by_role("button", name="Example: finance + math + medicine").click()
             expect(page.get_by_label("Adapter 3")).to_have_value(examples[0]["adapters"][2])
+            # built with the eval extra from requirements.txt, the Evaluate step is offered, not "not available"
+            expect(page.get_by_role("button", name="Evaluate", exact=True)).to_be_visible()
             page.get_by_role("button", name="Analyse", exact=True).click()
             expect(page.locator("#verdict")).to_contain_text("these 3 adapters can be merged exactly", timeout=90_000)
             page.get_by_role("button", name="Sign in with Hugging Face").click()

@@ -67,7 +67,7 @@ class EvalData:
         path: the file or Hub dataset id it was read from.
         kind: ``"file"`` or ``"hub"``.
         sha256: of the file's bytes (``None`` for a Hub dataset).
-        revision: the Hub dataset's commit, where known.
+        revision: the Hub dataset's commit (``None`` offline, read from the ``datasets`` cache).
         split: the split read, or ``None`` when the records carry no ``split`` field.
         formats: the record formats found.
         records: the records of that split.
@@ -177,16 +177,18 @@ def _read_hub(name: str, dataset_id: str, split: str) -> EvalData:
             f"evaluation data {name}: {dataset_id} is not a local file, and reading it as a Hub dataset needs the "
             "datasets package: pip install 'hubmerge[eval]'"
         ) from None
+    from ..hub import dataset_commit
+
+    commit = dataset_commit(dataset_id)  # pinned: the report names the commit that was read
     try:
-        loaded = datasets.load_dataset(dataset_id, split=split)
+        loaded = datasets.load_dataset(dataset_id, split=split, revision=commit)
     except Exception as err:  # datasets raises many unrelated types; all mean "cannot read it"
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise EvaluationDataError(
             f"evaluation data {name}: cannot read Hub dataset {dataset_id} split {split!r} ({detail})"
         ) from None
-    revision = getattr(loaded.info, "version", None)
     rows = [(index + 1, dict(row)) for index, row in enumerate(loaded)]
-    data = _from_rows(name, dataset_id, "hub", None, str(revision) if revision else None, rows, None)
+    data = _from_rows(name, dataset_id, "hub", None, commit, rows, None)
     return EvalData(data.name, data.path, data.kind, None, data.revision, split, data.formats, data.records)
 
 

@@ -8,9 +8,8 @@ own loader under its own adapter name. Scoring a row switches the active
 adapter (or disables them all, for the base): the base is never reloaded.
 
 Scoring is batched (examples sorted by length, right-padded so that no real
-token attends to a pad), without gradients, and asks the model only for the
-logits of positions that predict a scored token where the model supports
-``logits_to_keep``. The model runs in bfloat16 on CUDA devices that support it
+token attends to a pad), in inference mode, and the output layer runs only on
+the positions that predict a scored token (:mod:`.scoring`). The model runs in bfloat16 on CUDA devices that support it
 (else float16), float16 on MPS, float32 on CPU; log-probabilities are always
 computed in float32.
 
@@ -31,6 +30,7 @@ import torch
 
 from ..errors import BaseModelError, EvaluationMemoryError, MissingDependencyError
 from .data import Example
+from .scoring import Batch, batch_nll, plan
 
 __all__ = ["BaseModel", "Evaluator", "check_fits", "load_base_model", "resolve_device"]
 
@@ -252,8 +252,12 @@ class Evaluator:
             model.load_adapter(str(adapter.path), adapter_name=name, is_trainable=False)
         self.model = model.eval()
         self.device = next(base.model.parameters()).device
-        forward = inspect.signature(model.get_base_model().forward).parameters
-        self._keeps_logits = "logits_to_keep" in forward
+        get_output = getattr(model.get_base_model(), "get_output_embeddings", None)
+        self._output_layer = get_output() if callable(get_output) else None
+        # a common prefix runs once and is attended to from its cache: needs a cache argument and position ids
+        accepted = inspect.signature(model.get_base_model().forward).parameters
+        names = [name for name in ("cache", "past_key_values") if name in accepted]  # transformers 5.2x: cache
+        self._cache_argument = names[0] if names and "position_ids" in accepted else None
 
     def close(self) -> None:
         self._scratch.cleanup()
@@ -267,18 +271,18 @@ class Evaluator:
     def score(self, adapter: str | None, examples: Sequence[Example], *, label: str = "") -> tuple[float, int]:
         """Σ NLL (natural log) and Σ predicted tokens of ``examples`` with one adapter active (``None``: the base)."""
         total, tokens = 0.0, 0
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in self.batches(examples):
                 nll = self._run(adapter, batch, label=label)
-                total += float(nll.double().sum())
-                tokens += sum(e.predicted for e in batch)
+                total += float(nll.sum())
+                tokens += sum(e.predicted for e in batch.examples)
         return total, tokens
 
-    def batches(self, examples: Sequence[Example]) -> list[list[Example]]:
-        ordered = sorted(examples, key=lambda e: len(e.ids), reverse=True)  # similar lengths pad little
-        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+    def batches(self, examples: Sequence[Example]) -> list[Batch]:
+        """The forward passes that score ``examples`` (:func:`~hubmerge.evaluation.scoring.plan`)."""
+        return plan(examples, self.batch_size, share=self._cache_argument is not None)
 
-    def _run(self, adapter: str | list[str] | None, batch: Sequence[Example], *, label: str) -> torch.Tensor:
+    def _run(self, adapter: str | list[str] | None, batch: Batch, *, label: str) -> torch.Tensor:
         if adapter is None:
             with self.model.disable_adapter():
                 return self.nll(batch, label=label)
@@ -288,38 +292,24 @@ class Evaluator:
             self.model.base_model.set_adapter(list(adapter), inference_mode=True)
         return self.nll(batch, label=label)
 
-    def nll(self, batch: Sequence[Example], *, label: str = "") -> torch.Tensor:
-        """Per example, Σ NLL of its predicted tokens, with the adapters active now (differentiable)."""
-        length = max(len(e.ids) for e in batch)
+    def nll(self, batch: Batch, *, label: str = "") -> torch.Tensor:
+        """Per example, Σ NLL (float64) of its predicted tokens, with the adapters active now (differentiable)."""
         pad = getattr(self.base.tokenizer, "pad_token_id", None) or 0
-        ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        targets = torch.full((len(batch), length), -100, dtype=torch.long)
-        for row, example in enumerate(batch):
-            ids[row, : len(example.ids)] = torch.tensor(example.ids)
-            mask[row, : len(example.ids)] = 1
-            targets[row, example.start : len(example.ids)] = ids[row, example.start : len(example.ids)]
-        # position p predicts token p + 1: only positions from the earliest start − 1 need logits
-        first = min(e.start for e in batch) - 1
-        extra = {"logits_to_keep": length - first} if self._keeps_logits else {}
         try:
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **extra).logits
-            offset = length - logits.shape[1]
-            shifted = targets[:, offset + 1 :].to(self.device)
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="none"
+            return batch_nll(
+                self.model, self._output_layer, batch, pad=pad, device=self.device, cache_argument=self._cache_argument
             )
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and not _is_oom(err):
                 raise
-            setting = "batch_size" if len(batch) > 1 else "max_length"
+            length = max(len(e.ids) for e in batch.examples)
+            setting = "batch_size" if len(batch.examples) > 1 else "max_length"
             raise EvaluationMemoryError(
                 f"out of memory on {self.device.type} scoring {label or 'the evaluation data'} with batch_size "
                 f"{self.batch_size} and examples of up to {length} tokens: lower {setting}"
                 + (" (or max_length)" if setting == "batch_size" else ", or evaluate on a device with more memory"),
                 setting=setting,
             ) from None
-        return losses.sum(dim=1)
 
 
 def _is_oom(err: RuntimeError) -> bool:

@@ -33,7 +33,10 @@ def _base_line(section: dict, *, public: bool = False) -> str:
         named = base.get("config_name")
         label = f"`{_cell(named)}`" if named and _is_hub_id(named) else "a local model"  # never a local path
         return f"{label} ({where})"
-    named = f" ({base['config_name']})" if base.get("config_name") and base["config_name"] != base["id"] else ""
+    named = base.get("config_name")
+    if public and named and not _is_hub_id(named):  # a Hub model's config names its cache folder: never shown
+        named = None
+    named = f" ({named})" if named and named != base["id"] else ""
     return f"{base['id']}{named}, {where}"
 
 

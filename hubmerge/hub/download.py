@@ -351,3 +351,19 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
         raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
     except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+
+
+def dataset_commit(dataset_id: str, *, token: str | bool | None = None) -> str | None:
+    """The commit a Hub dataset's default branch points at, to pin what is read and report it.
+
+    Returns:
+        The commit sha, or ``None`` when the Hub cannot be asked (offline, unreachable, no such
+        dataset): the ``datasets`` package then reads its cache or says what is wrong.
+    """
+    if _offline():
+        return None
+    try:
+        return HfApi().dataset_info(dataset_id, token=token, timeout=_metadata_timeout()).sha
+    except (*_HUB_FAILURES, hf_errors.HFValidationError, ValueError) as err:
+        logger.info("could not resolve dataset %r on the Hub: %s", dataset_id, type(err).__name__)
+        return None
