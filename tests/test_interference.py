@@ -43,6 +43,16 @@ def test_rank_space_gram_equals_dense(seed):
     assert math.isclose(stats.interference, expected_ratio, rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("ranks", [(16,) * 9, (40, 3, 97)])  # Σr ≥ 128: the Gram mirrors its lower-right quarter
+def test_rank_space_gram_of_many_adapters_equals_dense(ranks):
+    factors = [random_factors(70 + i, rank, 48, 40) for i, rank in enumerate(ranks)]
+    coefficients = [0.5 + i for i in range(len(ranks))]
+    gram = module_gram(factors, coefficients).gram
+    deltas = [dense(f, c) for f, c in zip(factors, coefficients)]
+    expected = torch.tensor([[float((x * y).sum()) for y in deltas] for x in deltas], dtype=torch.float64)
+    torch.testing.assert_close(gram, expected, rtol=1e-9, atol=1e-9)
+
+
 def test_rank_space_cosine_in_float32_inputs_within_1e6():
     factors = [random_factors(i, 8, 256, 128, dtype=torch.float32) for i in range(2)]
     cos = float(module_gram(factors, [1.0, 1.0]).cosine()[0, 1])
