@@ -3,7 +3,7 @@
 For each module both adapters have, the relative Frobenius distance
 ‖X − Y‖_F / ‖Y‖_F of their deltas X = s·B·A (the first adapter) and Y (the
 second, the reference), from the factors' Gram matrix
-(``hubmerge.similarity.module_gram``): no dense matrix is formed. Prints one
+(``hubmerge.interference.module_gram``): no dense matrix is formed. Prints one
 JSON object with the largest and median distance and the modules compared.
 
     python benchmarks/compare.py HUBMERGE_OUTPUT PEFT_OUTPUT

@@ -263,8 +263,9 @@ def _why_missed(results: dict) -> list[str]:
             f"computes every pair's cosine in every module — two R×R Gram products per module with R = "
             f"{e['n']}·{SHAPES[e['shape']].rank}, {flop:.0f} GFLOP in float32 in all, growing as N²; the floor "
             "computes nothing, and hubmerge also makes the float32 copy of the factors those products read. "
-            "Section 6 shows the shares (`similarity.py:concat_gram`, `merge.py:concat_factors`) at the largest "
-            "shape. The analysis is what the tool is for, so it is part of the measured run, not switched off."
+            "Section 6 of a full run shows the shares (`interference.py:concat_gram`, `methods/exact.py:"
+            "concat_factors`) at the largest shape. The analysis is what the tool is for, so it is part of the "
+            "measured run, not switched off."
         )
     return ["", "Why a time target is missed:", "", *lines] if lines else []
 
@@ -447,7 +448,7 @@ def _analysis(results: dict) -> list[str]:
         SECTIONS[4],
         "",
         "Per-module cosines of every pair of adapters, computed from the same in-memory factors: hubmerge's "
-        "rank space (`hubmerge.similarity.module_gram`, float64) against forming each ΔW = s·B·A in float32 "
+        "rank space (`hubmerge.interference.module_gram`, float64) against forming each ΔW = s·B·A in float32 "
         "and taking Frobenius inner products. `similarity()` is the public API call, reading the files itself.",
         "",
     ]
