@@ -216,9 +216,9 @@ def judge_modules(engine: str, facts: Mapping) -> dict:
         because = (
             f"no table for model_type {model_type!r}"
             if model_type
-            else "the base's model_type was not read: its config comes from the Hub, which was not asked or not reached"
+            else "the base's model_type was not read: its config comes from the Hub"
         )
-        out["why"] = NotKnown(f"which modules {ENGINES[engine].name} applies on this base is not known ({because})")
+        out["why"] = NotKnown(f"which modules {ENGINES[engine].name} applies on this base ({because})")
         return out
     out["source"] = row.source
     if not row.lora:
