@@ -241,14 +241,20 @@ def dense_reference(arch: str, sources: list[tuple[Path, float]]) -> torch.nn.Mo
     return model
 
 
-@torch.no_grad()
 def peft_all_at_once(arch: str, sources: list[tuple[Path, float]]) -> PeftModel:
-    """PEFT with every source loaded as its own adapter, all active, each layer's scaling times its weight."""
+    """:func:`peft_all_sources` on a fresh tiny model of ``arch``."""
+    return peft_all_sources(base_model(arch), sources)
+
+
+@torch.no_grad()
+def peft_all_sources(base: torch.nn.Module, sources: list[tuple[Path, float]]) -> PeftModel:
+    """PEFT with every source loaded onto ``base`` as its own adapter, all active, each layer's scaling times its
+    weight: the independent reference a merge of ``sources`` must equal."""
     # PEFT expects every adapter loaded after one with modules_to_save to save those modules too: load those last.
     sources = sorted(sources, key=lambda s: bool(json.loads((s[0] / "adapter_config.json").read_text()).get(
         "modules_to_save")))  # fmt: skip
     names = [f"s{i}" for i in range(len(sources))]
-    model = PeftModel.from_pretrained(base_model(arch), str(sources[0][0]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(base, str(sources[0][0]), adapter_name=names[0])
     for name, (directory, _) in zip(names[1:], sources[1:]):
         model.load_adapter(str(directory), adapter_name=name)
     weights = dict(zip(names, (w for _, w in sources)))

@@ -16,6 +16,7 @@ from torch import nn
 
 import hubmerge
 from hubmerge.cli import main
+from tests.arch_zoo import peft_all_sources
 
 BASE_ID = "test-org/tiny-convnet"
 
@@ -63,16 +64,7 @@ def make(directory, seed: int, groups: int = 1, **lora):
 
 @torch.no_grad()
 def peft_all_at_once(sources) -> torch.Tensor:
-    model = PeftModel.from_pretrained(tiny(), str(sources[0][0]), adapter_name="s0")
-    for index, (directory, _) in enumerate(sources[1:], start=1):
-        model.load_adapter(str(directory), adapter_name=f"s{index}")
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            for index, (_, weight) in enumerate(sources):
-                if f"s{index}" in module.scaling:
-                    module.scaling[f"s{index}"] *= weight
-    model.base_model.set_adapter([f"s{i}" for i in range(len(sources))])
-    return model(inputs())
+    return peft_all_sources(tiny(), sources)(inputs())
 
 
 def deltas(directory) -> dict[str, torch.Tensor]:

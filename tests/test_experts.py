@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, DeepseekV3Config, GptOssConfig, M
 import hubmerge
 from hubmerge.cli import main
 from hubmerge.experts import assemble, expert_factors
+from tests.arch_zoo import peft_all_sources
 
 BASE_ID = "test-org/tiny-moe"
 VOCAB = 64
@@ -98,16 +99,7 @@ def dense_reference(arch: str, sources) -> torch.Tensor:
 @torch.no_grad()
 def peft_reference(arch: str, sources) -> torch.Tensor:
     """Logits with PEFT applying every source at once, each layer's scaling multiplied by its weight."""
-    model = PeftModel.from_pretrained(tiny(arch), str(sources[0][0]), adapter_name="s0")
-    for index, (directory, _) in enumerate(sources[1:], start=1):
-        model.load_adapter(str(directory), adapter_name=f"s{index}")
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            for index, (_, weight) in enumerate(sources):
-                if f"s{index}" in module.scaling:
-                    module.scaling[f"s{index}"] *= weight
-    model.base_model.set_adapter([f"s{i}" for i in range(len(sources))])
-    return model(ids()).logits
+    return peft_all_sources(tiny(arch), sources)(ids()).logits
 
 
 @torch.no_grad()
