@@ -7,6 +7,7 @@ makes long common prefixes easy to write.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from hubmerge.evaluation.data import Example
 from hubmerge.evaluation.model import Evaluator, load_base_model
-from hubmerge.evaluation.scoring import MIN_SHARED, plan
+from hubmerge.evaluation.scoring import MIN_SHARED, _runs, pass_cost, plan
 from hubmerge.loading import load_adapters
 from tests.eval_factory import domains, reference_nll, sentence
 
@@ -84,3 +85,101 @@ def test_shared_prefixes_and_scored_positions_give_pefts_losses(shared_prompts):
     # the output layer saw the scored positions of each row and nothing else (the prefix passes: none)
     assert sum(seen) == 3 * scored
     assert torch.is_inference_mode_enabled() is False
+
+
+def _all_cuts(count: int, batch_size: int):
+    """Every way to cut ``count`` sorted items into contiguous runs of at most ``batch_size``."""
+    if count == 0:
+        yield []
+        return
+    for first in range(1, min(batch_size, count) + 1):
+        for rest in _all_cuts(count - first, batch_size):
+            yield [(0, first)] + [(a + first, b + first) for a, b in rest]
+
+
+@pytest.mark.parametrize("cost", [0.0, 5.0, 40.0, math.inf])
+def test_batches_run_the_fewest_positions_of_every_possible_cut(cost):
+    rng = random.Random(int(cost) if cost != math.inf else 99)
+    for _ in range(30):
+        lengths = sorted((rng.randint(1, 60) for _ in range(rng.randint(1, 8))), reverse=True)
+        batch_size = rng.randint(1, 4)
+
+        def price(cut, lengths=lengths):
+            positions = sum(lengths[a] * (b - a) for a, b in cut)
+            return (len(cut), positions) if math.isinf(cost) else (positions + cost * len(cut), 0)
+
+        chosen = _runs(lengths, batch_size, cost)
+        assert [a for a, _ in chosen] == [0] + [b for _, b in chosen[:-1]] and chosen[-1][1] == len(lengths)
+        assert all(b - a <= batch_size for a, b in chosen)
+        assert price(chosen) == min(price(cut) for cut in _all_cuts(len(lengths), batch_size))
+
+
+def test_padding_is_cut_on_cpu_and_batches_stay_full_elsewhere():
+    examples = [_example([7] * n, 1) for n in (200, 190, 40, 38, 36)]
+    on_cpu = plan(examples, batch_size=8, share=False, per_pass=pass_cost(torch.device("cpu")))
+    assert [len(b.examples) for b in on_cpu] == [2, 3]  # the long ones apart from the short ones
+    full = plan(examples, batch_size=8, share=False, per_pass=pass_cost(torch.device("cuda")))
+    assert [len(b.examples) for b in full] == [5]
+
+
+def _parameters(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.get_base_model().named_parameters()}
+
+
+def test_rows_run_merged_on_float32_and_leave_the_base_bit_for_bit(shared_prompts):
+    """A row's adapters are merged into the base weights while it is scored, then the base comes back exactly."""
+    paths, rows = shared_prompts
+    base = load_base_model(str(paths["base"]), device="cpu")
+    evaluator = Evaluator(base, load_adapters([paths["math"], paths["words"]]))
+    examples = [Example(tuple(base.tokenizer(r["prompt"] + r["completion"])["input_ids"]), 3, False) for r in rows]
+    before = _parameters(evaluator.model)
+    layers = evaluator._tuner_layers()
+    try:
+        with torch.inference_mode(), evaluator.active("source_0"):
+            assert all(layer.merged for layer in layers if "source_0" in layer.lora_A)
+        assert not any(layer.merged for layer in layers)
+        for name, value in _parameters(evaluator.model).items():
+            assert torch.equal(value, before[name]), name
+
+        # both sources at once, at scalings of our own: merged equals PEFT's side-by-side forward
+        for layer in layers:
+            for name in layer.scaling:
+                layer.scaling[name] *= -0.7 if name == "source_1" else 1.3
+        with torch.enable_grad(), evaluator.active(["source_0", "source_1"]):  # gradients on: never merged
+            assert not any(layer.merged for layer in layers)
+            beside = sum(float(evaluator.nll(b).sum()) for b in evaluator.batches(examples))
+        merged, _ = evaluator.score(["source_0", "source_1"], examples)
+        assert merged == pytest.approx(beside, rel=1e-6)
+        for name, value in _parameters(evaluator.model).items():
+            assert torch.equal(value, before[name]), name
+
+        # autocast (half-precision matmuls) would round a merged delta away: the adapters stay beside the base
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode(), evaluator.active("source_0"):
+            assert not any(layer.merged for layer in layers)
+    finally:
+        evaluator.close()
+
+
+def test_a_merge_that_fails_half_way_is_undone_and_the_row_runs_beside_the_base(shared_prompts, monkeypatch):
+    paths, rows = shared_prompts
+    base = load_base_model(str(paths["base"]), device="cpu")
+    evaluator = Evaluator(base, load_adapters([paths["math"]]))
+    examples = [Example(tuple(base.tokenizer(r["prompt"] + r["completion"])["input_ids"]), 3, False) for r in rows]
+    before = _parameters(evaluator.model)
+    layers = evaluator._tuner_layers()
+
+    def half_merge(*args, **kwargs):
+        for layer in layers[: len(layers) // 2]:
+            layer.merge()
+        raise ValueError("this layer cannot be merged")
+
+    monkeypatch.setattr(evaluator.model, "merge_adapter", half_merge)
+    try:
+        nll, tokens = evaluator.score("source_0", examples)
+        reference = reference_nll(paths["base"], paths["math"], [(list(e.ids), e.start) for e in examples])
+        assert nll / tokens == pytest.approx(reference, abs=TOL)
+        assert not any(layer.merged for layer in layers)
+        for name, value in _parameters(evaluator.model).items():
+            assert torch.equal(value, before[name]), name
+    finally:
+        evaluator.close()

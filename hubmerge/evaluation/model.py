@@ -5,24 +5,29 @@ or from the Hub through huggingface_hub: cache, token, revision, offline mode),
 checks that every adapted module exists in it with the adapters' shapes before
 any forward pass, then loads each source and each merged adapter with PEFT's
 own loader under its own adapter name. Scoring a row switches the active
-adapter (or disables them all, for the base): the base is never reloaded.
+adapter once (or disables them all, for the base): the base is never reloaded.
+In float32 without gradients the row's adapters are merged into the base
+weights while it is scored, so that a row costs what the base's forward does,
+and the base's weights are put back bit for bit (:meth:`Evaluator.active`).
 
 Scoring is batched (examples sorted by length, right-padded so that no real
-token attends to a pad), in inference mode, and the output layer runs only on
-the positions that predict a scored token (:mod:`.scoring`). The model runs in bfloat16 on CUDA devices that support it
-(else float16), float16 on MPS, float32 on CPU; log-probabilities are always
-computed in float32.
+token attends to a pad; on CPU cut where padding would cost more than another
+pass), in inference mode, and the output layer runs only on the positions that
+predict a scored token (:mod:`.scoring`). The model runs in bfloat16 on CUDA
+devices that support it (else float16), float16 on MPS, float32 on CPU;
+log-probabilities are always computed in float32.
 
 transformers and peft are imported here, on first use: the ``eval`` extra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,7 @@ import torch
 
 from ..errors import BaseModelError, EvaluationMemoryError, MissingDependencyError
 from .data import Example
-from .scoring import Batch, batch_nll, plan
+from .scoring import Batch, batch_nll, pass_cost, plan
 
 __all__ = ["BaseModel", "Evaluator", "check_fits", "load_base_model", "resolve_device"]
 
@@ -258,8 +263,10 @@ class Evaluator:
         accepted = inspect.signature(model.get_base_model().forward).parameters
         names = [name for name in ("cache", "past_key_values") if name in accepted]  # transformers 5.2x: cache
         self._cache_argument = names[0] if names and "position_ids" in accepted else None
+        self._pristine: dict[torch.nn.Parameter, torch.Tensor] | None = None  # the adapted layers' own parameters
 
     def close(self) -> None:
+        self._pristine = None
         self._scratch.cleanup()
 
     def add_merge(self, name: str, result) -> None:
@@ -268,29 +275,81 @@ class Evaluator:
         result.save_pretrained(directory, overwrite=True, figure=False)
         self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
 
-    def score(self, adapter: str | None, examples: Sequence[Example], *, label: str = "") -> tuple[float, int]:
-        """Σ NLL (natural log) and Σ predicted tokens of ``examples`` with one adapter active (``None``: the base)."""
-        total, tokens = 0.0, 0
-        with torch.inference_mode():
-            for batch in self.batches(examples):
-                nll = self._run(adapter, batch, label=label)
-                total += float(nll.sum())
-                tokens += sum(e.predicted for e in batch.examples)
-        return total, tokens
+    def score(
+        self, adapter: str | list[str] | None, examples: Sequence[Example], *, label: str = ""
+    ) -> tuple[float, int]:
+        """Σ NLL (natural log) and Σ predicted tokens of ``examples`` with ``adapter`` active (see :meth:`active`)."""
+        return self.scores(adapter, {label: examples})[label]
+
+    def scores(
+        self, adapter: str | list[str] | None, domains: Mapping[str, Sequence[Example]]
+    ) -> dict[str, tuple[float, int]]:
+        """:meth:`score` of each domain's examples, with ``adapter`` made active once for all of them."""
+        out = {}
+        with torch.inference_mode(), self.active(adapter):
+            for label, examples in domains.items():
+                total, tokens = 0.0, 0
+                for batch in self.batches(examples):
+                    total += float(self.nll(batch, label=label).sum())
+                    tokens += sum(e.predicted for e in batch.examples)
+                out[label] = (total, tokens)
+        return out
 
     def batches(self, examples: Sequence[Example]) -> list[Batch]:
         """The forward passes that score ``examples`` (:func:`~hubmerge.evaluation.scoring.plan`)."""
-        return plan(examples, self.batch_size, share=self._cache_argument is not None)
+        share = self._cache_argument is not None
+        return plan(examples, self.batch_size, share=share, per_pass=pass_cost(self.device))
 
-    def _run(self, adapter: str | list[str] | None, batch: Batch, *, label: str) -> torch.Tensor:
+    @contextlib.contextmanager
+    def active(self, adapter: str | list[str] | None):
+        """The model with ``adapter`` active: a name, several names (all at their current scalings), or ``None``.
+
+        Without gradients, in float32 and without autocast, the active adapters are merged into the base
+        weights for the duration (PEFT's ``merge_adapter``), so that a forward pass costs what the base's
+        does; the base's weights are then restored bit for bit (from a copy of the adapted layers' own
+        parameters, made once and kept while the evaluator lives). In half precision a merged weight
+        would round the adapter's small delta away, so there PEFT applies the adapters beside the base
+        layers, as it does whenever gradients are on.
+        """
         if adapter is None:
             with self.model.disable_adapter():
-                return self.nll(batch, label=label)
-        if isinstance(adapter, str):
-            self.model.set_adapter(adapter, inference_mode=True)
-        else:
-            self.model.base_model.set_adapter(list(adapter), inference_mode=True)
-        return self.nll(batch, label=label)
+                yield
+            return
+        self.model.base_model.set_adapter([adapter] if isinstance(adapter, str) else list(adapter), inference_mode=True)
+        if not self._can_merge():
+            yield
+            return
+        try:
+            self.model.merge_adapter()
+        except (ValueError, NotImplementedError, TypeError):  # a layer PEFT cannot merge: applied beside it
+            self._restore()
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._restore()
+
+    def _can_merge(self) -> bool:
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(self.device.type):
+            return False
+        if self._pristine is None:
+            owned = [p for layer in self._tuner_layers() for p in layer.get_base_layer().parameters(recurse=False)]
+            exact = owned and all(p.dtype in (torch.float32, torch.float64) for p in owned)
+            self._pristine = {p: p.detach().clone() for p in owned} if exact else {}
+        return bool(self._pristine)
+
+    def _tuner_layers(self) -> list:
+        _, peft = import_eval_dependencies()
+        return [m for m in self.model.modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
+
+    def _restore(self) -> None:
+        for layer in self._tuner_layers():
+            if layer.merged:
+                layer.unmerge()  # PEFT's bookkeeping; the weights come back from the copy below
+        with torch.no_grad():
+            for parameter, saved in (self._pristine or {}).items():
+                parameter.copy_(saved)
 
     def nll(self, batch: Batch, *, label: str = "") -> torch.Tensor:
         """Per example, Σ NLL (float64) of its predicted tokens, with the adapters active now (differentiable)."""

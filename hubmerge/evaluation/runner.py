@@ -108,21 +108,17 @@ def _open(adapters, report, base_model, revision, token, device, batch_size):
 
 
 def _measure(evaluator, domains, encoded, mapping, names: Sequence[str], merged: str) -> dict:
+    examples = {data.name: encoded[data.name]["examples"] for data in domains}
+    rows = {"base": None, "merged": merged, **{f"source {i}": name for i, name in enumerate(evaluator.sources)}}
+    scored = {row: evaluator.scores(adapter, examples) for row, adapter in rows.items()}  # one switch per row
     out = {}
     for data in domains:
-        examples = encoded[data.name]["examples"]
-        base = Score(*evaluator.score(None, examples, label=data.name))
-        merged_score = Score(*evaluator.score(merged, examples, label=data.name))
-        sources = {
-            shown: Score(*evaluator.score(name, examples, label=data.name))
-            for shown, name in zip(names, evaluator.sources)
-        }
         section = domain_section(
             source=names[mapping[data.name]],
-            base=base,
-            merged=merged_score,
-            sources=sources,
-            examples=len(examples),
+            base=Score(*scored["base"][data.name]),
+            merged=Score(*scored["merged"][data.name]),
+            sources={shown: Score(*scored[f"source {i}"][data.name]) for i, shown in enumerate(names)},
+            examples=len(examples[data.name]),
             skipped=encoded[data.name]["skipped"],
             truncated=encoded[data.name]["truncated"],
         )

@@ -23,6 +23,7 @@ full forward passes up to float rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,10 +31,11 @@ import torch
 
 from .data import Example
 
-__all__ = ["Batch", "batch_nll", "plan"]
+__all__ = ["Batch", "batch_nll", "pass_cost", "plan"]
 
 CHUNK = 1024  # positions per float32 cross-entropy: bounds its temporaries to CHUNK × vocabulary
 MIN_SHARED = 16  # a shorter common prefix is not worth a forward pass of its own
+CPU_PASS_COST = 32  # on CPU a forward pass's fixed cost is about that of this many positions (SmolLM2-135M, 2 cores)
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,66 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan(examples: Sequence[Example], batch_size: int, *, share: bool = True) -> list[Batch]:
+def pass_cost(device: torch.device) -> float:
+    """What one more forward pass costs, in token positions, when :func:`plan` cuts examples into batches.
+
+    On CPU a position costs about the same in any batch shape, so padding is pure waste and a pass
+    costs little more than its Python overhead; on an accelerator padding is nearly free and a pass
+    is not, so batches stay full.
+    """
+    return CPU_PASS_COST if device.type == "cpu" else math.inf
+
+
+def _runs(lengths: Sequence[int], batch_size: int, cost: float) -> list[tuple[int, int]]:
+    """Cut ``lengths`` (longest first) into runs of at most ``batch_size``, minimising the positions run.
+
+    A run of k examples pads to its first (longest) one: it runs k × that many positions, and each
+    run costs ``cost`` positions more. Dynamic programming over the sorted order; with an infinite
+    ``cost``: the fewest runs, then the fewest positions.
+
+    Returns:
+        ``(start, end)`` of each run, in order.
+    """
+    best: list[tuple[float, float]] = [(0.0, 0.0)] + [(math.inf, math.inf)] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(max(0, end - batch_size), end):
+            positions = lengths[start] * (end - start)
+            step = (1.0, positions) if math.isinf(cost) else (positions + cost, 0.0)
+            value = (best[start][0] + step[0], best[start][1] + step[1])
+            if value < best[end]:
+                best[end], cut[end] = value, start
+    runs, end = [], len(lengths)
+    while end:
+        runs.append((cut[end], end))
+        end = cut[end]
+    return runs[::-1]
+
+
+def _batches(members: list[Example], batch_size: int, cost: float, shared: int = 0) -> list[Batch]:
+    members = sorted(members, key=lambda e: len(e.ids), reverse=True)
+    runs = _runs([len(e.ids) - shared for e in members], batch_size, cost)
+    return [Batch(tuple(members[start:end]), shared) for start, end in runs]
+
+
+def plan(
+    examples: Sequence[Example], batch_size: int, *, share: bool = True, per_pass: float = math.inf
+) -> list[Batch]:
     """The batches that score ``examples``: groups with a common prefix, then the rest by length.
 
     Examples sorted by their tokens put those with the longest common prefixes next to each other
     (the common prefix of a run is the smallest of its neighbours'); a run grows while its saving,
     prefix × (members − 1), does not shrink. The prefix stops before each member's first scored
-    position. Examples in no group are batched by length, longest first (similar lengths pad little).
+    position. Within a group, and among the examples in no group, examples sorted by length are cut
+    into batches that run the fewest positions, padding included, counting ``per_pass`` positions
+    per forward pass (:func:`pass_cost`; infinite: full batches).
 
     Args:
         examples: the examples.
         batch_size: at most this many examples per batch.
         share: group examples by common prefix (else: by length only).
+        per_pass: what a forward pass costs, in positions (a shared prefix's pass and its
+            positions are counted for each batch of its group).
 
     Returns:
         The :class:`Batch` list; every example is in exactly one.
@@ -84,11 +134,9 @@ def plan(examples: Sequence[Example], batch_size: int, *, share: bool = True) ->
     batches = []
     for shared, members in groups:
         if len(members) > 1:
-            batches += [Batch(tuple(members[i : i + batch_size]), shared) for i in range(0, len(members), batch_size)]
+            batches += _batches(members, batch_size, 2 * per_pass + shared, shared)
     alone = [members[0] for _, members in groups if len(members) == 1] if share else list(examples)
-    alone.sort(key=lambda e: len(e.ids), reverse=True)
-    batches += [Batch(tuple(alone[i : i + batch_size])) for i in range(0, len(alone), batch_size)]
-    return batches
+    return batches + _batches(alone, batch_size, per_pass)
 
 
 def _inputs(batch: Sequence[Example], pad: int, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
