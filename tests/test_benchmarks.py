@@ -157,3 +157,10 @@ def test_evaluation_benchmark_quick_mode_agrees_with_the_naive_route(tmp_path):
     for heading in ("## Machine and run", "## Evaluation: hubmerge against a fresh PeftModel per adapter"):
         assert heading in text
     assert "speed-up, whole processes" in text and "evaluation — mean NLL per predicted token" in text
+    floor = results["floor"]  # the matrix products alone: positions counted from both routes' own passes
+    positions = floor["positions"]
+    assert 0 < positions["scored"] <= positions["hubmerge"] <= positions["naive"]
+    body, head = floor["linear_weights"]["body"], floor["linear_weights"]["output"]
+    flops = results["rows"] * (2 * body * positions["hubmerge"] + 2 * head * positions["scored"])
+    assert floor["hubmerge_s"] == pytest.approx(flops / (floor["gflops_per_s"] * 1e9), rel=1e-9)
+    assert floor["hubmerge_s"] < floor["naive_s"] and "## The compute floor" in text
