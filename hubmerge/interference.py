@@ -272,12 +272,13 @@ class SimilarityAccumulator:
         self._overlap_count += seen.to(torch.int64)
         self._total += float(stats.gram.sum())
         self._energy += float(diag.sum())
+        energies, norms = diag.tolist(), stats.norms.tolist()  # Python floats: one conversion, not one per entry
         for i in stats.present:
-            if diag[i] == 0 and (self.weights is None or self.weights[i] != 0):
+            if energies[i] == 0 and (self.weights is None or self.weights[i] != 0):
                 self._zero[i] = self._zero.get(i, 0) + 1
         self.per_module[module] = ModuleSimilarity(
             adapters=tuple(self.names[i] for i in stats.present),
-            norms=tuple(round_float(float(stats.norms[i])) for i in stats.present),
+            norms=tuple(round_float(norms[i]) for i in stats.present),
             cosine=_pairs(cos, stats.present, self.names),
             interference=round_float(stats.interference),
         )
@@ -369,10 +370,10 @@ def round_float(value: float | None, digits: int = 6) -> float | None:
 
 
 def _matrix(values: torch.Tensor) -> Matrix:
-    return tuple(tuple(round_float(float(v)) for v in row) for row in values)
+    return tuple(tuple(round_float(v) for v in row) for row in values.tolist())
 
 
 def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:
-    return {
-        f"{names[i]}|{names[j]}": round_float(float(cos[i, j])) for k, i in enumerate(present) for j in present[k + 1 :]
-    }
+    values = cos.tolist()
+    pairs = [(i, j) for k, i in enumerate(present) for j in present[k + 1 :]]
+    return {f"{names[i]}|{names[j]}": round_float(values[i][j]) for i, j in pairs}

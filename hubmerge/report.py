@@ -239,7 +239,17 @@ class MergeReport:
 T = TypeVar("T")
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _to_json(value: Any) -> Any:
+    kind = type(value)
+    if kind in _SCALARS:  # most of a report's ~10⁵ values: the cheap checks first
+        return value
+    if kind is dict:
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_to_json(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.metadata.get("json", f.name): _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
