@@ -214,16 +214,18 @@ def norm_ratio(gram: torch.Tensor, i: int, j: int) -> float | None:
 
 
 def _self_gram(x: torch.Tensor) -> torch.Tensor:
-    """x·xᵀ for x: R×d. For large R the lower-right quarter is computed once and mirrored: 3/4 of the
-    multiply-adds, the analysis' largest cost at many adapters (R = Σ rᵢ)."""
+    """x·xᵀ for x: R×d. For large R only the blocks on and above the diagonal are multiplied (R/4 rows
+    at a time against the rows from theirs on) and the rest mirrored: 5/8 of the multiply-adds, the
+    analysis' largest cost at many adapters (R = Σ rᵢ)."""
     rows = x.shape[0]
     if rows < 128:  # below this the saving is lost in the extra calls
         return x @ x.T
-    half = rows // 2
+    step = -(-rows // 4)
     gram = torch.empty(rows, rows, dtype=x.dtype)
-    torch.matmul(x[:half], x.T, out=gram[:half])
-    gram[half:, half:] = x[half:] @ x[half:].T
-    gram[half:, :half] = gram[:half, half:].T
+    for start in range(0, rows, step):
+        end = start + step
+        torch.matmul(x[start:end], x[start:].T, out=gram[start:end, start:])
+        gram[end:, start:end] = gram[start:end, end:].T
     return gram
 
 

@@ -43,7 +43,7 @@ def test_rank_space_gram_equals_dense(seed):
     assert math.isclose(stats.interference, expected_ratio, rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("ranks", [(16,) * 9, (40, 3, 97)])  # Σr ≥ 128: the Gram mirrors its lower-right quarter
+@pytest.mark.parametrize("ranks", [(16,) * 9, (40, 3, 97)])  # Σr ≥ 128: the Gram mirrors its lower blocks
 def test_rank_space_gram_of_many_adapters_equals_dense(ranks):
     factors = [random_factors(70 + i, rank, 48, 40) for i, rank in enumerate(ranks)]
     coefficients = [0.5 + i for i in range(len(ranks))]
@@ -141,3 +141,16 @@ def test_similarity_api_on_real_adapters(tmp_path):
     assert sim["mean_cosine"][0][2] == pytest.approx(-1.0)
     assert abs(sim["mean_cosine"][0][1]) < 0.5
     assert sim["shared_modules"][0][1] == 4
+
+
+@pytest.mark.parametrize("rows", [127, 128, 130, 161, 255])
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
+def test_self_gram_multiplies_the_upper_blocks_and_mirrors_them(rows, layout):
+    from hubmerge.interference import _self_gram
+
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 300, generator=generator, dtype=torch.float64)
+    if layout == "transposed":  # how the B factors arrive: a transposed view of out × R
+        x = x.T.contiguous().T
+    gram = _self_gram(x)
+    torch.testing.assert_close(gram, x @ x.T, rtol=1e-12, atol=1e-10)
