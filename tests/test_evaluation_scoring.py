@@ -183,3 +183,38 @@ def test_a_merge_that_fails_half_way_is_undone_and_the_row_runs_beside_the_base(
             assert torch.equal(value, before[name]), name
     finally:
         evaluator.close()
+
+
+def test_an_adapted_embedding_tied_to_the_output_layer_is_never_merged(tmp_path):
+    """Merging into a tied embedding would change the output layer too: such rows run beside the base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.eval_factory import make_tokenizer
+
+    torch.manual_seed(3)
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    peft_model.save_pretrained(adapter_dir)
+
+    base = load_base_model(str(base_dir), device="cpu")
+    evaluator = Evaluator(base, load_adapters([adapter_dir]))
+    examples = [Example(tuple(base.tokenizer(text)["input_ids"]), 2, False) for text in ("a cat sees", "the dog runs")]
+    try:
+        nll, tokens = evaluator.score("source_0", examples)
+        reference = reference_nll(base_dir, adapter_dir, [(list(e.ids), e.start) for e in examples])
+        assert nll / tokens == pytest.approx(reference, abs=TOL)
+        with torch.inference_mode(), evaluator.active("source_0"):
+            assert not any(layer.merged for layer in evaluator._tuner_layers())
+    finally:
+        evaluator.close()

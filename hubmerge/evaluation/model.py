@@ -336,8 +336,19 @@ class Evaluator:
         if self._pristine is None:
             owned = [p for layer in self._tuner_layers() for p in layer.get_base_layer().parameters(recurse=False)]
             exact = owned and all(p.dtype in (torch.float32, torch.float64) for p in owned)
-            self._pristine = {p: p.detach().clone() for p in owned} if exact else {}
+            self._pristine = {p: p.detach().clone() for p in owned} if exact and not self._tied(owned) else {}
         return bool(self._pristine)
+
+    def _tied(self, owned: list[torch.nn.Parameter]) -> bool:
+        """Whether an adapted layer's weights are also another module's (tied input and output embeddings).
+
+        Merging into such a weight would change the other module too, which the adapters beside the
+        base never do (PEFT only warns about it), so those rows are not merged.
+        """
+        uses: dict[int, int] = {}
+        for _, parameter in self.model.named_parameters(remove_duplicate=False):
+            uses[parameter.data_ptr()] = uses.get(parameter.data_ptr(), 0) + 1
+        return any(uses.get(p.data_ptr(), 0) > 1 for p in owned)
 
     def _tuner_layers(self) -> list:
         _, peft = import_eval_dependencies()
