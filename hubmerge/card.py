@@ -259,8 +259,9 @@ def _interference(report: dict, heatmap_path: str | None) -> str:
         f"over the modules both adapt (0: orthogonal updates, 1: the same direction; [arXiv 2508.11985]({PAPER_URL}) "
         "uses it as its interference measure). It describes how the updates overlap, not what the merge keeps: in "
         "hubmerge's measurements on SmolLM2-135M (the retention of each adapter in sums and weighted merges of "
-        "three domain adapters, on held-out text) it did not predict retention. Only an evaluation on text says "
-        "what a merge keeps."
+        "three domain adapters, three seeds, on held-out text) it did not predict retention across merges; "
+        "between two versions of one merge, the one whose adapters shared their initial A (about 20 times the "
+        "cosine) kept slightly less on average. Only an evaluation on text says what a merge keeps."
     ]
     matrix = sim.get("rms_cosine") or []
     if names and matrix:

@@ -67,15 +67,18 @@ class Thresholds:
     Attributes:
         rms_cosine: warn (``high_cosine``) for a pair whose RMS cosine is at least this. A
             choice, not a calibration: independently trained adapters sit near 0
-            (0.004–0.005 in hubmerge's runs), same-seed ones near 0.1 because they share their
+            (0.004–0.0054 in hubmerge's runs), same-seed ones near 0.1 because they share their
             initial A. In hubmerge's measurements the cosine did not predict what a merge keeps
-            (merges whose RMS cosines all lay within 0.004–0.005 kept anywhere from less than
-            nothing to all of a source's gain, depending on the domains), so the warning says
-            how the updates overlap and asks for an evaluation; it predicts nothing.
+            across merges (plain sums whose RMS cosines all lay within 0.004–0.0054 kept from 2% to
+            all of a source's gain, depending on the domains); the same merge with a
+            shared initial A (~20× the cosine) kept slightly less (−0.04 of the gain on average
+            in the plain sums). So the warning says how the updates overlap and asks for an
+            evaluation; it predicts nothing.
         cancel_ratio: warn for modules whose interference ratio is below this, i.e. the sum
             keeps less than this share of the energy the parts have (a geometric fact about the
-            deltas). A choice: the interference ratios of hubmerge's plain sums stayed close to
-            1, so the runs cannot calibrate it.
+            deltas). A choice: the interference ratios of hubmerge's plain sums stayed within
+            1.00–1.12, so the runs cannot calibrate it (there, the *more* reinforcing sums kept
+            somewhat less, the opposite of cancellation).
         a_overlap: warn for a pair whose mean A overlap is at least this: such adapters
             almost surely started from the same random A (same seed). Calibrated: same-seed pairs
             measure about 0.995, different seeds 0.076–0.079; 0.53 is the middle of that gap. By

@@ -308,5 +308,12 @@ def test_thresholds_and_wording_follow_the_committed_retention_runs():
     if result["calibration"]["rms_cosine"]["value"] is None:
         assert "did not predict" in message and "interfere" not in message
         assert "did not predict retention" in card and "degrad" not in card
+    if "kept slightly less" in card:  # the shared-init version of a plain sum against the independent one
+        cells: dict = {}
+        for point in result["points"]:
+            if point["plain"]:
+                cells.setdefault((point["domains"], point["source"], point["replicate"]), {})[point["init"]] = point
+        diffs = [c["shared"]["retention"] - c["independent"]["retention"] for c in cells.values() if len(c) == 2]
+        assert diffs and -0.1 < sum(diffs) / len(diffs) < 0, "the card's 'slightly less' is what the runs show"
     if result["calibration"]["cancel_ratio"]["value"] is None:
         assert "a choice" in Thresholds.__doc__.split("cancel_ratio:")[1].split("a_overlap:")[0].lower()

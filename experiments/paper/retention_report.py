@@ -349,7 +349,8 @@ def paired_init(rows: list[dict]) -> str:
     """Shared against independent initialisation, paired by (combination, source, weights, seed): the cosine's test.
 
     The two versions of a pair differ in the seeds of their adapters only, and the shared one has
-    an RMS cosine about 20x larger; if the cosine drove what a sum loses, the shared one would keep less.
+    an RMS cosine about 20x larger; if the cosine drove what a sum loses, the shared one would keep
+    clearly less.
     """
     by_cell: dict[tuple, dict[str, dict]] = {}
     for r in rows:
@@ -365,7 +366,7 @@ def paired_init(rows: list[dict]) -> str:
     text = (
         f"**Shared against independent initialisation**, paired by combination, source, weights and seed "
         f"({len(pairs)} pairs of points): the RMS cosine is {min(cos_shared):.3f}–{max(cos_shared):.3f} with a "
-        f"shared initial A and {min(cos_independent):.4f}–{max(cos_independent):.4f} without, yet retention "
+        f"shared initial A and {min(cos_independent):.4f}–{max(cos_independent):.4f} without, and retention "
         f"(shared − independent) differs by {sum(diffs) / len(diffs):+.3f} on average (range {min(diffs):+.2f} to "
         f"{max(diffs):+.2f}; the shared one keeps less in {worse} of {len(diffs)})"
     )
