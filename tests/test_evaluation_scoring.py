@@ -123,7 +123,9 @@ def test_padding_is_cut_on_cpu_and_batches_stay_full_elsewhere():
 
 
 def _parameters(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.get_base_model().named_parameters()}
+    """The base model's own parameters (not the adapters'), by their names before PEFT wrapped a layer."""
+    named = model.get_base_model().named_parameters()
+    return {name.replace(".base_layer", ""): p.detach().clone() for name, p in named if "lora_" not in name}
 
 
 def test_rows_run_merged_on_float32_and_leave_the_base_bit_for_bit(shared_prompts):
@@ -216,5 +218,37 @@ def test_an_adapted_embedding_tied_to_the_output_layer_is_never_merged(tmp_path)
         assert nll / tokens == pytest.approx(reference, abs=TOL)
         with torch.inference_mode(), evaluator.active("source_0"):
             assert not any(layer.merged for layer in evaluator._tuner_layers())
+    finally:
+        evaluator.close()
+
+
+def test_a_merge_attached_later_that_adapts_new_layers_leaves_the_base_bit_for_bit(shared_prompts, tmp_path):
+    """The copy of the base is taken again when a merge adapts layers no source did (here k_proj)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    import hubmerge
+
+    paths, rows = shared_prompts
+    torch.manual_seed(11)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["k_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    extra = get_peft_model(LlamaForCausalLM.from_pretrained(paths["base"]), lora)
+    extra.peft_config["default"].base_model_name_or_path = str(paths["base"])
+    extra.save_pretrained(tmp_path / "keys")
+    base = load_base_model(str(paths["base"]), device="cpu")
+    evaluator = Evaluator(base, load_adapters([paths["math"]]))  # no source adapts k_proj
+    examples = [Example(tuple(base.tokenizer(r["prompt"] + r["completion"])["input_ids"]), 3, False) for r in rows]
+    before = _parameters(evaluator.model)
+    try:
+        evaluator.score("source_0", examples)  # the copy of the base is taken here
+        evaluator.add_merge("merged", hubmerge.merge([paths["math"], tmp_path / "keys"]))
+        nll, tokens = evaluator.score("merged", examples)
+        after = _parameters(evaluator.model)
+        assert after.keys() == before.keys()
+        for name, value in after.items():
+            assert torch.equal(value, before[name]), name
+        with torch.enable_grad(), evaluator.active("merged"):  # beside the base: PEFT's own forward
+            beside = sum(float(evaluator.nll(b).sum()) for b in evaluator.batches(examples))
+        assert nll == pytest.approx(beside, rel=1e-6)
     finally:
         evaluator.close()

@@ -274,6 +274,7 @@ class Evaluator:
         directory = Path(self._scratch.name) / name
         result.save_pretrained(directory, overwrite=True, figure=False)
         self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+        self._pristine = None  # it may adapt layers no source did: the copy of the base is taken again
 
     def score(
         self, adapter: str | list[str] | None, examples: Sequence[Example], *, label: str = ""
@@ -319,16 +320,20 @@ class Evaluator:
         if not self._can_merge():
             yield
             return
+        merged = False
         try:
             self.model.merge_adapter()
-        except (ValueError, NotImplementedError, TypeError):  # a layer PEFT cannot merge: applied beside it
-            self._restore()
-            yield
-            return
+            merged = True
+        except (ValueError, NotImplementedError, TypeError):
+            pass  # a layer PEFT cannot merge: the adapters are applied beside the base instead
+        finally:
+            if not merged:  # also when anything else stopped the merge half-way: the base comes back first
+                self._restore()
         try:
             yield
         finally:
-            self._restore()
+            if merged:
+                self._restore()
 
     def _can_merge(self) -> bool:
         if torch.is_grad_enabled() or torch.is_autocast_enabled(self.device.type):
