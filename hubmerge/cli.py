@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = glue_negative_weights(list(sys.argv[1:] if argv is None else argv))
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
+    owns_freeze = gc.get_freeze_count() == 0  # nothing frozen yet: what this run freezes, it unfreezes
     try:
         args = parser.parse_args(argv)
         _configure_logging(json_mode=args.json)
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Outputs are written whole or not at all, and a push this run created a repo for deletes it again.
         print("hubmerge: interrupted; nothing was left half-written", file=sys.stderr)
         return 130
+    finally:
+        if owns_freeze:  # main() called in a long-lived process: its objects are collectable again
+            gc.unfreeze()
 
 
 def _import_heavy() -> None:
@@ -77,14 +81,18 @@ def _import_heavy() -> None:
     collection afterwards walks them all again (~80 ms each on 2 cores). ``gc.freeze`` moves the
     objects that exist now to a generation collections skip: the collector keeps working on
     everything the run itself makes, and a command that lives for one merge stops paying for
-    torch's import again and again.
+    torch's import again and again. A process that froze objects of its own (a pre-forking server)
+    keeps its collector as it set it; :func:`main` unfreezes what this run froze when it returns.
     """
+    host_froze = gc.get_freeze_count() > 0
     import torch  # noqa: F401
 
-    gc.freeze()
+    if not host_froze:
+        gc.freeze()
     from . import api  # noqa: F401
 
-    gc.freeze()
+    if not host_froze:
+        gc.freeze()
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:

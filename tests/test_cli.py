@@ -134,3 +134,33 @@ def test_hf_extension_script():
     assert done.returncode == 0
     assert done.stdout.startswith("usage: hf merge")
     assert "--push" in done.stdout
+
+
+def test_the_run_freezes_torchs_objects_for_the_collector_and_gives_them_back(capsys, tmp_path, pair, monkeypatch):
+    """A merge freezes the objects torch's import left (full collections skip them) and unfreezes them on return;
+    a process that froze objects of its own keeps its freeze."""
+    import gc
+
+    counts = []
+    run = hubmerge.cli._run
+
+    def counting(*args):
+        code = run(*args)
+        counts.append(gc.get_freeze_count())  # while the run's objects are still frozen
+        return code
+
+    monkeypatch.setattr(hubmerge.cli, "_run", counting)
+    assert gc.get_freeze_count() == 0
+    code, _, err = cli(capsys, *pair, "-o", tmp_path / "out", "--no-figure")
+    assert code == 0, err
+    assert counts[0] > 0  # frozen while the merge ran
+    assert gc.get_freeze_count() == 0  # and given back: called in a long-lived process, nothing stays frozen
+    gc.freeze()  # a host's own freeze
+    try:
+        host = gc.get_freeze_count()
+        code, _, err = cli(capsys, *pair, "-o", tmp_path / "again", "--no-figure")
+        assert code == 0, err
+        # nothing added to it (frozen objects freed by reference counting leave it) and nothing unfrozen
+        assert 0.99 * host < counts[1] <= host and 0.99 * host < gc.get_freeze_count() <= host
+    finally:
+        gc.unfreeze()
