@@ -180,6 +180,7 @@ def compute_floor(setup: dict, samples: int, max_length: int, rows: int) -> dict
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from hubmerge.cli_parser import build_parser
     from hubmerge.evaluation.data import read_eval_data, tokenise
     from hubmerge.evaluation.scoring import pass_cost, plan
 
@@ -190,10 +191,11 @@ def compute_floor(setup: dict, samples: int, max_length: int, rows: int) -> dict
     body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
     head_weights = head.weight.numel()
     tokenizer = AutoTokenizer.from_pretrained(setup["base"])
+    batch_size = build_parser().get_default("eval_batch_size")  # what the measured command ran with
     ours = naive = scored = 0
     for name, path in setup["data"].items():
         examples = tokenise(read_eval_data(name, path), tokenizer, samples=samples, max_length=max_length)["examples"]
-        for batch in plan(examples, 8, share=True, per_pass=pass_cost(torch.device("cpu"))):
+        for batch in plan(examples, batch_size, share=True, per_pass=pass_cost(torch.device("cpu"))):
             longest = max(len(e.ids) for e in batch.examples)
             ours += batch.shared + len(batch.examples) * (longest - batch.shared)
         naive += sum(len(e.ids) for e in examples)

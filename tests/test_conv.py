@@ -48,10 +48,11 @@ def inputs() -> torch.Tensor:
     return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-def make(directory, seed: int, groups: int = 1, **lora):
+def make(directory, seed: int, groups: int = 1, *, base: torch.nn.Module | None = None, **lora):
+    """A PEFT adapter on ``base`` (default: the tiny conv net) with random factors, saved to ``directory``."""
     lora.setdefault("r", 2)
     lora.setdefault("lora_alpha", 4)
-    model = get_peft_model(tiny(groups), LoraConfig(init_lora_weights=False, **lora))
+    model = get_peft_model(tiny(groups) if base is None else base, LoraConfig(init_lora_weights=False, **lora))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -168,17 +169,10 @@ def test_conv3d_lora_sums_exactly(tmp_path):
         return TinyVolumeNet().eval()
 
     x = torch.randn(2, 2, 3, 5, 5, generator=torch.Generator().manual_seed(2))
-    dirs = []
-    for seed, r in ((1, 2), (2, 3)):
-        model = get_peft_model(base(), LoraConfig(r=r, lora_alpha=4, target_modules=["volume", "head"]))
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.copy_(torch.randn_like(param) * 0.4)
-        model.peft_config["default"].base_model_name_or_path = BASE_ID
-        model.save_pretrained(tmp_path / f"s{seed}")
-        dirs.append(tmp_path / f"s{seed}")
+    dirs = [
+        make(tmp_path / f"s{seed}", seed, base=base(), r=r, target_modules=["volume", "head"])
+        for seed, r in ((1, 2), (2, 3))
+    ]
     result = hubmerge.merge([str(d) for d in dirs], weights=[1.0, -0.7])
     result.save_pretrained(tmp_path / "out")
     with torch.no_grad():
