@@ -164,3 +164,46 @@ def test_the_run_freezes_torchs_objects_for_the_collector_and_gives_them_back(ca
         assert 0.99 * host < counts[1] <= host and 0.99 * host < gc.get_freeze_count() <= host
     finally:
         gc.unfreeze()
+
+
+# A process that runs `hubmerge.cli.run` as the command does, with a finalizer that reports Python's teardown
+# and an atexit callback that reports the exit callbacks. argv[1]: "-", or a file that a non-daemon thread
+# started first writes half a second later.
+RUN_AS_COMMAND = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+class Teardown:
+    def __del__(self):
+        sys.stderr.write("torn down\\n")
+
+probe = Teardown()
+atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
+if sys.argv[1] != "-":
+    marker = Path(sys.argv[1])
+    threading.Thread(target=lambda: (time.sleep(0.5), marker.write_text("done"))).start()
+from hubmerge.cli import run
+sys.argv = ["hubmerge", *sys.argv[2:]]
+run()
+"""
+
+
+def test_the_command_ends_without_pythons_teardown_after_everything_seen_outside(tmp_path, pair):
+    """The command's process skips the interpreter's teardown (a finalizer of a module global does not run) but
+    not the atexit callbacks, its output or its exit code; a non-daemon thread still running gets Python's own
+    exit, which waits for it."""
+
+    def command(*args):
+        argv = [sys.executable, "-c", RUN_AS_COMMAND, *map(str, args)]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+
+    done = command("-", *pair, "-o", tmp_path / "out", "--no-figure")
+    assert done.returncode == 0, done.stderr
+    assert "atexit ran" in done.stderr and "torn down" not in done.stderr
+    assert done.stdout.rstrip().endswith(f"PeftModel.from_pretrained(base_model, '{tmp_path / 'out'}')")
+    assert (tmp_path / "out" / "adapter_model.safetensors").stat().st_size > 0
+    done = command("-", pair[0], tmp_path / "missing", "--report-only")
+    assert done.returncode == 1 and "atexit ran" in done.stderr and "torn down" not in done.stderr
+    done = command(tmp_path / "marker", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"hubmerge {hubmerge.__version__}"
+    assert (tmp_path / "marker").read_text() == "done" and "torn down" in done.stderr
