@@ -189,10 +189,16 @@ class Bench:
                     series.runs.append(run)
                 if not run.ok:
                     log(f"  failed ({run.error()}): {shlex.join(argv)}")
+        # What the merge computes that the floor does not, timed alone: every pair's cosine in every module.
+        analysis = run_child(
+            [PYTHON, str(HERE / "analysis.py"), "--skip-dense", "--skip-api", "--rank-repeats", "3", *inputs],
+            env=self.env, timeout=1800, cwd=REPO,
+        )  # fmt: skip
         self.results["e2e"].append(
             {
                 "shape": shape,
                 "n": n,
+                "analysis_s": analysis.json_tail().get("rank_space_s") if analysis.ok else None,
                 "in_mb": sum((d / "adapter_model.safetensors").stat().st_size for d in dirs[:n]) / 1e6,
                 "hubmerge_out_mb": size_mb(hub_out / "adapter_model.safetensors"),
                 "floor_out_mb": size_mb(floor_out),
