@@ -35,6 +35,7 @@ The thresholds behind the warnings live in :class:`Thresholds`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,22 +167,33 @@ def concat_gram(
     The two R×R products run in the factors' precision (float32 for bf16/fp16/fp32
     inputs: a few GFLOP for ten 8B-shaped adapters); everything after them in float64.
     """
-    gram = torch.zeros(n, n, dtype=torch.float64)
-    overlap = torch.full((n, n), math.nan, dtype=torch.float64)
     if not present or a_all is None or b_all is None:
-        return ModuleGram(gram, overlap, present)
+        return ModuleGram(
+            torch.zeros(n, n, dtype=torch.float64), torch.full((n, n), math.nan, dtype=torch.float64), present
+        )
     a_gram = _self_gram(a_all).double()  # R×R
     b_gram = _self_gram(b_all.T).double()
     # S sums R×R entries into blocks: (S M Sᵀ)[k, m] = Σ of block (k, m) of M.
-    owner = torch.repeat_interleave(torch.arange(len(present)), torch.tensor(list(ranks)))
-    s = torch.nn.functional.one_hot(owner, len(present)).T.double()
-    index = torch.tensor(present)
-    gram[index[:, None], index[None, :]] = s @ (a_gram * b_gram) @ s.T
+    s = _block_sums(tuple(ranks))
+    gram = s @ (a_gram * b_gram) @ s.T
     block_norm = (s @ (a_gram * a_gram) @ s.T).sqrt()  # ‖AₖAₘᵀ‖_F, scaled by |cₖcₘ|
     own = block_norm.diagonal()
     denom = torch.outer(own, own).sqrt()
-    overlap[index[:, None], index[None, :]] = torch.where(denom > 0, block_norm / denom.clamp_min(1e-300), math.nan)
+    overlap = torch.where(denom > 0, block_norm / denom.clamp_min(1e-300), math.nan)
+    if len(present) < n:  # the adapters that do not adapt this module: zeros in the Gram, NaN overlaps
+        index = torch.tensor(present)
+        gram = torch.zeros(n, n, dtype=torch.float64).index_put_((index[:, None], index[None, :]), gram)
+        overlap = torch.full((n, n), math.nan, dtype=torch.float64).index_put_(
+            (index[:, None], index[None, :]), overlap
+        )
     return ModuleGram(gram, overlap, present)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_sums(ranks: tuple[int, ...]) -> torch.Tensor:
+    """The len(ranks)×Σranks float64 matrix of ones that sums blocks of those sizes (shared by every module)."""
+    owner = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))
+    return torch.nn.functional.one_hot(owner, len(ranks)).T.double()
 
 
 def output_overlap(b_i: torch.Tensor, b_j: torch.Tensor) -> float | None:
@@ -236,76 +248,76 @@ def _self_gram(x: torch.Tensor) -> torch.Tensor:
 class SimilarityAccumulator:
     """Collects per-module Gram matrices into pair statistics and warnings.
 
-    Feed it one module at a time (:meth:`add`) so a merge streams; then
-    :meth:`summary` gives the JSON-able result.
+    Feed it one module at a time (:meth:`add`: it keeps only the N×N matrices, so a merge
+    streams its factors); then :meth:`summary` reduces them all at once into the JSON-able result.
     """
 
     names: list[str]
     thresholds: Thresholds = field(default_factory=Thresholds)
     weights: Sequence[float] | None = None  # the merge weights: a zero-weight delta is zero on purpose
     per_module: dict[str, ModuleSimilarity] = field(default_factory=dict)
-
-    def __post_init__(self):
-        n = len(self.names)
-        self._cos_sq = torch.zeros(n, n, dtype=torch.float64)
-        self._cos_sum = torch.zeros(n, n, dtype=torch.float64)
-        self._count = torch.zeros(n, n, dtype=torch.int64)  # modules both adapt
-        self._defined = torch.zeros(n, n, dtype=torch.int64)  # … with non-zero deltas (cosine defined)
-        self._inner = torch.zeros(n, n, dtype=torch.float64)
-        self._energy_i = torch.zeros(n, n, dtype=torch.float64)  # Σ‖ΔWᵢ‖² over modules shared with j
-        self._overlap_sum = torch.zeros(n, n, dtype=torch.float64)
-        self._overlap_count = torch.zeros(n, n, dtype=torch.int64)
-        self._total = 0.0
-        self._energy = 0.0
-        self._zero: dict[int, int] = {}
+    _modules: list[tuple[str, ModuleGram]] = field(default_factory=list, init=False, repr=False)
+    _zero: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # adapter → modules with ΔW = 0
 
     def add(self, module: str, stats: ModuleGram) -> None:
-        cos = stats.cosine()
-        defined = ~torch.isnan(cos)
-        both = torch.zeros_like(defined)
-        index = torch.tensor(stats.present, dtype=torch.long)
-        both[index[:, None], index[None, :]] = True
-        self._cos_sq += torch.where(defined, cos * cos, 0.0)
-        self._cos_sum += torch.where(defined, cos, 0.0)
-        self._defined += defined.to(torch.int64)
-        self._count += both.to(torch.int64)
-        self._inner += torch.where(both, stats.gram, 0.0)
-        diag = stats.gram.diagonal()
-        self._energy_i += torch.where(both, diag.unsqueeze(1).expand_as(cos), 0.0)
-        seen = ~torch.isnan(stats.a_overlap)
-        self._overlap_sum += torch.where(seen, stats.a_overlap, 0.0)
-        self._overlap_count += seen.to(torch.int64)
-        self._total += float(stats.gram.sum())
-        self._energy += float(diag.sum())
-        energies, norms = diag.tolist(), stats.norms.tolist()  # Python floats: one conversion, not one per entry
-        for i in stats.present:
-            if energies[i] == 0 and (self.weights is None or self.weights[i] != 0):
-                self._zero[i] = self._zero.get(i, 0) + 1
-        self.per_module[module] = ModuleSimilarity(
-            adapters=tuple(self.names[i] for i in stats.present),
-            norms=tuple(round_float(norms[i]) for i in stats.present),
-            cosine=_pairs(cos, stats.present, self.names),
-            interference=round_float(stats.interference),
-        )
+        self._modules.append((module, stats))
 
     def summary(self) -> tuple[SimilarityReport, list[Notice]]:
         """The pair matrices, the interference ratio and the warnings."""
-        count = self._defined.to(torch.float64)
-        with torch.no_grad():
-            rms = torch.where(self._defined > 0, (self._cos_sq / count.clamp_min(1)).sqrt(), torch.nan)
-            mean = torch.where(self._defined > 0, self._cos_sum / count.clamp_min(1), torch.nan)
-            energy = self._energy_i * self._energy_i.T
-            weighted = torch.where(energy > 0, self._inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
-            overlap = torch.where(
-                self._overlap_count > 0, self._overlap_sum / self._overlap_count.clamp_min(1), torch.nan
+        n, count = len(self.names), len(self._modules)
+        gram = torch.stack([m.gram for _, m in self._modules]) if count else torch.zeros(0, n, n, dtype=torch.float64)
+        a_overlap = torch.stack([m.a_overlap for _, m in self._modules]) if count else gram.clone()
+        present = torch.zeros(count, n, dtype=torch.bool)
+        for index, (_, stats) in enumerate(self._modules):
+            present[index, stats.present] = True
+        both = present[:, :, None] & present[:, None, :]  # modules both adapt
+        diag = gram.diagonal(dim1=1, dim2=2)  # M×N: ‖ΔWᵢ‖² per module
+        norms = diag.clamp_min(0).sqrt()
+        denom = norms[:, :, None] * norms[:, None, :]
+        cos = torch.where(denom > 0, gram / denom.where(denom > 0, torch.ones_like(denom)), torch.nan).clamp(-1.0, 1.0)
+        defined = ~torch.isnan(cos)  # … with non-zero deltas (cosine defined)
+        defined_count = defined.sum(0)
+        rms = torch.where(
+            defined_count > 0,
+            (torch.where(defined, cos * cos, 0.0).sum(0) / defined_count.clamp_min(1)).sqrt(),
+            torch.nan,
+        )
+        mean = torch.where(
+            defined_count > 0, torch.where(defined, cos, 0.0).sum(0) / defined_count.clamp_min(1), torch.nan
+        )
+        inner = torch.where(both, gram, 0.0).sum(0)
+        energy_i = torch.where(both, diag[:, :, None].expand_as(gram), 0.0).sum(0)  # Σ‖ΔWᵢ‖² over modules shared with j
+        energy = energy_i * energy_i.T
+        weighted = torch.where(energy > 0, inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
+        seen = ~torch.isnan(a_overlap)
+        seen_count = seen.sum(0)
+        overlap = torch.where(
+            seen_count > 0, torch.where(seen, a_overlap, 0.0).sum(0) / seen_count.clamp_min(1), torch.nan
+        )
+        total, own = gram.sum((1, 2)), diag.sum(1)
+        overall = float(total.sum()) / float(own.sum()) if float(own.sum()) > 0 else None
+        # Python values, one conversion each: the per-module detail is built from lists, not tensor entries.
+        cos_rows, norm_rows, energy_rows = cos.tolist(), norms.tolist(), diag.tolist()
+        ratios = [t / e if e > 0 else None for t, e in zip(total.tolist(), own.tolist())]
+        self._zero = {}
+        for (module, stats), values, module_norms, energies, ratio in zip(
+            self._modules, cos_rows, norm_rows, energy_rows, ratios
+        ):
+            for i in stats.present:
+                if energies[i] == 0 and (self.weights is None or self.weights[i] != 0):
+                    self._zero[i] = self._zero.get(i, 0) + 1
+            self.per_module[module] = ModuleSimilarity(
+                adapters=tuple(self.names[i] for i in stats.present),
+                norms=tuple(round_float(module_norms[i]) for i in stats.present),
+                cosine=_pairs(values, stats.present, self.names),
+                interference=round_float(ratio),
             )
-        overall = self._total / self._energy if self._energy > 0 else None
         result = SimilarityReport(
             adapters=tuple(self.names),
             rms_cosine=_matrix(rms),
             mean_cosine=_matrix(mean),
             norm_weighted_cosine=_matrix(weighted),
-            shared_modules=tuple(tuple(row) for row in self._count.tolist()),
+            shared_modules=tuple(tuple(row) for row in both.sum(0).tolist()),
             a_overlap=_matrix(overlap),
             interference_ratio=round_float(overall),
             thresholds=self.thresholds.to_dict(),
@@ -378,7 +390,6 @@ def _matrix(values: torch.Tensor) -> Matrix:
     return tuple(tuple(round_float(v) for v in row) for row in values.tolist())
 
 
-def _pairs(cos: torch.Tensor, present: list[int], names: list[str]) -> dict[str, float | None]:
-    values = cos.tolist()
+def _pairs(values: list[list[float]], present: list[int], names: list[str]) -> dict[str, float | None]:
     pairs = [(i, j) for k, i in enumerate(present) for j in present[k + 1 :]]
     return {f"{names[i]}|{names[j]}": round_float(values[i][j]) for i, j in pairs}
