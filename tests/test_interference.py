@@ -114,6 +114,19 @@ def test_pair_statistics_match_dense_definitions():
     total = sum(float((sum(d for d in ds if d is not None) ** 2).sum()) for ds in deltas.values())
     parts = sum(float((d**2).sum()) for ds in deltas.values() for d in ds if d is not None)
     assert summary["interference_ratio"] == pytest.approx(total / parts, rel=1e-5)
+    for key, ds in deltas.items():  # each module's own detail, the absent adapter left out
+        module = summary["per_module"][key]
+        present = [i for i, d in enumerate(ds) if d is not None]
+        assert module["adapters"] == tuple("abc"[i] for i in present)
+        assert module["norms"] == pytest.approx([float(ds[i].norm()) for i in present], rel=1e-5)  # 6 digits
+        pairs = [(i, j) for n, i in enumerate(present) for j in present[n + 1 :]]
+        assert module["cosine"] == pytest.approx(
+            {f"{'abc'[i]}|{'abc'[j]}": dense_cos(ds[i], ds[j]) for i, j in pairs}, abs=1e-6
+        )
+        energy = sum(float((ds[i] ** 2).sum()) for i in present)
+        assert module["interference"] == pytest.approx(
+            float((sum(ds[i] for i in present) ** 2).sum()) / energy, rel=1e-5
+        )
 
 
 def test_warnings_follow_thresholds():
