@@ -197,6 +197,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
             private=True if args.private else None,
             create_pr=args.create_pr,
             commit_message=args.commit_message,
+            figure=figure,
         )
         data["push"] = {
             "repo_id": pushed.repo_id,

@@ -145,6 +145,7 @@ class MergeResult:
         private: bool | None = None,
         create_pr: bool = False,
         commit_message: str | None = None,
+        figure: bool = True,
     ) -> PushResult:
         """Push the merged adapter, its model card, report, recipe and heatmap in one commit.
 
@@ -156,6 +157,7 @@ class MergeResult:
                 repo); ``None`` leaves the Hub's default, e.g. an organisation's.
             create_pr: open a pull request instead of committing to main.
             commit_message: default "Merge <names> with hubmerge".
+            figure: also push ``similarity.png`` (``False``: the card omits it, as :meth:`files` does).
 
         Returns:
             A :class:`PushResult`: the commit (or, unchanged content, the commit already holding it).
@@ -172,7 +174,7 @@ class MergeResult:
                 raise InvalidArgumentError(
                     f"{repo_id} is also a source; pushing would overwrite that adapter", reason="target_is_source"
                 )
-        files = self.files(repo_id=repo_id)  # built before anything is created
+        files = self.files(repo_id=repo_id, figure=figure)  # built before anything is created
         names = ", ".join(self.report.names)
         return push_files(
             repo_id,

@@ -372,3 +372,25 @@ def test_pushing_unchanged_content_says_no_commit_was_made(capsys, hub, two_repo
     assert "already holds exactly these files: no commit was made" in out
     assert "/commit/" not in out
     assert len(hub.list_commits(target)) == commits
+
+
+def test_the_installed_command_pushes_everything_before_its_process_ends(hub, two_repos):
+    """`python -m hubmerge … --push` (the command's own exit, without Python's teardown) has made its one commit
+    with every file by the time the process is gone, and says so; `--no-figure` leaves the heatmap out of the
+    push as it does out of the dry run and a local save."""
+    import subprocess
+    import sys
+
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    target = f"alice/{unique('merged')}"
+    command = [sys.executable, "-m", "hubmerge", repo_a, f"{repo_b}/sub@v1", "--push", target, "--no-figure"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"pushed to {constants.ENDPOINT}/{target}" in done.stdout
+    commits = hub.list_commits(target)
+    assert len(commits) == 2 and sorted(commits[0]["files"]) == [
+        ".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors",
+        "hubmerge_recipe.json", "hubmerge_report.json",
+    ]  # fmt: skip
+    # --no-figure: no heatmap pushed, and the card does not link one (as the dry run lists it)
+    assert "similarity.png" not in (Path(snapshot_download(target)) / "README.md").read_text()
