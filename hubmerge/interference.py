@@ -248,61 +248,69 @@ def _self_gram(x: torch.Tensor) -> torch.Tensor:
 class SimilarityAccumulator:
     """Collects per-module Gram matrices into pair statistics and warnings.
 
-    Feed it one module at a time (:meth:`add`: it keeps only the N×N matrices, so a merge
-    streams its factors); then :meth:`summary` reduces them all at once into the JSON-able result.
+    Feed it one module at a time (:meth:`add`) so a merge streams; then :meth:`summary` gives the
+    JSON-able result. Modules are folded into the running sums a batch at a time: the statistics of one
+    module are a few dozen operations on N×N matrices, too small for a tensor library to run one by one.
     """
 
     names: list[str]
     thresholds: Thresholds = field(default_factory=Thresholds)
     weights: Sequence[float] | None = None  # the merge weights: a zero-weight delta is zero on purpose
     per_module: dict[str, ModuleSimilarity] = field(default_factory=dict)
-    _modules: list[tuple[str, ModuleGram]] = field(default_factory=list, init=False, repr=False)
-    _zero: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # adapter → modules with ΔW = 0
+    batch: int = 256  # modules folded together (memory: a dozen batch×N×N float64 temporaries)
+
+    def __post_init__(self):
+        n = len(self.names)
+        self._pending: list[tuple[str, ModuleGram]] = []
+        self._cos_sq = torch.zeros(n, n, dtype=torch.float64)
+        self._cos_sum = torch.zeros(n, n, dtype=torch.float64)
+        self._count = torch.zeros(n, n, dtype=torch.int64)  # modules both adapt
+        self._defined = torch.zeros(n, n, dtype=torch.int64)  # … with non-zero deltas (cosine defined)
+        self._inner = torch.zeros(n, n, dtype=torch.float64)
+        self._energy_i = torch.zeros(n, n, dtype=torch.float64)  # Σ‖ΔWᵢ‖² over modules shared with j
+        self._overlap_sum = torch.zeros(n, n, dtype=torch.float64)
+        self._overlap_count = torch.zeros(n, n, dtype=torch.int64)
+        self._total = 0.0
+        self._energy = 0.0
+        self._zero: dict[int, int] = {}
 
     def add(self, module: str, stats: ModuleGram) -> None:
-        self._modules.append((module, stats))
+        self._pending.append((module, stats))
+        if len(self._pending) >= self.batch:
+            self._fold()
 
-    def summary(self) -> tuple[SimilarityReport, list[Notice]]:
-        """The pair matrices, the interference ratio and the warnings."""
-        n, count = len(self.names), len(self._modules)
-        gram = torch.stack([m.gram for _, m in self._modules]) if count else torch.zeros(0, n, n, dtype=torch.float64)
-        a_overlap = torch.stack([m.a_overlap for _, m in self._modules]) if count else gram.clone()
-        present = torch.zeros(count, n, dtype=torch.bool)
-        for index, (_, stats) in enumerate(self._modules):
+    def _fold(self) -> None:
+        """Add the pending modules to the running sums and write their per-module detail."""
+        chunk, self._pending = self._pending, []
+        if not chunk:
+            return
+        n = len(self.names)
+        gram = torch.stack([stats.gram for _, stats in chunk])  # M×N×N
+        present = torch.zeros(len(chunk), n, dtype=torch.bool)
+        for index, (_, stats) in enumerate(chunk):
             present[index, stats.present] = True
-        both = present[:, :, None] & present[:, None, :]  # modules both adapt
+        both = present[:, :, None] & present[:, None, :]
         diag = gram.diagonal(dim1=1, dim2=2)  # M×N: ‖ΔWᵢ‖² per module
         norms = diag.clamp_min(0).sqrt()
         denom = norms[:, :, None] * norms[:, None, :]
         cos = torch.where(denom > 0, gram / denom.where(denom > 0, torch.ones_like(denom)), torch.nan).clamp(-1.0, 1.0)
-        defined = ~torch.isnan(cos)  # … with non-zero deltas (cosine defined)
-        defined_count = defined.sum(0)
-        rms = torch.where(
-            defined_count > 0,
-            (torch.where(defined, cos * cos, 0.0).sum(0) / defined_count.clamp_min(1)).sqrt(),
-            torch.nan,
-        )
-        mean = torch.where(
-            defined_count > 0, torch.where(defined, cos, 0.0).sum(0) / defined_count.clamp_min(1), torch.nan
-        )
-        inner = torch.where(both, gram, 0.0).sum(0)
-        energy_i = torch.where(both, diag[:, :, None].expand_as(gram), 0.0).sum(0)  # Σ‖ΔWᵢ‖² over modules shared with j
-        energy = energy_i * energy_i.T
-        weighted = torch.where(energy > 0, inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
-        seen = ~torch.isnan(a_overlap)
-        seen_count = seen.sum(0)
-        overlap = torch.where(
-            seen_count > 0, torch.where(seen, a_overlap, 0.0).sum(0) / seen_count.clamp_min(1), torch.nan
-        )
+        defined = ~torch.isnan(cos)
+        self._cos_sq += torch.where(defined, cos * cos, 0.0).sum(0)
+        self._cos_sum += torch.where(defined, cos, 0.0).sum(0)
+        self._defined += defined.sum(0)
+        self._count += both.sum(0)
+        self._inner += torch.where(both, gram, 0.0).sum(0)
+        self._energy_i += torch.where(both, diag[:, :, None].expand_as(gram), 0.0).sum(0)
+        overlap = torch.stack([stats.a_overlap for _, stats in chunk])
+        seen = ~torch.isnan(overlap)
+        self._overlap_sum += torch.where(seen, overlap, 0.0).sum(0)
+        self._overlap_count += seen.sum(0)
         total, own = gram.sum((1, 2)), diag.sum(1)
-        overall = float(total.sum()) / float(own.sum()) if float(own.sum()) > 0 else None
+        self._total += float(total.sum())
+        self._energy += float(own.sum())
         # Python values, one conversion each: the per-module detail is built from lists, not tensor entries.
-        cos_rows, norm_rows, energy_rows = cos.tolist(), norms.tolist(), diag.tolist()
-        ratios = [t / e if e > 0 else None for t, e in zip(total.tolist(), own.tolist())]
-        self._zero = {}
-        for (module, stats), values, module_norms, energies, ratio in zip(
-            self._modules, cos_rows, norm_rows, energy_rows, ratios
-        ):
+        rows = zip(chunk, cos.tolist(), norms.tolist(), diag.tolist(), total.tolist(), own.tolist())
+        for (module, stats), values, module_norms, energies, module_total, module_energy in rows:
             for i in stats.present:
                 if energies[i] == 0 and (self.weights is None or self.weights[i] != 0):
                     self._zero[i] = self._zero.get(i, 0) + 1
@@ -310,14 +318,28 @@ class SimilarityAccumulator:
                 adapters=tuple(self.names[i] for i in stats.present),
                 norms=tuple(round_float(module_norms[i]) for i in stats.present),
                 cosine=_pairs(values, stats.present, self.names),
-                interference=round_float(ratio),
+                interference=round_float(module_total / module_energy if module_energy > 0 else None),
             )
+
+    def summary(self) -> tuple[SimilarityReport, list[Notice]]:
+        """The pair matrices, the interference ratio and the warnings."""
+        self._fold()
+        count = self._defined.to(torch.float64)
+        with torch.no_grad():
+            rms = torch.where(self._defined > 0, (self._cos_sq / count.clamp_min(1)).sqrt(), torch.nan)
+            mean = torch.where(self._defined > 0, self._cos_sum / count.clamp_min(1), torch.nan)
+            energy = self._energy_i * self._energy_i.T
+            weighted = torch.where(energy > 0, self._inner / energy.clamp_min(1e-300).sqrt(), torch.nan)
+            overlap = torch.where(
+                self._overlap_count > 0, self._overlap_sum / self._overlap_count.clamp_min(1), torch.nan
+            )
+        overall = self._total / self._energy if self._energy > 0 else None
         result = SimilarityReport(
             adapters=tuple(self.names),
             rms_cosine=_matrix(rms),
             mean_cosine=_matrix(mean),
             norm_weighted_cosine=_matrix(weighted),
-            shared_modules=tuple(tuple(row) for row in both.sum(0).tolist()),
+            shared_modules=tuple(tuple(row) for row in self._count.tolist()),
             a_overlap=_matrix(overlap),
             interference_ratio=round_float(overall),
             thresholds=self.thresholds.to_dict(),

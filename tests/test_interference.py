@@ -94,11 +94,14 @@ def test_pair_statistics_match_dense_definitions():
     }
     weights = [1.0, 0.5, -2.0]
     acc = SimilarityAccumulator(["a", "b", "c"])
+    one_by_one = SimilarityAccumulator(["a", "b", "c"], batch=1)  # each module folded alone
     deltas = {}
     for key, factors in modules.items():
         acc.add(key, module_gram(factors, weights))
+        one_by_one.add(key, module_gram(factors, weights))
         deltas[key] = [dense(f, w) if f is not None else None for f, w in zip(factors, weights)]
     summary = dataclasses.asdict(acc.summary()[0])
+    assert dataclasses.asdict(one_by_one.summary()[0]) == summary
 
     for i, j in [(0, 1), (0, 2), (1, 2)]:
         shared = [k for k in deltas if deltas[k][i] is not None and deltas[k][j] is not None]
