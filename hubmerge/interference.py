@@ -257,7 +257,7 @@ class SimilarityAccumulator:
     thresholds: Thresholds = field(default_factory=Thresholds)
     weights: Sequence[float] | None = None  # the merge weights: a zero-weight delta is zero on purpose
     per_module: dict[str, ModuleSimilarity] = field(default_factory=dict)
-    batch: int = 256  # modules folded together (memory: a dozen batch×N×N float64 temporaries)
+    batch: int = field(default=256, kw_only=True)  # modules folded together (a dozen batch×N×N float64 temporaries)
 
     def __post_init__(self):
         n = len(self.names)
