@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -378,9 +380,6 @@ def test_the_installed_command_pushes_everything_before_its_process_ends(hub, tw
     """`python -m hubmerge … --push` (the command's own exit, without Python's teardown) has made its one commit
     with every file by the time the process is gone, and says so; `--no-figure` leaves the heatmap out of the
     push as it does out of the dry run and a local save."""
-    import subprocess
-    import sys
-
     (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
     target = f"alice/{unique('merged')}"
     command = [sys.executable, "-m", "hubmerge", repo_a, f"{repo_b}/sub@v1", "--push", target, "--no-figure"]
