@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -38,6 +39,22 @@ def dense(modules, scales) -> dict[str, torch.Tensor]:
         norms = gram.diagonal().sqrt()
         found[key] = gram / torch.outer(norms, norms)
     return found
+
+
+def float32_matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """This machine's float32 matrix-product rate, with torch's threads: the best of a few size×size products.
+
+    The analysis' products are skinny (R×d by d×R, R = Σ rᵢ); this square one is what the CPU does at best,
+    the yardstick for how close the analysis runs to it.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: threads started, pages touched
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": load_s,
         "rank_space_s": statistics.median(rank_times),
         "rank_space_runs_s": rank_times,
+        "float32_matmul_gflops": float32_matmul_gflops(),
     }
     if not args.skip_dense:
         start = time.perf_counter()

@@ -283,7 +283,7 @@ def _why_missed(results: dict) -> list[str]:
                 f" Every pair's cosine in every module (two R×R Gram products per module, R = {e['n']}·"
                 f"{SHAPES[e['shape']].rank}{f', {flop:.1f} GFLOP in float32' if flop is not None else ''}, growing "
                 f"as N², from a float32 copy of the factors), timed alone from factors in memory, takes "
-                f"{_s(analysis)}"
+                f"{_s(analysis)}{_rate(flop, analysis, e.get('matmul_gflops'))}"
                 + (
                     f"; the other {_s(rest)} is what a merge pays at any N beyond reading and writing: importing the "
                     "merge code and huggingface_hub, the checks, and writing the report, recipe, config and card."
@@ -295,6 +295,16 @@ def _why_missed(results: dict) -> list[str]:
             text += f" hubmerge's fastest run ({_s(fastest)}) was within {E2E_TARGET}× the floor's median."
         lines.append(text)
     return ["", "Why a time target is missed:", "", *lines] if lines else []
+
+
+def _rate(flop: float | None, seconds: float, peak: float | None) -> str:
+    """How fast the analysis' products ran, next to the machine's float32 product rate measured beside them."""
+    if flop is None or seconds <= 0:
+        return ""
+    text = f" ({flop / seconds:.0f} GFLOP/s"
+    if peak:
+        text += f"; a 2048 × 2048 float32 product runs at {peak:.0f} GFLOP/s in the same process"
+    return text + ")"
 
 
 def _other_targets(results: dict) -> list[tuple[str, str, bool]]:

@@ -194,11 +194,13 @@ class Bench:
             [PYTHON, str(HERE / "analysis.py"), "--skip-dense", "--skip-api", "--rank-repeats", "3", *inputs],
             env=self.env, timeout=1800, cwd=REPO,
         )  # fmt: skip
+        timed = analysis.json_tail() if analysis.ok else {}
         self.results["e2e"].append(
             {
                 "shape": shape,
                 "n": n,
-                "analysis_s": analysis.json_tail().get("rank_space_s") if analysis.ok else None,
+                "analysis_s": timed.get("rank_space_s"),
+                "matmul_gflops": timed.get("float32_matmul_gflops"),
                 "in_mb": sum((d / "adapter_model.safetensors").stat().st_size for d in dirs[:n]) / 1e6,
                 "hubmerge_out_mb": size_mb(hub_out / "adapter_model.safetensors"),
                 "floor_out_mb": size_mb(floor_out),
