@@ -340,7 +340,22 @@ def _owners(views, attribute: str) -> dict[str, list[int]]:
 
 def _check_saved_modules(adapters, views, problems) -> dict[str, int]:
     carried = {}
-    for key, owners in _owners(views, "saved_modules").items():
+    saved = _owners(views, "saved_modules")
+    for key, owners in saved.items():
+        # A module saved inside another adapter's saved module (classifier.out_proj inside classifier): two
+        # full copies of the same weights, and PEFT cannot load the inner one into the wrapped outer module.
+        outer = next((o for o in saved if key.startswith(o + ".") and set(saved[o]) != set(owners)), None)
+        if outer is not None:
+            problems.append(
+                Problem(
+                    f"module {key!r} is saved in full (modules_to_save) by "
+                    f"{', '.join(adapters[i].source for i in owners)} and lies inside {outer!r}, saved in full by "
+                    f"{', '.join(adapters[i].source for i in saved[outer])}; two full copies of the same weights "
+                    "cannot be summed; drop one of them from modules_to_save",
+                    code="saved_module_twice",
+                    module=key,
+                )
+            )
         if len(owners) > 1:
             listing = ", ".join(adapters[i].source for i in owners)
             problems.append(

@@ -138,6 +138,15 @@ def test_modules_to_save_twice_refused(capsys, tmp_path):
     refuse(capsys, tmp_path, [a, b], "'lm_head'", str(a), str(b), "modules_to_save")
 
 
+def test_module_saved_inside_another_adapters_saved_module_refused(capsys, tmp_path):
+    # One adapter saves the whole MLP of layer 0, another its down_proj alone: two full copies of
+    # down_proj's weight, and a file PEFT cannot load (it looks for down_proj inside the wrapped mlp).
+    a = make_adapter(tmp_path / "a", seed=1, modules_to_save=["layers.0.mlp"])
+    b = make_adapter(tmp_path / "b", seed=2, modules_to_save=["layers.0.mlp.down_proj"])
+    err = refuse(capsys, tmp_path, [a, b], "'model.layers.0.mlp.down_proj'", "'model.layers.0.mlp'", str(a), str(b))
+    assert "modules_to_save" in err.splitlines()[1]
+
+
 def test_single_modules_to_save_is_reported(tmp_path):
     a = make_adapter(tmp_path / "a", seed=1, modules_to_save=["lm_head"])
     b = make_adapter(tmp_path / "b", seed=2)
