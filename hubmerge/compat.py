@@ -176,7 +176,9 @@ def check_compatibility(
     if unmatched is not None:
         problems.append(unmatched)
     saved_modules = _check_saved_modules(adapters, views, problems)
-    base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
+    # A module saved in full (modules_to_save) is what PEFT runs, whatever base weight another adapter saved for
+    # it (save_embedding_layers); both would be written under one tensor name, so the copy alone is carried.
+    base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items() if key not in saved_modules}
     if check_values:
         # Without scan_factors the caller checks the factors in its own pass; but when the
         # check fails anyway, scanning costs nothing that matters and completes the list.
