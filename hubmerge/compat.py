@@ -21,6 +21,7 @@ from .expert_layouts import FusedModule, fuse_experts, fused_factors, unmatched_
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
+from .report import dtype_name
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 
@@ -419,13 +420,24 @@ def _check_base_layers_agree(adapters, views, problems) -> None:
             same = len(first) == len(other) and all(
                 a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)
             )
-            if not same:
-                problems.append(
-                    f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
-                    f"{reference.source}'s (shapes {[tuple(t.shape) for t in other]} vs "
-                    f"{[tuple(t.shape) for t in first]}); "
-                    "the adapters were trained with different embeddings, e.g. a differently resized vocabulary"
+            if same:
+                continue
+            shapes = [tuple(t.shape) for t in other], [tuple(t.shape) for t in first]
+            dtypes = [dtype_name(t.dtype) for t in other], [dtype_name(t.dtype) for t in first]
+            if shapes[0] == shapes[1] and dtypes[0] != dtypes[1]:
+                why = (
+                    f"saved as {', '.join(dtypes[0])} vs {', '.join(dtypes[1])}; the base model was loaded in "
+                    "different precisions, so its weights were rounded differently"
                 )
+            else:
+                why = (
+                    f"shapes {shapes[0]} vs {shapes[1]}; the adapters were trained with different embeddings, "
+                    "e.g. a differently resized vocabulary"
+                )
+            problems.append(
+                f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
+                f"{reference.source}'s ({why})"
+            )
 
 
 def nonfinite_factors(adapter: LoraAdapter, module: str) -> list[str]:

@@ -244,6 +244,16 @@ def test_saved_embeddings_must_agree(capsys, tmp_path):
     refuse(capsys, tmp_path, [a, b], str(b), "'model.embed_tokens'", "differ", "resized vocabulary")
 
 
+def test_saved_embeddings_in_different_dtypes_say_so(capsys, tmp_path):
+    # The same float32 base embedding, saved by an adapter trained in float32 and by one trained in bfloat16:
+    # the values differ by bfloat16's rounding, not because the vocabulary was resized.
+    a = make_adapter(tmp_path / "a", seed=1, target_modules=["embed_tokens", "q_proj"])
+    b = make_adapter(tmp_path / "b", seed=2, target_modules=["embed_tokens"])
+    edit_tensors(b, lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))
+    err = refuse(capsys, tmp_path, [a, b], str(b), "'model.embed_tokens'", "bfloat16", "float32", "precision")
+    assert "resized vocabulary" not in err
+
+
 def test_saved_embedding_is_carried_over(tmp_path):
     a = make_adapter(tmp_path / "a", seed=1, target_modules=["embed_tokens", "q_proj"])
     b = make_adapter(tmp_path / "b", seed=2, target_modules=["embed_tokens"])
