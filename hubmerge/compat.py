@@ -21,6 +21,7 @@ from .expert_layouts import FusedModule, fuse_experts, fused_factors, unmatched_
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
+from .report import dtype_name
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 
@@ -176,7 +177,9 @@ def check_compatibility(
     if unmatched is not None:
         problems.append(unmatched)
     saved_modules = _check_saved_modules(adapters, views, problems)
-    base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items()}
+    # A module saved in full (modules_to_save) is what PEFT runs, whatever base weight another adapter saved for
+    # it (save_embedding_layers); both would be written under one tensor name, so the copy alone is carried.
+    base_layers = {key: owners[0] for key, owners in _owners(views, "base_layers").items() if key not in saved_modules}
     if check_values:
         # Without scan_factors the caller checks the factors in its own pass; but when the
         # check fails anyway, scanning costs nothing that matters and completes the list.
@@ -340,7 +343,22 @@ def _owners(views, attribute: str) -> dict[str, list[int]]:
 
 def _check_saved_modules(adapters, views, problems) -> dict[str, int]:
     carried = {}
-    for key, owners in _owners(views, "saved_modules").items():
+    saved = _owners(views, "saved_modules")
+    for key, owners in saved.items():
+        # A module saved inside another adapter's saved module (classifier.out_proj inside classifier): two
+        # full copies of the same weights, and PEFT cannot load the inner one into the wrapped outer module.
+        outer = next((o for o in saved if key.startswith(o + ".") and set(saved[o]) != set(owners)), None)
+        if outer is not None:
+            problems.append(
+                Problem(
+                    f"module {key!r} is saved in full (modules_to_save) by "
+                    f"{', '.join(adapters[i].source for i in owners)} and lies inside {outer!r}, saved in full by "
+                    f"{', '.join(adapters[i].source for i in saved[outer])}; two full copies of the same weights "
+                    "cannot be summed; drop one of them from modules_to_save",
+                    code="saved_module_twice",
+                    module=key,
+                )
+            )
         if len(owners) > 1:
             listing = ", ".join(adapters[i].source for i in owners)
             problems.append(
@@ -402,13 +420,24 @@ def _check_base_layers_agree(adapters, views, problems) -> None:
             same = len(first) == len(other) and all(
                 a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)
             )
-            if not same:
-                problems.append(
-                    f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
-                    f"{reference.source}'s (shapes {[tuple(t.shape) for t in other]} vs "
-                    f"{[tuple(t.shape) for t in first]}); "
-                    "the adapters were trained with different embeddings, e.g. a differently resized vocabulary"
+            if same:
+                continue
+            shapes = [tuple(t.shape) for t in other], [tuple(t.shape) for t in first]
+            dtypes = [dtype_name(t.dtype) for t in other], [dtype_name(t.dtype) for t in first]
+            if shapes[0] == shapes[1] and dtypes[0] != dtypes[1]:
+                why = (
+                    f"saved as {', '.join(dtypes[0])} vs {', '.join(dtypes[1])}; the base model was loaded in "
+                    "different precisions, so its weights were rounded differently"
                 )
+            else:
+                why = (
+                    f"shapes {shapes[0]} vs {shapes[1]}; the adapters were trained with different embeddings, "
+                    "e.g. a differently resized vocabulary"
+                )
+            problems.append(
+                f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
+                f"{reference.source}'s ({why})"
+            )
 
 
 def nonfinite_factors(adapter: LoraAdapter, module: str) -> list[str]:

@@ -212,7 +212,12 @@ def parse_config(data: dict[str, Any], *, where: str = "adapter") -> AdapterConf
     if init.startswith(_BASE_CHANGING_INITS):
         unsupported["init_lora_weights"] = (
             f"init_lora_weights={data['init_lora_weights']!r} modifies the base model, so the delta is relative to "
-            "that modified base; convert it with PEFT's path_initial_model_for_weight_conversion first"
+            + (
+                # PEFT's conversion covers PiSSA, OLoRA, CorDA and LoRA-GA; LoftQ's base is its own quantized residual.
+                "the LoftQ-quantized base saved with it, and no conversion makes it a delta of the original base"
+                if init.startswith("loftq")
+                else "that modified base; convert it with PEFT's path_initial_model_for_weight_conversion first"
+            )
         )
 
     return AdapterConfig(

@@ -138,6 +138,15 @@ def test_modules_to_save_twice_refused(capsys, tmp_path):
     refuse(capsys, tmp_path, [a, b], "'lm_head'", str(a), str(b), "modules_to_save")
 
 
+def test_module_saved_inside_another_adapters_saved_module_refused(capsys, tmp_path):
+    # One adapter saves the whole MLP of layer 0, another its down_proj alone: two full copies of
+    # down_proj's weight, and a file PEFT cannot load (it looks for down_proj inside the wrapped mlp).
+    a = make_adapter(tmp_path / "a", seed=1, modules_to_save=["layers.0.mlp"])
+    b = make_adapter(tmp_path / "b", seed=2, modules_to_save=["layers.0.mlp.down_proj"])
+    err = refuse(capsys, tmp_path, [a, b], "'model.layers.0.mlp.down_proj'", "'model.layers.0.mlp'", str(a), str(b))
+    assert "modules_to_save" in err.splitlines()[1]
+
+
 def test_single_modules_to_save_is_reported(tmp_path):
     a = make_adapter(tmp_path / "a", seed=1, modules_to_save=["lm_head"])
     b = make_adapter(tmp_path / "b", seed=2)
@@ -233,6 +242,16 @@ def test_saved_embeddings_must_agree(capsys, tmp_path):
     key = "base_model.model.model.embed_tokens.base_layer.weight"
     edit_tensors(b, lambda t: t.__setitem__(key, t[key] + 1.0))
     refuse(capsys, tmp_path, [a, b], str(b), "'model.embed_tokens'", "differ", "resized vocabulary")
+
+
+def test_saved_embeddings_in_different_dtypes_say_so(capsys, tmp_path):
+    # The same float32 base embedding, saved by an adapter trained in float32 and by one trained in bfloat16:
+    # the values differ by bfloat16's rounding, not because the vocabulary was resized.
+    a = make_adapter(tmp_path / "a", seed=1, target_modules=["embed_tokens", "q_proj"])
+    b = make_adapter(tmp_path / "b", seed=2, target_modules=["embed_tokens"])
+    edit_tensors(b, lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))
+    err = refuse(capsys, tmp_path, [a, b], str(b), "'model.embed_tokens'", "bfloat16", "float32", "precision")
+    assert "resized vocabulary" not in err
 
 
 def test_saved_embedding_is_carried_over(tmp_path):

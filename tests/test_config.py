@@ -27,6 +27,18 @@ def test_unknown_keys_are_tolerated_and_variants_are_flagged():
     assert not parse_config({"r": 4, "init_lora_weights": "gaussian", "velora_config": None}).unsupported
 
 
+def test_base_changing_inits_say_how_to_convert_only_where_peft_can():
+    # PEFT's path_initial_model_for_weight_conversion converts PiSSA, OLoRA, CorDA and LoRA-GA adapters; LoftQ's
+    # base is the quantized residual saved with it, which no conversion gives back.
+    for init in ("pissa", "olora", "corda", "lora_ga"):
+        assert (
+            "path_initial_model_for_weight_conversion"
+            in parse_config({"r": 4, "init_lora_weights": init}).unsupported["init_lora_weights"]
+        )
+    loftq = parse_config({"r": 4, "init_lora_weights": "loftq"}).unsupported["init_lora_weights"]
+    assert "path_initial_model_for_weight_conversion" not in loftq and "LoftQ" in loftq
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [

@@ -200,3 +200,23 @@ def test_a_saved_embedding_goes_under_the_lora_another_adapter_puts_on_it(tmp_pa
     assert code == 0, err
     assert "base_model.model.lm_head.base_layer.weight" in load_file(out / "adapter_model.safetensors")
     assert_exact("gpt2", [(saved, 1.0), (lora, 1.0)], out)
+
+
+def test_a_module_saved_in_full_wins_over_the_saved_embedding_of_another_adapter(tmp_path, capsys):
+    # One adapter trains GPT-2's lm_head as a full copy (modules_to_save, changed here as training would);
+    # another saves the base embeddings, lm_head among them (save_embedding_layers). PEFT applying both uses
+    # the trained copy: the other's base weight must not be written over it under the same tensor name.
+    trained = make_adapter(tmp_path / "trained", "gpt2", seed=1, target_modules=["c_attn"], modules_to_save=["lm_head"])
+    path = trained / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = "base_model.model.lm_head.weight"
+    tensors[key] = tensors[key] + torch.randn(tensors[key].shape, generator=torch.Generator().manual_seed(0))
+    save_file(tensors, path)
+    embeddings = make_adapter(tmp_path / "emb", "gpt2", seed=2, target_modules=["c_fc"], save_embedding_layers=True)
+    assert key in load_file(embeddings / "adapter_model.safetensors")
+    for sources in ([trained, embeddings], [embeddings, trained]):
+        out = tmp_path / "out"
+        code, err = run_cli(capsys, *sources, "-o", out, "--overwrite")
+        assert code == 0, err
+        torch.testing.assert_close(load_file(out / "adapter_model.safetensors")[key], tensors[key], atol=0, rtol=0)
+        assert_exact("gpt2", [(s, 1.0) for s in sources], out)
