@@ -21,7 +21,6 @@ from .expert_layouts import FusedModule, fuse_experts, fused_factors, unmatched_
 from .experts import plan_parameters
 from .layouts import layout_keymaps
 from .notice import Notice
-from .report import dtype_name
 
 __all__ = ["Compatibility", "check_compatibility", "nonfinite_factors", "normalize_base_model"]
 
@@ -423,7 +422,7 @@ def _check_base_layers_agree(adapters, views, problems) -> None:
             if same:
                 continue
             shapes = [tuple(t.shape) for t in other], [tuple(t.shape) for t in first]
-            dtypes = [dtype_name(t.dtype) for t in other], [dtype_name(t.dtype) for t in first]
+            dtypes = [_dtype(t) for t in other], [_dtype(t) for t in first]
             if shapes[0] == shapes[1] and dtypes[0] != dtypes[1]:
                 why = (
                     f"saved as {', '.join(dtypes[0])} vs {', '.join(dtypes[1])}; the base model was loaded in "
@@ -438,6 +437,10 @@ def _check_base_layers_agree(adapters, views, problems) -> None:
                 f"{adapters[index].source}: the full weights of {key!r} saved with the adapter differ from "
                 f"{reference.source}'s ({why})"
             )
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def nonfinite_factors(adapter: LoraAdapter, module: str) -> list[str]:
