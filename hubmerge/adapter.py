@@ -208,6 +208,11 @@ class LoraAdapter:
                 self.problems.append(f"{self._where(name)} is a DoRA magnitude vector; DoRA cannot be summed exactly")
             elif rel.endswith(".lora_B.bias"):
                 self.problems.append(f"{self._where(name)} is a lora_B bias; lora_bias cannot be summed exactly")
+            elif rel.endswith(".bias") and self.config.bias != "none":
+                self.problems.append(
+                    f"{self._where(name)} is a trained bias (bias={self.config.bias!r}): a trained value, not a "
+                    "delta, which cannot be summed"
+                )
             elif rel.endswith(".weight"):
                 candidates.setdefault(module, []).append(name)  # a saved embedding? decided below
             else:

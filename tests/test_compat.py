@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import hubmerge
 from hubmerge.cli import main
 from hubmerge.errors import IncompatibleAdaptersError, UnsafeAdapterError
-from tests.factory import make_adapter
+from tests.factory import make_adapter, peft_logits, reference_logits
 
 Q0 = "model.layers.0.self_attn.q_proj"
 
@@ -79,10 +79,25 @@ def test_lora_bias_refused(capsys, tmp_path):
     refuse(capsys, tmp_path, [a, b], str(b), "lora_bias", "lora_B.bias")
 
 
-def test_trained_bias_refused(capsys, tmp_path, pair):
-    a, b = pair
-    edit_config(b, bias="lora_only")
-    refuse(capsys, tmp_path, [a, b], str(b), "bias='lora_only'")
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_trained_bias_refused(capsys, tmp_path, bias):
+    """GPT-2's layers have biases: PEFT saves the trained ones, values that cannot be summed."""
+    a = make_adapter(tmp_path / "a", base="gpt2")
+    b = make_adapter(tmp_path / "b", base="gpt2", seed=2, bias=bias)
+    err = refuse(capsys, tmp_path, [a, b], str(b), f"bias={bias!r}", "transformer.h.0.attn.c_attn.base_layer.bias")
+    assert err.splitlines()[0].startswith("hubmerge: error:") and "trained bias" in err
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_a_bias_setting_on_a_model_without_biases_merges_exactly(capsys, tmp_path, bias):
+    """Llama's layers have no bias: PEFT saves none, the adapter is a plain LoRA and the sum is exact."""
+    a = make_adapter(tmp_path / "a")
+    b = make_adapter(tmp_path / "b", seed=2, bias=bias)
+    code, _, err = cli(capsys, a, b, "-o", tmp_path / "out", "--no-figure")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text()).get("bias", "none") == "none"
+    merged = peft_logits("llama", tmp_path / "out")
+    torch.testing.assert_close(merged, reference_logits("llama", [(a, 1.0), (b, 1.0)]), rtol=1e-4, atol=1e-4)
 
 
 def test_base_model_mismatch_refused_then_allowed(capsys, tmp_path, pair):
