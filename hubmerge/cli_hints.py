@@ -43,7 +43,6 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     ),
     (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
     (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
-    (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
     (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
     "256, 320, 512",
     (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
