@@ -112,6 +112,8 @@ def test_default_repo_name_comes_from_whoami_and_existing_repo_keeps_its_files(c
     assert f"alice/{name}" in out
     assert hub.read_file(f"alice/{name}", "notes.txt") == b"keep me"
     assert hub.read_file(f"alice/{name}", "adapter_config.json")
+    # The serving commands name where the adapter went, as the card does, not a placeholder.
+    assert f"--lora-adapters alice/{name}\n" in out and "ADAPTER" not in out
 
 
 def test_create_pr_leaves_main_alone(capsys, hub, two_repos):
@@ -135,6 +137,7 @@ def test_dry_run_pushes_nothing(capsys, hub, two_repos):
     for name in ("README.md", "adapter_model.safetensors", "hubmerge_recipe.json", "similarity.png"):
         assert name in out
     assert "library_name: peft" in out, "the card is printed"
+    assert "ADAPTER" not in out, "the serving commands name the repo it would push to"
     assert set(hub.list_repos()) == repos
 
 
