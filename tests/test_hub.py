@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 import hubmerge
 from hubmerge.cli import main
+from hubmerge.cli_hints import hint_for
 from tests.conftest import TOKENS
 from tests.factory import LLAMA_ID, input_ids, make_adapter, reference_logits, tiny_llama
 
@@ -335,6 +336,27 @@ def test_push_that_would_swallow_a_source_is_refused(capsys, hub, two_repos):
     code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", "alice/bad name")
     assert code == 2 and "not a valid repo id" in err
     assert set(hub.list_repos()) == repos and len(hub.list_commits(repo_a)) == commits
+
+
+@pytest.mark.parametrize(
+    ("token", "reason", "words"),
+    [(None, "not_logged_in", "not logged in"), ("hf_notAtokenTHEhubKNOWS0123456789", "token_rejected", "rejected")],
+)
+def test_a_push_without_a_valid_token_says_so_not_that_the_token_cannot_write(
+    hub, two_repos, monkeypatch, token, reason, words
+):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"])
+    monkeypatch.delenv("HF_TOKEN")
+    repos = set(hub.list_repos())
+    target = f"alice/{unique('anonymous')}"
+    with pytest.raises(hubmerge.PushError) as caught:
+        result.push_to_hub(target, token=token)
+    message = str(caught.value)
+    assert caught.value.reason == reason and words in message and target in message
+    assert "no write access" not in message
+    assert "hf auth login" in hint_for(caught.value) and "full repo id" not in hint_for(caught.value)
+    assert set(hub.list_repos()) == repos
 
 
 def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):
