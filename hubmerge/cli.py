@@ -138,6 +138,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         parser.error("--tune-weights tunes on the evaluation data: give --eval-data NAME=PATH")
     if pushing:
         _check_push_target(args, parser, argv)
+    if pushing and not args.dry_run:  # fail before the downloads and the merge, not after
+        from .hub import check_logged_in
+
+        check_logged_in(token=args.token)
     output = None
     if not args.report_only and (args.output or not pushing):
         output = args.output or _default_output(args.sources)

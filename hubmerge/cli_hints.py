@@ -54,8 +54,7 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (HubError, "offline"): "run once with network access, or unset HF_HUB_OFFLINE",
     (EvaluationMemoryError, "batch_size"): "lower --eval-batch-size (or --eval-max-length)",
     (EvaluationMemoryError, "max_length"): "lower --eval-max-length",
-    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)",
-    (PushError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or pass --token",
+    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or pass --token",
     (HubError, "token_rejected"): "log in again with `hf auth login`",
     (HubError, "moved"): "run the command again",
     (PushError, "no_write_access"): (

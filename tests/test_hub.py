@@ -183,13 +183,16 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
         "nested": error_repos["nested"],
         "no-write": good,
     }[case]
+    push = ["--push", target]
     if case == "private":
         monkeypatch.delenv("HF_TOKEN")
+        push = ["--report-only"]  # anonymous: a push would stop first, for want of a token
     if case == "no-write":
         target = f"bob/{unique('target')}"
+        push = ["--push", target]
     repos = set(hub.list_repos())
     commits = {r: len(hub.list_commits(r)) for r in repos}
-    code, out, err = cli(capsys, good, bad, "--push", target)
+    code, out, err = cli(capsys, good, bad, *push)
     assert code == 1
     message = err.strip()
     assert message.count("\n") == 0, message
@@ -357,6 +360,22 @@ def test_a_push_without_a_valid_token_says_so_not_that_the_token_cannot_write(
     assert "no write access" not in message
     assert "hf auth login" in hint_for(caught.value) and "full repo id" not in hint_for(caught.value)
     assert set(hub.list_repos()) == repos
+
+
+@pytest.mark.parametrize("target", [[], ["alice/never-pushed"]])
+def test_push_without_a_token_stops_before_anything_is_downloaded(capsys, hub, two_repos, monkeypatch, target):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    monkeypatch.delenv("HF_TOKEN")
+    before = len(hub.requests)
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target)
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        "hubmerge: error: not logged in: no Hub token is set, and a push needs one; "
+        "run `hf auth login`, set HF_TOKEN, or pass --token"
+    )
+    assert hub.requests[before:] == [], "no request: not a source resolved, not a byte downloaded"
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
+    assert code == 0, "a dry run needs no token"
 
 
 def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):
