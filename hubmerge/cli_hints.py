@@ -41,7 +41,10 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (LimitExceededError, "max_download_bytes"): (
         "check the repo ids, or raise the limit (set with --max-download-size SIZE, or none for no limit)"
     ),
-    (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
+    (InvalidArgumentError, "dtype_overflow"): (
+        "use smaller --weights, or a wider --dtype (float32 or bfloat16 hold what float16 cannot, "
+        "float64 what they cannot)"
+    ),
     (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
     (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
     "256, 320, 512",
