@@ -72,4 +72,8 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
 
 def hint_for(err: HubmergeError) -> str | None:
     """The CLI's next step for ``err``, from :data:`HINTS`."""
+    # --allow-base-mismatch lifts the base-model check alone: with other problems (shapes that differ, as
+    # they do between two real bases) offering it would send the user into the next refusal.
+    if isinstance(err, IncompatibleAdaptersError) and err.reasons > {"base_model_mismatch"}:
+        return "choose adapters trained on the same base model (--allow-base-mismatch would leave the other problems)"
     return lookup_hint(err, HINTS)
