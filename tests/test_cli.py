@@ -224,3 +224,9 @@ def test_the_command_ends_without_pythons_teardown_after_everything_seen_outside
     done = command(tmp_path / "marker", "--version")
     assert done.returncode == 0 and done.stdout.strip() == f"hubmerge {hubmerge.__version__}"
     assert (tmp_path / "marker").read_text() == "done" and "torn down" in done.stderr
+
+
+def test_help_says_where_a_default_push_goes_and_every_exit_code():
+    text = hubmerge.cli.build_parser().format_help()
+    assert "push to <you>/math-med-merged" in text, "the default repo is in the pusher's namespace, not user/"
+    assert "130 interrupted" in text and "rank cap" in text
