@@ -138,6 +138,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         parser.error("--tune-weights tunes on the evaluation data: give --eval-data NAME=PATH")
     if pushing:
         _check_push_target(args, parser, argv)
+    if pushing and not args.dry_run:  # fail before the downloads and the merge, not after
+        from .hub import check_logged_in
+
+        check_logged_in(token=args.token)
     output = None
     if not args.report_only and (args.output or not pushing):
         output = args.output or _default_output(args.sources)
@@ -176,12 +180,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
     data = result.report.to_dict()
     lines = []
     figure = not args.no_figure
+    adapter = None  # where the serving commands find it: the folder written, else the repo pushed to
     if output is not None:
         written = result.save_pretrained(output, overwrite=args.overwrite, figure=figure)
+        adapter = str(written)
         data["output"] = {**data["output"], "directory": str(written)}
         lines.append(f"saved to {written}/ — load it with peft.PeftModel.from_pretrained(base_model, {str(written)!r})")
     if pushing and args.dry_run:
         repo_id = _dry_run_repo_id(result, args.push, token)
+        adapter = adapter or repo_id
         files = result.files(repo_id=repo_id, figure=figure)
         data["push"] = {"repo_id": repo_id, "dry_run": True, "files": {n: len(b) for n, b in files.items()}}
         lines.append(
@@ -206,6 +213,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
             "created_repo": pushed.created_repo,
             "changed": pushed.changed,
         }
+        adapter = adapter or pushed.repo_id
         if pushed.pr_url:
             lines.append(f"pushed to {pushed.repo_url} — pull request: {pushed.pr_url}")
         elif not pushed.changed:
@@ -213,7 +221,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         else:
             made = "created and pushed to" if pushed.created_repo else "pushed to"
             lines.append(f"{made} {pushed.repo_url} ({pushed.commit_url})")
-    _print(args, data, render_text(result.report, adapter=str(written) if output is not None else args.push), lines)
+    _print(args, data, render_text(result.report, adapter=adapter), lines)
     return EXIT_OK
 
 

@@ -41,9 +41,11 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (LimitExceededError, "max_download_bytes"): (
         "check the repo ids, or raise the limit (set with --max-download-size SIZE, or none for no limit)"
     ),
-    (InvalidArgumentError, "dtype_overflow"): "use --dtype float32 or bfloat16, or smaller --weights",
+    (InvalidArgumentError, "dtype_overflow"): (
+        "use smaller --weights, or a wider --dtype (float32 or bfloat16 hold what float16 cannot, "
+        "float64 what they cannot)"
+    ),
     (InvalidArgumentError, "weight_overflow"): "use smaller --weights",
-    (InvalidArgumentError, "bad_recipe"): "a recipe holds sources, weights, method, method_parameters and dtype only",
     (InvalidArgumentError, "bad_fit"): "write --fit vllm or --fit vllm=MAX with MAX one of 1, 8, 16, 32, 64, 128, "
     "256, 320, 512",
     (GGUFExportError, "no_base_model"): "give the base model with --gguf-base DIR_OR_REPO",
@@ -55,7 +57,7 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
     (HubError, "offline"): "run once with network access, or unset HF_HUB_OFFLINE",
     (EvaluationMemoryError, "batch_size"): "lower --eval-batch-size (or --eval-max-length)",
     (EvaluationMemoryError, "max_length"): "lower --eval-max-length",
-    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or give --push a full repo id (user/name)",
+    (HubError, "not_logged_in"): "run `hf auth login`, set HF_TOKEN, or pass --token",
     (HubError, "token_rejected"): "log in again with `hf auth login`",
     (HubError, "moved"): "run the command again",
     (PushError, "no_write_access"): (
@@ -70,4 +72,8 @@ HINTS: dict[tuple[type[HubmergeError], str | None], str] = {
 
 def hint_for(err: HubmergeError) -> str | None:
     """The CLI's next step for ``err``, from :data:`HINTS`."""
+    # --allow-base-mismatch lifts the base-model check alone: with other problems (shapes that differ, as
+    # they do between two real bases) offering it would send the user into the next refusal.
+    if isinstance(err, IncompatibleAdaptersError) and err.reasons > {"base_model_mismatch"}:
+        return "choose adapters trained on the same base model (--allow-base-mismatch would leave the other problems)"
     return lookup_hint(err, HINTS)

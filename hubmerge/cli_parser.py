@@ -17,7 +17,7 @@ __all__ = ["EPILOG", "build_parser", "glue_negative_weights"]
 
 EPILOG = """\
 examples:
-  hubmerge user/math user/med --push               pull two Hub adapters, merge, push to user/math-med-merged
+  hubmerge user/math user/med --push               pull two Hub adapters, merge, push to <you>/math-med-merged
   hubmerge user/math user/adapters/med@v1 --push org/merged --private
   hubmerge user/math user/med --push --dry-run     show the target repo, files and card; push nothing
   hubmerge --recipe hubmerge_recipe.json -o again  reproduce a merge from its recipe
@@ -28,7 +28,7 @@ examples:
 
 Hub access goes through huggingface_hub: HF_TOKEN or `hf auth login`, HF_ENDPOINT, the HF cache,
 HF_HUB_OFFLINE=1 (answered from the cache), HF_HUB_DISABLE_PROGRESS_BARS=1.
-exit codes: 0 success, 1 error (message says what to do), 2 bad usage.
+exit codes: 0 success, 1 error (message says what to do), 2 bad usage, 130 interrupted (nothing half-written).
 HUBMERGE_DEBUG=1 shows tracebacks.
 """
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe",
         metavar="FILE",
-        help="replay a hubmerge_recipe.json: its sources, weights, method and dtype (flags given here win)",
+        help="replay a hubmerge_recipe.json: its sources, weights, method, dtype and rank cap (flags given here win)",
     )
     parser.add_argument("--weights", type=_weights, help="comma-separated weight per source (default 1 each)")
     methods = parser.add_argument_group("merge method", _methods_help())

@@ -91,6 +91,23 @@ def test_bad_values_and_usage(capsys, tmp_path, pair, args, needle):
     assert code == (1 if "weight(s)" in needle else 2)
 
 
+def test_allow_base_mismatch_is_offered_only_where_it_would_let_the_merge_through(capsys, tmp_path, pair):
+    make_adapter(tmp_path / "renamed", seed=3)
+    config = json.loads((tmp_path / "renamed" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/another-name"
+    (tmp_path / "renamed" / "adapter_config.json").write_text(json.dumps(config))
+    code, _, err = cli(capsys, pair[0], tmp_path / "renamed", "--report-only")
+    assert code == 1 and "pass --allow-base-mismatch if they really are the same weights" in err
+    assert cli(capsys, pair[0], tmp_path / "renamed", "--report-only", "--allow-base-mismatch")[0] == 0
+    # Another base, of other shapes: the flag would lift the base check and leave the shapes, so it is not the step.
+    smollm = ROOT / "examples" / "adapters" / "math"
+    code, _, err = cli(capsys, pair[0], smollm, "--report-only")
+    assert code == 1 and "different model shapes" in err
+    assert "pass --allow-base-mismatch" not in err and "the same base model" in err.splitlines()[-1]
+    code, _, err = cli(capsys, pair[0], smollm, "--report-only", "--allow-base-mismatch")
+    assert code == 1 and "different model shapes" in err
+
+
 def test_existing_output_is_left_alone_without_overwrite(capsys, tmp_path, pair):
     out = tmp_path / "out"
     out.mkdir()
@@ -207,3 +224,9 @@ def test_the_command_ends_without_pythons_teardown_after_everything_seen_outside
     done = command(tmp_path / "marker", "--version")
     assert done.returncode == 0 and done.stdout.strip() == f"hubmerge {hubmerge.__version__}"
     assert (tmp_path / "marker").read_text() == "done" and "torn down" in done.stderr
+
+
+def test_help_says_where_a_default_push_goes_and_every_exit_code():
+    text = hubmerge.cli.build_parser().format_help()
+    assert "push to <you>/math-med-merged" in text, "the default repo is in the pusher's namespace, not user/"
+    assert "130 interrupted" in text and "rank cap" in text

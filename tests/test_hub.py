@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 import hubmerge
 from hubmerge.cli import main
+from hubmerge.cli_hints import hint_for
 from tests.conftest import TOKENS
 from tests.factory import LLAMA_ID, input_ids, make_adapter, reference_logits, tiny_llama
 
@@ -112,6 +113,8 @@ def test_default_repo_name_comes_from_whoami_and_existing_repo_keeps_its_files(c
     assert f"alice/{name}" in out
     assert hub.read_file(f"alice/{name}", "notes.txt") == b"keep me"
     assert hub.read_file(f"alice/{name}", "adapter_config.json")
+    # The serving commands name where the adapter went, as the card does, not a placeholder.
+    assert f"--lora-adapters alice/{name}\n" in out and "ADAPTER" not in out
 
 
 def test_create_pr_leaves_main_alone(capsys, hub, two_repos):
@@ -135,6 +138,7 @@ def test_dry_run_pushes_nothing(capsys, hub, two_repos):
     for name in ("README.md", "adapter_model.safetensors", "hubmerge_recipe.json", "similarity.png"):
         assert name in out
     assert "library_name: peft" in out, "the card is printed"
+    assert "ADAPTER" not in out, "the serving commands name the repo it would push to"
     assert set(hub.list_repos()) == repos
 
 
@@ -179,13 +183,16 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
         "nested": error_repos["nested"],
         "no-write": good,
     }[case]
+    push = ["--push", target]
     if case == "private":
         monkeypatch.delenv("HF_TOKEN")
+        push = ["--report-only"]  # anonymous: a push would stop first, for want of a token
     if case == "no-write":
         target = f"bob/{unique('target')}"
+        push = ["--push", target]
     repos = set(hub.list_repos())
     commits = {r: len(hub.list_commits(r)) for r in repos}
-    code, out, err = cli(capsys, good, bad, "--push", target)
+    code, out, err = cli(capsys, good, bad, *push)
     assert code == 1
     message = err.strip()
     assert message.count("\n") == 0, message
@@ -332,6 +339,43 @@ def test_push_that_would_swallow_a_source_is_refused(capsys, hub, two_repos):
     code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", "alice/bad name")
     assert code == 2 and "not a valid repo id" in err
     assert set(hub.list_repos()) == repos and len(hub.list_commits(repo_a)) == commits
+
+
+@pytest.mark.parametrize(
+    ("token", "reason", "words"),
+    [(None, "not_logged_in", "not logged in"), ("hf_notAtokenTHEhubKNOWS0123456789", "token_rejected", "rejected")],
+)
+def test_a_push_without_a_valid_token_says_so_not_that_the_token_cannot_write(
+    hub, two_repos, monkeypatch, token, reason, words
+):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    result = hubmerge.merge([repo_a, f"{repo_b}/sub@v1"])
+    monkeypatch.delenv("HF_TOKEN")
+    repos = set(hub.list_repos())
+    target = f"alice/{unique('anonymous')}"
+    with pytest.raises(hubmerge.PushError) as caught:
+        result.push_to_hub(target, token=token)
+    message = str(caught.value)
+    assert caught.value.reason == reason and words in message and target in message
+    assert "no write access" not in message
+    assert "hf auth login" in hint_for(caught.value) and "full repo id" not in hint_for(caught.value)
+    assert set(hub.list_repos()) == repos
+
+
+@pytest.mark.parametrize("target", [[], ["alice/never-pushed"]])
+def test_push_without_a_token_stops_before_anything_is_downloaded(capsys, hub, two_repos, monkeypatch, target):
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    monkeypatch.delenv("HF_TOKEN")
+    before = len(hub.requests)
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target)
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        "hubmerge: error: not logged in: no Hub token is set, and a push needs one; "
+        "run `hf auth login`, set HF_TOKEN, or pass --token"
+    )
+    assert hub.requests[before:] == [], "no request: not a source resolved, not a byte downloaded"
+    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
+    assert code == 0, "a dry run needs no token"
 
 
 def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):

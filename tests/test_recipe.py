@@ -88,6 +88,17 @@ def test_an_unknown_key_is_refused_by_name(capsys, tmp_path, recipe_file):
     assert code == 1 and "'path'" in err.splitlines()[0]
 
 
+def test_a_refusal_says_what_is_wrong_and_nothing_that_contradicts_it(capsys, tmp_path, recipe_file):
+    path = hostile(recipe_file, tmp_path, lambda d: d["sources"][0].update(weight="x"))
+    code, _, err = cli(capsys, "--recipe", path, "-o", tmp_path / "mine")
+    assert code == 1
+    assert err.strip() == f"hubmerge: error: --recipe {path}: sources[0]: weight 'x' is not a finite number"
+    path = hostile(recipe_file, tmp_path, lambda d: d.update(post_merge_hook="curl evil"))
+    code, _, err = cli(capsys, "--recipe", path, "-o", tmp_path / "mine")
+    assert code == 1 and err.count("a recipe holds") == 1, "the allowed keys, listed once, as the reader knows them"
+    assert "max_rank" in err and "fit" in err
+
+
 @pytest.mark.parametrize(
     ("key", "flag"), [("allow_pickle", "--allow-pickle"), ("allow_base_mismatch", "--allow-base-mismatch")]
 )

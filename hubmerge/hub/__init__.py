@@ -22,7 +22,7 @@ from .download import (
     resolve_adapter,
     resolve_base_model,
 )
-from .push import PushResult, push_files, upload_repo_files, whoami
+from .push import PushResult, check_logged_in, push_files, upload_repo_files, whoami
 
 __all__ = [
     "BaseModelInfo",
@@ -30,6 +30,7 @@ __all__ = [
     "PushResult",
     "ResolvedAdapter",
     "check_download_size",
+    "check_logged_in",
     "dataset_commit",
     "fetch_adapter",
     "fetch_base_config",

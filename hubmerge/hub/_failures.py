@@ -138,7 +138,12 @@ def _push_error(err: BaseException, repo_id: str, action: str, token) -> HubErro
     if isinstance(err, hf_errors.HfHubHTTPError):
         fields["server_message"] = err.server_message or None
         fields["request_id"] = err.request_id or None
-    if status in (401, 403):
+    if status == 401:  # not authenticated: no token, or one the Hub does not know; a 403 is a token without rights
+        state = _token_state(token)
+        if state != "a token was sent":
+            return PushError(f"cannot {action} {repo_id}: not logged in ({state})", reason="not_logged_in", **fields)
+        return PushError(f"cannot {action} {repo_id}: the Hub rejected the token", reason="token_rejected", **fields)
+    if status == 403:
         return PushError(
             f"cannot {action} {repo_id}: this token has no write access there", reason="no_write_access", **fields
         )

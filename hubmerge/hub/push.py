@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub import errors as hf_errors
 
 from ..errors import (
@@ -60,6 +60,16 @@ def whoami(*, token: str | bool | None = None) -> str:
         if isinstance(err, hf_errors.HfHubHTTPError) and err.response is not None and err.response.status_code == 401:
             raise HubError("the Hub rejected the token", reason="token_rejected") from err
         raise _explain(err, "whoami", repo_id="", revision=None, token=token) from err
+
+
+def check_logged_in(*, token: str | bool | None = None) -> None:
+    """Refuse a push that has no token to push with, before any work (no request: the token is not checked here).
+
+    Raises:
+        HubError: no token given and none set (``HF_TOKEN``, ``hf auth login``), or ``token=False``.
+    """
+    if token is False or (not isinstance(token, str) and get_token() is None):
+        raise HubError("not logged in: no Hub token is set, and a push needs one", reason="not_logged_in")
 
 
 def push_files(
