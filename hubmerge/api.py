@@ -411,6 +411,12 @@ def _merge_module(
                 reason="weight_overflow",
                 module=key,
             )
+    if work == torch.float32 and _underflowed(stats, owners, factors, scaled):
+        # A tiny weight (1e-30) squares past float32's smallest number: the delta would read as zero, its cosines
+        # as undefined. float64 holds those squares.
+        work = torch.float64
+        a_all, b_all = concat_factors(factors, scaled, dtype=work)
+        stats = concat_gram(a_all, b_all, ranks, owners, len(adapters))
     if report_only:
         return stats, None
     module = ModuleInput(key, factors, weights, scales, concat=(a_all, b_all), out_dtype=out_dtype)
@@ -432,6 +438,22 @@ def _merge_module(
     spec = compat.spec(adapters[owners[0]], owners[0], key)
     return stats, _MergedModule(
         a, b, spec.kind, combined.energy, combined.kept, method_kept, fitted, spec.parameter, spec.expert, spec.kernel
+    )
+
+
+def _underflowed(
+    stats: ModuleGram, owners: list[int], factors: Sequence[tuple[torch.Tensor, torch.Tensor]], scaled: list[float]
+) -> bool:
+    """Whether a delta's squared norm fell below float32's normal range although neither its coefficient nor its
+    factors are zero (a zero B, an untrained adapter, is a zero delta in any precision)."""
+    diagonal = stats.gram.diagonal()
+    if len(owners) < len(diagonal):
+        diagonal = diagonal[owners]
+    low = diagonal < torch.finfo(torch.float32).tiny
+    if not bool(low.any()):  # the one check a module pays
+        return False
+    return any(
+        flag and c != 0 and bool(a.any()) and bool(b.any()) for flag, (a, b), c in zip(low.tolist(), factors, scaled)
     )
 
 

@@ -61,6 +61,29 @@ def test_huge_weights_give_finite_cosines_or_a_clear_error(pair, tmp_path):
     assert all(torch.isfinite(t).all() for t in result.tensors.values())
 
 
+def test_tiny_weights_give_the_cosines_of_any_other_positive_weight(pair):
+    # 1e-30: the deltas fit float32, their squared norms do not (below float32's smallest normal number); the
+    # analysis redoes them in float64 rather than calling the delta zero and its cosines undefined.
+    report = hubmerge.merge(list(pair), weights=[1e-30, 1.0], report_only=True)
+    reference = hubmerge.merge(list(pair), report_only=True)
+    assert "zero_delta" not in [w.code for w in report.warnings]
+    assert report.similarity.rms_cosine[0][1] == pytest.approx(reference.similarity.rms_cosine[0][1], rel=1e-6)
+    result = hubmerge.merge(list(pair), weights=[1e-30, 1.0], dtype="float32")
+    assert all(module.norms[0] for module in result.report.similarity.per_module.values())
+    # the merged deltas are exact at that scale too
+    single = hubmerge.merge([pair[0]], weights=[1.0], dtype="float64").tensors
+    key = next(k for k in single if k.endswith("lora_B.weight"))
+    a_key = key.replace("lora_B", "lora_A")
+    rank = hubmerge.load_adapter(pair[0]).config.r
+    merged = result.tensors[key][:, :rank].double() @ result.tensors[a_key][:rank].double()
+    expected = 1e-30 * (single[key].double() @ single[a_key].double())
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    # an adapter whose B really is zero is still a zero delta, at a tiny weight too
+    untrained = make_adapter(pair[0].parent / "untrained", seed=3, init_lora_weights=True)
+    report = hubmerge.merge([untrained, pair[1]], weights=[1e-30, 1.0], report_only=True)
+    assert "zero_delta" in [w.code for w in report.warnings]
+
+
 def test_huge_weight_in_the_cli_is_one_clear_line(capsys, pair, tmp_path):
     code = hubmerge.cli.main([*map(str, pair), "--weights=1e39,1", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
