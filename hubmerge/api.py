@@ -35,6 +35,7 @@ from .methods.fit import ModuleFit, apply_fit, parse_fit, summarize_fits
 from .notice import Notice
 from .options import check_weights, inputs_dtype, parse_dtype
 from .peft_releases import loading_release, plain_target_names
+from .provenance import same_files
 from .recipe import Recipe
 from .report import (
     KeptEnergy,
@@ -247,7 +248,11 @@ def merge(
             modules[key] = merged
     if broken:
         raise IncompatibleAdaptersError(broken)
-    similarity_report, similarity_notes = accumulator.summary()
+    origins = [a.origin for a in adapters]
+    same = [
+        (i, j) for i in range(len(origins)) for j in range(i + 1, len(origins)) if same_files(origins[i], origins[j])
+    ]
+    similarity_report, similarity_notes = accumulator.summary(same_files=same)
     zero = [
         Notice("zero_weight", f"{name} has weight 0: it adds nothing to the merge, and its cosines are undefined")
         for name, weight in zip(names, user_weights)

@@ -321,8 +321,12 @@ class SimilarityAccumulator:
                 interference=round_float(module_total / module_energy if module_energy > 0 else None),
             )
 
-    def summary(self) -> tuple[SimilarityReport, list[Notice]]:
-        """The pair matrices, the interference ratio and the warnings."""
+    def summary(self, same_files: Sequence[tuple[int, int]] = ()) -> tuple[SimilarityReport, list[Notice]]:
+        """The pair matrices, the interference ratio and the warnings.
+
+        ``same_files``: pairs (i < j) of sources known to be the same files; their cosines are 1 by
+        construction, so they are warned about as one adapter counted twice, not as two similar ones.
+        """
         self._fold()
         count = self._defined.to(torch.float64)
         with torch.no_grad():
@@ -345,15 +349,24 @@ class SimilarityAccumulator:
             thresholds=self.thresholds.to_dict(),
             per_module=dict(self.per_module),
         )
-        return result, self._warnings(rms, mean, overlap)
+        return result, self._warnings(rms, mean, overlap, set(same_files))
 
-    def _warnings(self, rms, mean, overlap) -> list[Notice]:
+    def _warnings(self, rms, mean, overlap, same_files: set[tuple[int, int]]) -> list[Notice]:
         t = self.thresholds
         notes: list[Notice] = []
         n = len(self.names)
         for i in range(n):
             for j in range(i + 1, n):
                 a, b = self.names[i], self.names[j]
+                if (i, j) in same_files:
+                    notes.append(
+                        Notice(
+                            "same_files",
+                            f"{a} and {b} are the same files: the merge counts that adapter twice, and their "
+                            "cosines are 1 by construction, not a measurement of two adapters",
+                        )
+                    )
+                    continue
                 shared_a = not math.isnan(overlap[i, j]) and overlap[i, j] >= t.a_overlap
                 if not math.isnan(rms[i, j]) and rms[i, j] >= t.rms_cosine:
                     direction = "opposing" if mean[i, j] < 0 else "overlapping"

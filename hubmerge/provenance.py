@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .digests import file_sha256
 
-__all__ = ["HubOrigin", "LocalOrigin", "Origin", "local_origin", "local_origin_soon"]
+__all__ = ["HubOrigin", "LocalOrigin", "Origin", "local_origin", "local_origin_soon", "same_files"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,21 @@ class LocalOrigin:
 
 
 Origin = HubOrigin | LocalOrigin
+
+
+def same_files(a: Origin, b: Origin) -> bool:
+    """Whether two sources are known to be the same files: equal digests, or the same Hub commit and folder.
+
+    A local folder and a Hub repo are never called the same (the Hub's digests are not at hand)."""
+    if isinstance(a, LocalOrigin) and isinstance(b, LocalOrigin):
+        return a.files_sha256 == b.files_sha256
+    if isinstance(a, HubOrigin) and isinstance(b, HubOrigin):
+        return a.commit_sha is not None and (a.repo_id, a.subfolder, a.commit_sha) == (
+            b.repo_id,
+            b.subfolder,
+            b.commit_sha,
+        )
+    return False
 
 
 def local_origin(directory: Path, files: tuple[Path, ...]) -> LocalOrigin:

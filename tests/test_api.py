@@ -17,6 +17,7 @@ import torch
 
 import hubmerge
 from hubmerge.cli import HINTS, build_parser
+from hubmerge.provenance import HubOrigin, same_files
 from tests.factory import make_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,8 @@ def test_merge_leaves_the_callers_adapters_unchanged(pair):
     assert a.name == "math" and vars(a).keys() == before.keys()
     assert all(vars(a)[k] is before[k] for k in before if k != "_local_origin")
     assert result.report.names == ("math", "math-2")
+    codes = [w.code for w in result.report.warnings]
+    assert "same_files" in codes and "shared_init" not in codes and "high_cosine" not in codes
     again = hubmerge.merge([a, a])
     assert again.report.names == ("math", "math-2")  # not math-2-2: nothing stuck to the object
     # the doubled adapter is the adapter at weight 3: one delta, exactly
@@ -59,6 +62,24 @@ def test_huge_weights_give_finite_cosines_or_a_clear_error(pair, tmp_path):
     result = hubmerge.merge(list(pair), weights=[1e39, 1.0], dtype="float64")
     assert result.report.similarity.rms_cosine[0][1] is not None
     assert all(torch.isfinite(t).all() for t in result.tensors.values())
+
+
+def test_a_folder_given_twice_is_named_as_one_adapter_counted_twice(pair, tmp_path):
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    for f in pair[0].iterdir():
+        (copy_dir / f.name).write_bytes(f.read_bytes())
+    notes = hubmerge.merge([pair[0], copy_dir, pair[1]], report_only=True).warnings
+    same = [w.message for w in notes if w.code == "same_files"]
+    assert same == ["math and copy are the same files: the merge counts that adapter twice, and their cosines are 1 "
+                    "by construction, not a measurement of two adapters"]  # fmt: skip
+    # Hub sources: the same repo, folder and commit (however the revision was asked for); unknown commits never match
+    assert same_files(HubOrigin("u/m", None, None, "abc"), HubOrigin("u/m", None, "main", "abc"))
+    assert not same_files(HubOrigin("u/m", "x", None, "abc"), HubOrigin("u/m", None, None, "abc"))
+    assert not same_files(HubOrigin("u/m", None, None, None), HubOrigin("u/m", None, None, None))
+    # a retrained copy (another seed) is two adapters
+    other = make_adapter(tmp_path / "math-again", seed=5)
+    assert "same_files" not in [w.code for w in hubmerge.merge([pair[0], other], report_only=True).warnings]
 
 
 def test_tiny_weights_give_the_cosines_of_any_other_positive_weight(pair):
