@@ -139,6 +139,7 @@ def test_dry_run_pushes_nothing(capsys, hub, two_repos):
         assert name in out
     assert "library_name: peft" in out, "the card is printed"
     assert "ADAPTER" not in out, "the serving commands name the repo it would push to"
+    assert "note:" not in out + err, "logged in: nothing stands in the way of the real push"
     assert set(hub.list_repos()) == repos
 
 
@@ -374,8 +375,17 @@ def test_push_without_a_token_stops_before_anything_is_downloaded(capsys, hub, t
         "run `hf auth login`, set HF_TOKEN, or pass --token"
     )
     assert hub.requests[before:] == [], "no request: not a source resolved, not a byte downloaded"
-    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
     assert code == 0, "a dry run needs no token"
+    assert f"dry run: would push to {target[0] if target else '<your-username>/'}" in out
+    # ...but says, last, that the real push needs one, and how to give it
+    assert out.rstrip().splitlines()[-1] == (
+        "note: not logged in: no Hub token is set, and a push needs one; "
+        "run `hf auth login`, set HF_TOKEN, or pass --token"
+    )
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["push"]["dry_run"] is True
+    assert "note: not logged in" in err and "--token" in err
 
 
 def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):
