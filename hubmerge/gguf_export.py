@@ -293,7 +293,9 @@ def convert_to_gguf(
         HubError: the base config could not be downloaded.
     """
     from .adapter import load_adapter
+    from .loading import check_not_full_model
 
+    check_not_full_model(directory, str(directory))
     adapter = load_adapter(directory)
     target = Path(directory) / GGUF_NAME
     if target.exists() and not overwrite:

@@ -263,3 +263,11 @@ def test_a_report_only_result_has_nothing_to_convert(tmp_path):
     result = hubmerge.merge([make_adapter(tmp_path / "a")], report_only=True)
     with pytest.raises(GGUFExportError, match="report_only"):
         attach_gguf(result, base=_save_base(tiny_llama(), tmp_path / "base"))
+
+
+def test_hubmerge_gguf_on_a_full_model_folder_says_it_is_one(tmp_path, capsys):
+    tiny_llama().save_pretrained(tmp_path / "model")
+    assert gguf_main([str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert "looks like a full model, not a PEFT adapter" in err and "give a PEFT LoRA adapter instead" in err
+    assert not (tmp_path / "model" / GGUF_NAME).exists()

@@ -157,7 +157,10 @@ def error_repos(hub, base_repo, tmp_path):
     hub.commit_files(empty, {"README.md": b"# nothing here"})
     nested = f"alice/{unique('nested')}"
     seed_adapter(hub, nested, adapter, subfolder="adapters/math")
-    return {"good": good, "private": private, "gated": gated, "empty": empty, "nested": nested}
+    model = f"alice/{unique('model')}"  # a full model where an adapter was meant
+    hub.create_repo(model, owner_token=TOKENS["alice"])
+    hub.commit_files(model, {"config.json": b"{}", "model.safetensors": b"weights", "README.md": b"# a model"})
+    return {"good": good, "private": private, "gated": gated, "empty": empty, "nested": nested, "model": model}
 
 
 @pytest.mark.parametrize(
@@ -167,7 +170,15 @@ def error_repos(hub, base_repo, tmp_path):
         ("private", ["not found", "private", "hf auth login"]),
         ("gated", ["gated", "request access"]),
         ("revision", ["revision 'no-such-branch' not found", "branch, tag or commit"]),
-        ("empty", ["no adapter_config.json", "holds no PEFT adapter"]),
+        ("empty", ["no adapter_config.json anywhere in", "holds no PEFT adapter"]),
+        (
+            "model",
+            [
+                "looks like a full model, not a PEFT adapter",
+                "config.json and model weights (model.safetensors)",
+                "give a PEFT LoRA adapter instead",
+            ],
+        ),
         ("nested", ["no adapter_config.json", "adapters/math"]),
         ("no-write", ["no write access", "bob/"]),
     ],
@@ -182,6 +193,7 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
         "revision": f"{good}@no-such-branch",
         "empty": error_repos["empty"],
         "nested": error_repos["nested"],
+        "model": error_repos["model"],
         "no-write": good,
     }[case]
     push = ["--push", target]
@@ -201,6 +213,8 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
     assert bad.split("@")[0].split("/")[1] in message or target in message
     for needle in needles:
         assert needle in message, (needle, message)
+    if case in ("empty", "model"):
+        assert message.count("adapter_config.json") == 1, "said once: " + message
     assert set(hub.list_repos()) == repos, "no repo created"
     assert {r: len(hub.list_commits(r)) for r in repos} == commits, "no commit created"
 

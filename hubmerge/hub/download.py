@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
 from ..adapter import PICKLE_NAME, SAFETENSORS_NAME
-from ..config import CONFIG_NAME
+from ..config import CONFIG_NAME, describe_full_model
 from ..errors import (
     AdapterNotFoundError,
     HubError,
@@ -192,15 +192,24 @@ def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow
     if f"{prefix}{CONFIG_NAME}" not in files:
         found = sorted(name[: -len(CONFIG_NAME)].rstrip("/") or "." for name in files if name.endswith(CONFIG_NAME))
         place = f"subfolder {source.subfolder!r}" if source.subfolder else "the repo root"
+        here = [name[len(prefix) :] for name in files if name.startswith(prefix) and "/" not in name[len(prefix) :]]
+        model = describe_full_model(here)
         if found:
             first = found[0]
-            hint = f"adapters are in: {', '.join(found)}" + (
+            message = f"no {CONFIG_NAME} in {place} of {at}; adapters are in: {', '.join(found)}" + (
                 f" (e.g. {source.repo_id}/{first})" if first != "." else f" (use {source.repo_id})"
             )
+        elif model is not None:
+            message = f"{place} of {at} {model}" if source.subfolder else f"{at} {model}"
+        elif source.subfolder:
+            message = f"no {CONFIG_NAME} in {place} of {at}, nor anywhere else in it: it holds no PEFT adapter"
         else:
-            hint = "this repository holds no PEFT adapter (no adapter_config.json)"
+            message = f"no {CONFIG_NAME} anywhere in {at}: it holds no PEFT adapter"
         raise AdapterNotFoundError(
-            f"{source.text}: no {CONFIG_NAME} in {place} of {at}; {hint}", source=source.text, repo_id=source.repo_id
+            f"{source.text}: {message}",
+            reason="full_model" if model is not None and not found else "no_adapter",
+            source=source.text,
+            repo_id=source.repo_id,
         )
     if f"{prefix}{SAFETENSORS_NAME}" in files:
         return
