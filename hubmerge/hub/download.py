@@ -356,9 +356,28 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
     where = f"base model {repo_id}"
     try:
         return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token))
+    except hf_errors.LocalEntryNotFoundError as err:  # an EntryNotFoundError too: not "the repo has none"
+        if _offline():
+            at = f"{repo_id}{'@' + revision if revision else ''}"
+            raise HubError(
+                f"{where}: HF_HUB_OFFLINE=1 is set and the config.json of {at} is not in the local cache",
+                reason="offline",
+                source=where,
+                repo_id=repo_id,
+                revision=revision,
+            ) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
     except hf_errors.EntryNotFoundError:
-        raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
-    except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
+        raise HubError(
+            f"{where}: the repo has no config.json", reason="no_base_config", source=where, repo_id=repo_id
+        ) from None
+    except hf_errors.HFValidationError:  # a path that is not there (the adapter was trained from a local folder)
+        raise RepoNotFoundError(
+            f"{where}: {repo_id!r} is neither a local directory nor a valid Hub repo id",
+            reason="not_a_repo_id",
+            source=where,
+        ) from None
+    except _HUB_FAILURES as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
 
 
