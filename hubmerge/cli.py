@@ -56,14 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = glue_negative_weights(list(sys.argv[1:] if argv is None else argv))
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
     owns_freeze = gc.get_freeze_count() == 0  # nothing frozen yet: what this run freezes, it unfreezes
+    token_flag = False  # a token given with --token: a rejected one is that value's to check, not the login's
     try:
         args = parser.parse_args(argv)
+        token_flag = args.token is not None
         _configure_logging(json_mode=args.json)
         return _run(args, parser, argv)
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
     except HubmergeError as err:
-        _fail(str(err), debug, hint=hint_for(err))
+        _fail(str(err), debug, hint=hint_for(err, token_flag=token_flag))
         return EXIT_ERROR
     except OSError as err:  # disk full, permission denied: the user's to fix, not a bug
         _fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err), debug)
@@ -198,7 +200,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         lines.extend(f"  {name}  ({format_bytes(len(content))})" for name, content in files.items())
         lines.append("\n--- README.md (model card) ---\n" + files["README.md"].decode("utf-8"))
         if blocker is not None:  # last, where it is read: the card above is long
-            hint = hint_for(blocker)
+            hint = hint_for(blocker, token_flag=token is not None)
             lines.append(f"note: {blocker}" + (f"; {hint}" if hint else ""))
     elif pushing:
         pushed = result.push_to_hub(

@@ -24,7 +24,7 @@ from .errors import (
     lookup_hint,
 )
 
-__all__ = ["GGUF_HINTS", "HINTS", "gguf_hint_for", "hint_for"]
+__all__ = ["GGUF_HINTS", "HINTS", "TOKEN_FLAG_HINTS", "gguf_hint_for", "hint_for"]
 
 Hints = dict[tuple[type[HubmergeError], str | None], str]
 
@@ -106,13 +106,31 @@ GGUF_HINTS: Hints = {
 }
 
 
-def gguf_hint_for(err: HubmergeError) -> str | None:
-    """``hubmerge-gguf``'s next step for ``err``, from :data:`GGUF_HINTS`."""
+# Where the token came from with --token (both commands have it): the value given is what to check, not the login.
+TOKEN_FLAG_HINTS: Hints = {
+    (HubError, "token_rejected"): "check the --token value, or leave it out to use your `hf auth login` token",
+}
+
+
+def gguf_hint_for(err: HubmergeError, *, token_flag: bool = False) -> str | None:
+    """``hubmerge-gguf``'s next step for ``err``, from :data:`GGUF_HINTS`.
+
+    Args:
+        token_flag: the token came from ``--token`` (:data:`TOKEN_FLAG_HINTS` first).
+    """
+    if token_flag and (hint := lookup_hint(err, TOKEN_FLAG_HINTS)):
+        return hint
     return lookup_hint(err, GGUF_HINTS)
 
 
-def hint_for(err: HubmergeError) -> str | None:
-    """The CLI's next step for ``err``, from :data:`HINTS`."""
+def hint_for(err: HubmergeError, *, token_flag: bool = False) -> str | None:
+    """The CLI's next step for ``err``, from :data:`HINTS`.
+
+    Args:
+        token_flag: the token came from ``--token`` (:data:`TOKEN_FLAG_HINTS` first).
+    """
+    if token_flag and (hint := lookup_hint(err, TOKEN_FLAG_HINTS)):
+        return hint
     # --allow-base-mismatch lifts the base-model check alone: with other problems (shapes that differ, as
     # they do between two real bases) offering it would send the user into the next refusal.
     if isinstance(err, IncompatibleAdaptersError) and err.reasons > {"base_model_mismatch"}:

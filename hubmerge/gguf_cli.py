@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
+    token_flag = False
     try:
         args = build_parser().parse_args(argv)
+        token_flag = args.token is not None
         from .gguf_export import convert_to_gguf
 
         path = convert_to_gguf(
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HubmergeError, OSError) as err:
         if debug:
             traceback.print_exc()
-        hint = gguf_hint_for(err) if isinstance(err, HubmergeError) else None
+        hint = gguf_hint_for(err, token_flag=token_flag) if isinstance(err, HubmergeError) else None
         print(f"hubmerge-gguf: error: {err}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 1
     print(f"wrote {path} ({args.outtype}); serve it with: llama-server -m BASE_MODEL.gguf --lora {path}")

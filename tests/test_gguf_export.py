@@ -323,3 +323,15 @@ def test_every_hubmerge_gguf_hint_names_only_flags_hubmerge_gguf_has():
     for hint in GGUF_HINTS.values():
         for flag in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", hint):
             assert flag in flags, f"hint names {flag}, which hubmerge-gguf does not have: {hint}"
+
+
+def test_hubmerge_gguf_says_to_check_a_rejected_token_flag(tmp_path, capsys, hub):
+    token = "hf_notAtokenTHEhubKNOWS0123456789"
+    # its base is read from the Hub with that token (a name no earlier request put in the cache, which
+    # huggingface_hub would answer from when a request fails)
+    adapter = _naming_base(tmp_path / "a", "alice/some-base")
+    assert gguf_main([str(adapter), "--token", token]) == 1
+    err = capsys.readouterr().err.strip()
+    hint = "check the --token value, or leave it out to use your `hf auth login` token"
+    assert "rejected the token" in err and err.endswith(f"; {hint}"), err
+    assert token not in err and "give the base model" not in err

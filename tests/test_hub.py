@@ -461,3 +461,30 @@ def test_the_installed_command_pushes_everything_before_its_process_ends(hub, tw
     ]  # fmt: skip
     # --no-figure: no heatmap pushed, and the card does not link one (as the dry run lists it)
     assert "similarity.png" not in (Path(snapshot_download(target)) / "README.md").read_text()
+
+
+BAD_TOKEN = "hf_notAtokenTHEhubKNOWS0123456789"
+
+
+def test_a_rejected_token_from_the_token_flag_is_that_values_to_check(capsys, hub, two_repos, tmp_path, monkeypatch):
+    """With --token, the next step is the value given (a login would not change what --token sends); a token from
+    HF_TOKEN or `hf auth login` keeps the login's. Downloading with a rejected token is not "try again later"."""
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    local = make_adapter(tmp_path / "local", seed=4)
+    check_value = "check the --token value, or leave it out to use your `hf auth login` token"
+    runs = {
+        "download": [repo_a, f"{repo_b}/sub@v1", "--report-only", "--token", BAD_TOKEN],
+        "push": [local, "--push", f"alice/{unique('never')}", "--token", BAD_TOKEN],
+    }
+    for name, args in runs.items():
+        code, out, err = cli(capsys, *args)
+        assert code == 1 and out == "" and err.count("\n") == 1, (name, err)
+        assert "rejected the token" in err and err.rstrip().endswith(f"; {check_value}"), (name, err)
+        assert "try again" not in err and "log in again" not in err, (name, err)
+        assert BAD_TOKEN not in err and BAD_TOKEN[3:20] not in err
+    code, out, _ = cli(capsys, local, "--push", "--dry-run", "--token", BAD_TOKEN)
+    assert code == 0 and out.rstrip().endswith(f"; {check_value}") and "note: the Hub rejected the token" in out
+    monkeypatch.setenv("HF_TOKEN", BAD_TOKEN)  # the same token from the environment: the login's hint stays
+    code, _, err = cli(capsys, repo_a, "--report-only")
+    assert code == 1 and err.rstrip().endswith("; log in again with `hf auth login`"), err
+    assert BAD_TOKEN not in err
