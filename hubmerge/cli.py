@@ -56,14 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = glue_negative_weights(list(sys.argv[1:] if argv is None else argv))
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
     owns_freeze = gc.get_freeze_count() == 0  # nothing frozen yet: what this run freezes, it unfreezes
+    token_flag = False  # a token given with --token: a rejected one is that value's to check, not the login's
     try:
         args = parser.parse_args(argv)
+        token_flag = args.token is not None
         _configure_logging(json_mode=args.json)
         return _run(args, parser, argv)
     except SystemExit as exit_:  # argparse: --help, --version, bad usage
         return int(exit_.code or 0)
     except HubmergeError as err:
-        _fail(str(err), debug, hint=hint_for(err))
+        _fail(str(err), debug, hint=hint_for(err, token_flag=token_flag))
         return EXIT_ERROR
     except OSError as err:  # disk full, permission denied: the user's to fix, not a bug
         _fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err), debug)
@@ -187,7 +189,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         data["output"] = {**data["output"], "directory": str(written)}
         lines.append(f"saved to {written}/ — load it with peft.PeftModel.from_pretrained(base_model, {str(written)!r})")
     if pushing and args.dry_run:
-        repo_id = _dry_run_repo_id(result, args.push, token)
+        repo_id, blocker = _dry_run_target(result, args.push, token)
         adapter = adapter or repo_id
         files = result.files(repo_id=repo_id, figure=figure)
         data["push"] = {"repo_id": repo_id, "dry_run": True, "files": {n: len(b) for n, b in files.items()}}
@@ -197,6 +199,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[s
         )
         lines.extend(f"  {name}  ({format_bytes(len(content))})" for name, content in files.items())
         lines.append("\n--- README.md (model card) ---\n" + files["README.md"].decode("utf-8"))
+        if blocker is not None:  # last, where it is read: the card above is long
+            hint = hint_for(blocker, token_flag=token is not None)
+            lines.append(f"note: {blocker}" + (f"; {hint}" if hint else ""))
     elif pushing:
         pushed = result.push_to_hub(
             args.push or None,
@@ -334,13 +339,27 @@ def _apply_recipe(args: argparse.Namespace, recipe: Recipe) -> None:
         args.fit = recipe.fit
 
 
-def _dry_run_repo_id(result, repo_id: str | None, token) -> str:
-    if repo_id and "/" in repo_id:
-        return repo_id
+def _dry_run_target(result, repo_id: str | None, token) -> tuple[str, HubError | None]:
+    """Where a dry run would push, and what would stop the real push (no token, a rejected one), or ``None``.
+
+    A dry run needs no token: without one it still shows where it would go, and says the push needs one.
+    """
+    from .hub import check_logged_in
+
     try:
-        return result.resolve_repo_id(repo_id or None, token=token)
-    except HubError:  # not logged in: a dry run still shows where it would go
-        return f"<your-username>/{repo_id or result.default_repo_name()}"
+        check_logged_in(token=token)  # no request: a token that is set is only checked by whoami below
+    except HubError as err:
+        blocker: HubError | None = err
+    else:
+        blocker = None
+    if repo_id and "/" in repo_id:
+        return repo_id, blocker
+    if blocker is None:
+        try:
+            return result.resolve_repo_id(repo_id or None, token=token), None
+        except HubError as err:  # the Hub rejected the token: a dry run still shows where it would go
+            blocker = err
+    return f"<your-username>/{repo_id or result.default_repo_name()}", blocker
 
 
 def _configure_logging(*, json_mode: bool) -> None:

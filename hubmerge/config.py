@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ from typing import Any
 from .errors import AdapterFormatError
 from .patterns import backtracks_exponentially
 
-__all__ = ["CONFIG_NAME", "AdapterConfig", "build_config", "parse_config", "read_config"]
+__all__ = ["CONFIG_NAME", "AdapterConfig", "build_config", "describe_full_model", "parse_config", "read_config"]
 
 CONFIG_NAME = "adapter_config.json"
+# What a full model's folder holds instead: transformers' config and weights (sharded or not), or a GGUF file.
+MODEL_CONFIG_NAME = "config.json"
+_MODEL_WEIGHTS = re.compile(r"(\w+_)?model(-\d+-of-\d+)?\.(safetensors|bin)|[\w.-]+\.gguf")
 MAX_RANK = 1 << 16
 # PEFT configs are a few KB; a larger "config" is not one, and is not read into memory.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -100,6 +103,33 @@ def _pattern_key(pattern: dict[str, Any], module: str) -> str | None:
         if re.match(rf"(.*\.)?({key})$", module):
             return key
     return None
+
+
+def describe_full_model(names: Iterable[str]) -> str | None:
+    """What a folder without ``adapter_config.json`` is instead, when its files are a full model's.
+
+    Args:
+        names: the file names directly in the folder.
+
+    Returns:
+        ``"looks like a full model, not a PEFT adapter: …"`` naming the ``config.json`` and weights seen and
+        what to give instead, or ``None`` when nothing there looks like a model.
+
+    Example:
+        >>> describe_full_model(["config.json", "model.safetensors"])[:43]
+        'looks like a full model, not a PEFT adapter'
+    """
+    names = set(names)
+    weights = sorted(n for n in names if _MODEL_WEIGHTS.fullmatch(n) and not n.startswith("adapter_model"))
+    held = ([MODEL_CONFIG_NAME] if MODEL_CONFIG_NAME in names else []) + (
+        [f"model weights ({weights[0]}{', …' if len(weights) > 1 else ''})"] if weights else []
+    )
+    if not held:
+        return None
+    return (
+        f"looks like a full model, not a PEFT adapter: it holds {' and '.join(held)} but no {CONFIG_NAME}; "
+        "give a PEFT LoRA adapter instead, such as one trained on this model"
+    )
 
 
 def read_config(path: Path, where: str) -> AdapterConfig:

@@ -11,18 +11,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from .cli_hints import gguf_hint_for
 from .errors import HubmergeError
 from .gguf_export import DEFAULT_GGUF_TYPE, GGUF_NAME, GGUF_TYPES
 
 __all__ = ["main"]
-
-# This command's next step for an error's reason (the library says what is wrong, in API terms).
-_HINTS = {
-    "gguf_exists": "pass --overwrite to replace it",
-    "no_base_model": "give the base model with --base DIR_OR_REPO",
-    "unsupported_architecture": "run llama.cpp's convert_lora_to_gguf.py instead",
-    "gguf_missing": "pip install 'hubmerge[gguf]'",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     debug = os.environ.get("HUBMERGE_DEBUG", "") not in ("", "0")
+    token_flag = False
     try:
         args = build_parser().parse_args(argv)
+        token_flag = args.token is not None
         from .gguf_export import convert_to_gguf
 
         path = convert_to_gguf(
@@ -66,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HubmergeError, OSError) as err:
         if debug:
             traceback.print_exc()
-        hint = _HINTS.get(getattr(err, "reason", None) or "")
+        hint = gguf_hint_for(err, token_flag=token_flag) if isinstance(err, HubmergeError) else None
         print(f"hubmerge-gguf: error: {err}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 1
     print(f"wrote {path} ({args.outtype}); serve it with: llama-server -m BASE_MODEL.gguf --lora {path}")

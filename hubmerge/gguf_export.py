@@ -40,12 +40,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import GGUFExportError
+from .errors import GGUFExportError, HubError
 
 if TYPE_CHECKING:
     import torch
 
     from .adapter import LoraAdapter
+    from .config import AdapterConfig
     from .result import MergeResult
 
 __all__ = ["ARCHITECTURES", "DEFAULT_GGUF_TYPE", "GGUF_NAME", "GGUF_TYPES", "attach_gguf", "build_gguf",
@@ -256,14 +257,34 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
         return path.read_bytes()
 
 
-def _base_of(config_base: str | None, base: str | Path | None) -> str | Path:
-    chosen = base if base is not None else config_base
-    if not chosen:
+def _base_config(config: AdapterConfig, base: str | Path | None, *, token: str | bool | None) -> dict:
+    """The config.json of ``base``, else of the base model the adapter names (at its revision)."""
+    if base is not None:
+        return read_base_config(base, token=token)
+    if not config.base_model_name_or_path:
         raise GGUFExportError(
             "the adapter names no base model (base_model_name_or_path): give the base model's directory or repo id",
             reason="no_base_model",
         )
-    return chosen
+    try:
+        return read_base_config(config.base_model_name_or_path, revision=config.revision, token=token)
+    except HubError as err:
+        if err.reason not in _BASE_NOT_FOUND:
+            raise  # the base is there: offline, gated, a token refused; its own next step applies
+        # Where the name came from is what tells the way out: give the base model (its folder or repo) instead.
+        raise type(err)(
+            f"{err}; it is the base model the adapter names (base_model_name_or_path)",
+            reason="base_not_found",
+            source=err.source,
+            repo_id=err.repo_id,
+            revision=err.revision,
+            server_message=err.server_message,
+            request_id=err.request_id,
+        ) from err
+
+
+# The reasons that mean "no such base model" (rather than "no access to it").
+_BASE_NOT_FOUND = {"repo_not_found", "not_a_repo_id", "revision_not_found", "no_base_config"}
 
 
 def convert_to_gguf(
@@ -293,15 +314,14 @@ def convert_to_gguf(
         HubError: the base config could not be downloaded.
     """
     from .adapter import load_adapter
+    from .loading import check_not_full_model
 
+    check_not_full_model(directory, str(directory))
     adapter = load_adapter(directory)
     target = Path(directory) / GGUF_NAME
     if target.exists() and not overwrite:
         raise GGUFExportError(f"{target} exists; overwrite=True replaces it", reason="gguf_exists", source=str(target))
-    chosen = _base_of(adapter.config.base_model_name_or_path, base)
-    revision = adapter.config.revision if base is None else None
-    data = build_gguf(adapter, read_base_config(chosen, revision=revision, token=token), outtype=outtype,
-                      name=adapter.name)  # fmt: skip
+    data = build_gguf(adapter, _base_config(adapter.config, base, token=token), outtype=outtype, name=adapter.name)
     handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".hubmerge-gguf-", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
@@ -352,9 +372,7 @@ def attach_gguf(
         tensor_names=list(tensors), shapes={k: tuple(v.shape) for k, v in tensors.items()},
         dtypes={k: v.dtype for k, v in tensors.items()}, reader=TensorReader(Path("."), tensors),
     )  # fmt: skip
-    chosen = _base_of(config.base_model_name_or_path, base)
-    revision = config.revision if base is None else None
-    base_config = read_base_config(chosen, revision=revision, token=token)
+    base_config = _base_config(config, base, token=token)
     data = build_gguf(adapter, base_config, outtype=outtype, name=result.default_repo_name())
     serving = dict(result.report.serving or {})
     facts = {**serving.get("facts", {}), "gguf_file": GGUF_NAME, "gguf_type": outtype}

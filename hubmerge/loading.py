@@ -12,12 +12,13 @@ from pathlib import Path
 
 from .adapter import LoraAdapter, load_adapter
 from .compat import normalize_base_model
-from .errors import InvalidArgumentError, LimitExceededError
+from .config import CONFIG_NAME, describe_full_model
+from .errors import AdapterNotFoundError, InvalidArgumentError, LimitExceededError
 from .limits import DEFAULT_MAX_ADAPTERS, DEFAULT_MAX_DOWNLOAD_BYTES
 from .notice import Notice
 from .sources import Source, parse_source
 
-__all__ = ["SourceLike", "display_names", "load_adapters", "resolve_base_models"]
+__all__ = ["SourceLike", "check_not_full_model", "display_names", "load_adapters", "resolve_base_models"]
 
 SourceLike = str | Path | Source | LoraAdapter
 
@@ -74,6 +75,7 @@ def load_adapters(
             adapters.append(item)
         elif item.is_local:
             assert item.path is not None
+            check_not_full_model(item.path, item.text)
             adapters.append(load_adapter(item.path, name=item.name, source=item.text, allow_pickle=allow_pickle))
         else:
             from .hub import fetch_adapter
@@ -85,6 +87,27 @@ def load_adapters(
                 )
             )
     return adapters
+
+
+def check_not_full_model(path: str | Path, where: str) -> None:
+    """Refuse a local folder that holds a full model instead of an adapter, saying so.
+
+    :func:`~hubmerge.adapter.load_adapter` would only say that ``adapter_config.json`` is missing; a folder with
+    ``config.json`` or model weights is more likely a model given where an adapter was meant.
+
+    Raises:
+        AdapterNotFoundError: no ``adapter_config.json``, and the folder looks like a full model.
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir() or (directory / CONFIG_NAME).exists():
+        return
+    try:
+        names = [entry.name for entry in directory.iterdir()]
+    except OSError:  # unreadable: load_adapter says what is wrong
+        return
+    model = describe_full_model(names)
+    if model is not None:
+        raise AdapterNotFoundError(f"{where}: {model}", reason="full_model", source=where)
 
 
 def display_names(names: Sequence[str]) -> list[str]:

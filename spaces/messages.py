@@ -10,6 +10,7 @@ No Gradio here: these are plain strings, turned into ``gr.Error`` by the page.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import hubmerge
@@ -72,9 +73,16 @@ HINTS: dict[tuple[type[BaseException], str | None], str] = {
     (hubmerge.HubError, None): "The Hub did not answer as expected: try again in a minute.",
 }
 
+# The keyword arguments of hubmerge.merge() a message may name as the way to allow something ("allow_pickle"):
+# Python's words, not the page's. Only names with an underscore, so plain words ("rank", "weights") stay, and not
+# base_model, which is also the Hub's card field (and the start of PEFT's tensor keys).
+_PYTHON_ARGUMENTS = sorted(
+    name for name in inspect.signature(hubmerge.merge).parameters if "_" in name and name != "base_model"
+)
 # Command-line advice: an option, an `hf` command, a token variable, a keyword of the Python API, a local path.
 _CLI_ADVICE = re.compile(
     r"--[A-Za-z][\w-]*|(?<![\w-])-o\b|`hf [^`]*`|\bHF_TOKEN\b|\b[a-z_]+=(True|False|None)\b|\blocal directory\b"
+    rf"|(?<![\w.])({'|'.join(_PYTHON_ARGUMENTS)})(?![\w.])"
 )
 # Options the page does offer, under another name: the method descriptions mention them.
 _SPACE_NAMES = {"--rank": "the chosen rank", "--density": "the chosen density"}

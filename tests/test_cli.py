@@ -128,6 +128,22 @@ def test_missing_source_and_hub_reference(capsys, tmp_path, pair):
     assert code == 1 and "'not a ref'" in err
 
 
+def test_a_full_model_folder_is_said_to_be_one(capsys, tmp_path, pair):
+    from tests.factory import tiny_llama
+
+    tiny_llama().save_pretrained(tmp_path / "model")  # config.json and model.safetensors, no adapter_config.json
+    code, _, err = cli(capsys, pair[0], tmp_path / "model", "--report-only")
+    assert code == 1
+    assert err.strip() == (
+        f"hubmerge: error: {tmp_path / 'model'}: looks like a full model, not a PEFT adapter: it holds config.json "
+        "and model weights (model.safetensors) but no adapter_config.json; give a PEFT LoRA adapter instead, such "
+        "as one trained on this model"
+    )
+    (tmp_path / "other").mkdir()  # a folder of something else: only that the config is missing
+    code, _, err = cli(capsys, pair[0], tmp_path / "other", "--report-only")
+    assert code == 1 and "no adapter_config.json" in err and "full model" not in err
+
+
 def test_traceback_only_with_debug(capsys, tmp_path, pair, monkeypatch):
     _, _, err = cli(capsys, pair[0], "./missing", "--report-only")
     assert "Traceback" not in err

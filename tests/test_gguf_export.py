@@ -263,3 +263,75 @@ def test_a_report_only_result_has_nothing_to_convert(tmp_path):
     result = hubmerge.merge([make_adapter(tmp_path / "a")], report_only=True)
     with pytest.raises(GGUFExportError, match="report_only"):
         attach_gguf(result, base=_save_base(tiny_llama(), tmp_path / "base"))
+
+
+def test_hubmerge_gguf_on_a_full_model_folder_says_it_is_one(tmp_path, capsys):
+    tiny_llama().save_pretrained(tmp_path / "model")
+    assert gguf_main([str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert "looks like a full model, not a PEFT adapter" in err and "give a PEFT LoRA adapter instead" in err
+    assert not (tmp_path / "model" / GGUF_NAME).exists()
+
+
+def _naming_base(directory, base_name):
+    """A real adapter whose adapter_config.json names ``base_name`` as its base model."""
+    adapter = make_adapter(directory, seed=1)
+    config = json.loads((adapter / "adapter_config.json").read_text()) | {"base_model_name_or_path": base_name}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return adapter
+
+
+@pytest.mark.parametrize("named", ["alice/no-such-base", "/home/trainer/llama"])
+def test_a_base_the_adapter_names_but_that_is_not_there_is_given_with_the_base_flag(tmp_path, capsys, hub, named):
+    """The Hub has no such repo, or the adapter was trained from a folder of another machine: the way out is to
+    give the base model, with --gguf-base (hubmerge --gguf) or --base (hubmerge-gguf), not to check a name."""
+    adapter = _naming_base(tmp_path / "a", named)
+    code = main([str(adapter), "-o", str(tmp_path / "out"), "--gguf", "--no-figure"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0, err
+    assert named in err and "base_model_name_or_path" in err
+    assert "; give the base model with --gguf-base DIR_OR_REPO" in err and "check the name" not in err
+    assert not (tmp_path / "out").exists()
+    assert gguf_main([str(adapter)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hubmerge-gguf: error:") and named in err
+    assert "; give the base model with --base DIR_OR_REPO" in err and "--gguf-base" not in err
+    assert not (adapter / GGUF_NAME).exists()
+
+
+def test_hubmerge_gguf_gives_the_next_step_of_a_hub_failure_in_its_own_flags(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    adapter = make_adapter(tmp_path / "a", seed=1)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the adapter's base is not in the (empty) cache
+    assert gguf_main([str(adapter)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "HF_HUB_OFFLINE" in err and err.endswith("; run once with network access, or unset HF_HUB_OFFLINE"), err
+    assert gguf_main([str(adapter), "--base", "./no-such-folder"]) == 1  # a typo in --base: said, no traceback
+    err = capsys.readouterr().err.strip()
+    assert "'./no-such-folder' is neither a local directory nor a valid Hub repo id; check the name" in err, err
+    assert "Traceback" not in err and "give the base model" not in err
+
+
+def test_every_hubmerge_gguf_hint_names_only_flags_hubmerge_gguf_has():
+    import re
+
+    from hubmerge.cli_hints import GGUF_HINTS
+    from hubmerge.gguf_cli import build_parser
+
+    flags = {option for action in build_parser()._actions for option in action.option_strings}
+    for hint in GGUF_HINTS.values():
+        for flag in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", hint):
+            assert flag in flags, f"hint names {flag}, which hubmerge-gguf does not have: {hint}"
+
+
+def test_hubmerge_gguf_says_to_check_a_rejected_token_flag(tmp_path, capsys, hub):
+    token = "hf_notAtokenTHEhubKNOWS0123456789"
+    # its base is read from the Hub with that token (a name no earlier request put in the cache, which
+    # huggingface_hub would answer from when a request fails)
+    adapter = _naming_base(tmp_path / "a", "alice/some-base")
+    assert gguf_main([str(adapter), "--token", token]) == 1
+    err = capsys.readouterr().err.strip()
+    hint = "check the --token value, or leave it out to use your `hf auth login` token"
+    assert "rejected the token" in err and err.endswith(f"; {hint}"), err
+    assert token not in err and "give the base model" not in err

@@ -139,6 +139,7 @@ def test_dry_run_pushes_nothing(capsys, hub, two_repos):
         assert name in out
     assert "library_name: peft" in out, "the card is printed"
     assert "ADAPTER" not in out, "the serving commands name the repo it would push to"
+    assert "note:" not in out + err, "logged in: nothing stands in the way of the real push"
     assert set(hub.list_repos()) == repos
 
 
@@ -156,7 +157,10 @@ def error_repos(hub, base_repo, tmp_path):
     hub.commit_files(empty, {"README.md": b"# nothing here"})
     nested = f"alice/{unique('nested')}"
     seed_adapter(hub, nested, adapter, subfolder="adapters/math")
-    return {"good": good, "private": private, "gated": gated, "empty": empty, "nested": nested}
+    model = f"alice/{unique('model')}"  # a full model where an adapter was meant
+    hub.create_repo(model, owner_token=TOKENS["alice"])
+    hub.commit_files(model, {"config.json": b"{}", "model.safetensors": b"weights", "README.md": b"# a model"})
+    return {"good": good, "private": private, "gated": gated, "empty": empty, "nested": nested, "model": model}
 
 
 @pytest.mark.parametrize(
@@ -166,7 +170,15 @@ def error_repos(hub, base_repo, tmp_path):
         ("private", ["not found", "private", "hf auth login"]),
         ("gated", ["gated", "request access"]),
         ("revision", ["revision 'no-such-branch' not found", "branch, tag or commit"]),
-        ("empty", ["no adapter_config.json", "holds no PEFT adapter"]),
+        ("empty", ["no adapter_config.json anywhere in", "holds no PEFT adapter"]),
+        (
+            "model",
+            [
+                "looks like a full model, not a PEFT adapter",
+                "config.json and model weights (model.safetensors)",
+                "give a PEFT LoRA adapter instead",
+            ],
+        ),
         ("nested", ["no adapter_config.json", "adapters/math"]),
         ("no-write", ["no write access", "bob/"]),
     ],
@@ -181,6 +193,7 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
         "revision": f"{good}@no-such-branch",
         "empty": error_repos["empty"],
         "nested": error_repos["nested"],
+        "model": error_repos["model"],
         "no-write": good,
     }[case]
     push = ["--push", target]
@@ -200,6 +213,8 @@ def test_hub_errors_are_one_line_and_create_nothing(capsys, hub, error_repos, mo
     assert bad.split("@")[0].split("/")[1] in message or target in message
     for needle in needles:
         assert needle in message, (needle, message)
+    if case in ("empty", "model"):
+        assert message.count("adapter_config.json") == 1, "said once: " + message
     assert set(hub.list_repos()) == repos, "no repo created"
     assert {r: len(hub.list_commits(r)) for r in repos} == commits, "no commit created"
 
@@ -374,8 +389,17 @@ def test_push_without_a_token_stops_before_anything_is_downloaded(capsys, hub, t
         "run `hf auth login`, set HF_TOKEN, or pass --token"
     )
     assert hub.requests[before:] == [], "no request: not a source resolved, not a byte downloaded"
-    code, _, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run")
     assert code == 0, "a dry run needs no token"
+    assert f"dry run: would push to {target[0] if target else '<your-username>/'}" in out
+    # ...but says, last, that the real push needs one, and how to give it
+    assert out.rstrip().splitlines()[-1] == (
+        "note: not logged in: no Hub token is set, and a push needs one; "
+        "run `hf auth login`, set HF_TOKEN, or pass --token"
+    )
+    code, out, err = cli(capsys, repo_a, f"{repo_b}/sub@v1", "--push", *target, "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["push"]["dry_run"] is True
+    assert "note: not logged in" in err and "--token" in err
 
 
 def test_private_never_flips_an_existing_public_repo(capsys, hub, two_repos):
@@ -437,3 +461,30 @@ def test_the_installed_command_pushes_everything_before_its_process_ends(hub, tw
     ]  # fmt: skip
     # --no-figure: no heatmap pushed, and the card does not link one (as the dry run lists it)
     assert "similarity.png" not in (Path(snapshot_download(target)) / "README.md").read_text()
+
+
+BAD_TOKEN = "hf_notAtokenTHEhubKNOWS0123456789"
+
+
+def test_a_rejected_token_from_the_token_flag_is_that_values_to_check(capsys, hub, two_repos, tmp_path, monkeypatch):
+    """With --token, the next step is the value given (a login would not change what --token sends); a token from
+    HF_TOKEN or `hf auth login` keeps the login's. Downloading with a rejected token is not "try again later"."""
+    (repo_a, _, _), (repo_b, _, _) = two_repos["a"], two_repos["b"]
+    local = make_adapter(tmp_path / "local", seed=4)
+    check_value = "check the --token value, or leave it out to use your `hf auth login` token"
+    runs = {
+        "download": [repo_a, f"{repo_b}/sub@v1", "--report-only", "--token", BAD_TOKEN],
+        "push": [local, "--push", f"alice/{unique('never')}", "--token", BAD_TOKEN],
+    }
+    for name, args in runs.items():
+        code, out, err = cli(capsys, *args)
+        assert code == 1 and out == "" and err.count("\n") == 1, (name, err)
+        assert "rejected the token" in err and err.rstrip().endswith(f"; {check_value}"), (name, err)
+        assert "try again" not in err and "log in again" not in err, (name, err)
+        assert BAD_TOKEN not in err and BAD_TOKEN[3:20] not in err
+    code, out, _ = cli(capsys, local, "--push", "--dry-run", "--token", BAD_TOKEN)
+    assert code == 0 and out.rstrip().endswith(f"; {check_value}") and "note: the Hub rejected the token" in out
+    monkeypatch.setenv("HF_TOKEN", BAD_TOKEN)  # the same token from the environment: the login's hint stays
+    code, _, err = cli(capsys, repo_a, "--report-only")
+    assert code == 1 and err.rstrip().endswith("; log in again with `hf auth login`"), err
+    assert BAD_TOKEN not in err

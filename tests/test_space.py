@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "spaces"
 MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio's local sign-in mock hands handlers
 CLI_FLAG = re.compile(r"(?<![\w-])--?[a-z][a-z-]+\b|`hf |HF_TOKEN|local directory")
+# Python's names for what the page offers differently, or not at all: hubmerge.merge()'s keyword arguments.
+PYTHON_ARGUMENT = re.compile(r"\b(allow_pickle|allow_base_mismatch|max_adapters|max_download_bytes|report_only)\b")
 PUSHED_FILES = [
     "README.md", "adapter_config.json", "adapter_model.safetensors",
     "hubmerge_recipe.json", "hubmerge_report.json", "similarity.png",
@@ -207,6 +209,7 @@ def test_bad_input_is_one_readable_line_without_cli_advice(hub, repos, case, nee
         assert needle in text
         assert "\n" not in text and "Traceback" not in text
         assert not CLI_FLAG.search(text), text
+        assert not PYTHON_ARGUMENT.search(text), text
     assert set(hub.list_repos()) == repos_before
 
 
@@ -224,6 +227,11 @@ def test_cli_advice_is_taken_out_of_every_library_message():
         "settings first, or push to a new repo": "a/b exists and is public; make it private in its settings first, "
         "or push to a new repo",
         "a (allowed by --allow-base-mismatch)": "a",
+        "x: only adapter_model.bin (a pickle) is present; unpickling a file can run arbitrary code, so pickles are "
+        "read only where they are allowed (allow_pickle)": "x: only adapter_model.bin (a pickle) is present; "
+        "unpickling a file can run arbitrary code, so pickles are read only where they are allowed",
+        "keys under base_model.model. and the base_model field stay": "keys under base_model.model. and the "
+        "base_model field stay",
         "no advice here: keep it, or not": "no advice here: keep it, or not",
     }
     for text, expected in cases.items():

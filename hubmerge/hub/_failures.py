@@ -82,6 +82,12 @@ def _explain(err: BaseException, where: str, *, repo_id: str, revision: str | No
     if isinstance(err, hf_errors.HfHubHTTPError):
         status = err.response.status_code if err.response is not None else "?"
         detail = err.server_message or "no details"
+        if status == 401 and _token_state(token) == "a token was sent":  # not "try again later": it will not pass
+            return HubError(
+                f"{where}: the Hub rejected the token ({detail}) while reading {repo_id}",
+                reason="token_rejected",
+                **fields,
+            )
         request = f", request id {err.request_id}" if err.request_id else ""
         return HubError(
             f"{where}: the Hub answered HTTP {status} for {repo_id} ({detail}{request}); try again later",

@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
 from ..adapter import PICKLE_NAME, SAFETENSORS_NAME
-from ..config import CONFIG_NAME
+from ..config import CONFIG_NAME, describe_full_model
 from ..errors import (
     AdapterNotFoundError,
     HubError,
@@ -192,15 +192,24 @@ def _check_adapter_files(files: set[str], source: Source, sha: str | None, allow
     if f"{prefix}{CONFIG_NAME}" not in files:
         found = sorted(name[: -len(CONFIG_NAME)].rstrip("/") or "." for name in files if name.endswith(CONFIG_NAME))
         place = f"subfolder {source.subfolder!r}" if source.subfolder else "the repo root"
+        here = [name[len(prefix) :] for name in files if name.startswith(prefix) and "/" not in name[len(prefix) :]]
+        model = describe_full_model(here)
         if found:
             first = found[0]
-            hint = f"adapters are in: {', '.join(found)}" + (
+            message = f"no {CONFIG_NAME} in {place} of {at}; adapters are in: {', '.join(found)}" + (
                 f" (e.g. {source.repo_id}/{first})" if first != "." else f" (use {source.repo_id})"
             )
+        elif model is not None:
+            message = f"{place} of {at} {model}" if source.subfolder else f"{at} {model}"
+        elif source.subfolder:
+            message = f"no {CONFIG_NAME} in {place} of {at}, nor anywhere else in it: it holds no PEFT adapter"
         else:
-            hint = "this repository holds no PEFT adapter (no adapter_config.json)"
+            message = f"no {CONFIG_NAME} anywhere in {at}: it holds no PEFT adapter"
         raise AdapterNotFoundError(
-            f"{source.text}: no {CONFIG_NAME} in {place} of {at}; {hint}", source=source.text, repo_id=source.repo_id
+            f"{source.text}: {message}",
+            reason="full_model" if model is not None and not found else "no_adapter",
+            source=source.text,
+            repo_id=source.repo_id,
         )
     if f"{prefix}{SAFETENSORS_NAME}" in files:
         return
@@ -347,9 +356,28 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
     where = f"base model {repo_id}"
     try:
         return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token))
+    except hf_errors.LocalEntryNotFoundError as err:  # an EntryNotFoundError too: not "the repo has none"
+        if _offline():
+            at = f"{repo_id}{'@' + revision if revision else ''}"
+            raise HubError(
+                f"{where}: HF_HUB_OFFLINE=1 is set and the config.json of {at} is not in the local cache",
+                reason="offline",
+                source=where,
+                repo_id=repo_id,
+                revision=revision,
+            ) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
     except hf_errors.EntryNotFoundError:
-        raise HubError(f"{where}: the repo has no config.json; pass a local directory that holds it") from None
-    except (*_HUB_FAILURES, hf_errors.LocalEntryNotFoundError) as err:
+        raise HubError(
+            f"{where}: the repo has no config.json", reason="no_base_config", source=where, repo_id=repo_id
+        ) from None
+    except hf_errors.HFValidationError:  # a path that is not there (the adapter was trained from a local folder)
+        raise RepoNotFoundError(
+            f"{where}: {repo_id!r} is neither a local directory nor a valid Hub repo id",
+            reason="not_a_repo_id",
+            source=where,
+        ) from None
+    except _HUB_FAILURES as err:
         raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
 
 
