@@ -20,7 +20,7 @@ import time
 import torch
 
 from hubmerge import load_adapters, similarity
-from hubmerge.interference import module_gram
+from hubmerge.interference import concat_gram, module_gram
 
 
 def rank_space(modules, scales) -> dict[str, torch.Tensor]:
@@ -39,6 +39,20 @@ def dense(modules, scales) -> dict[str, torch.Tensor]:
         norms = gram.diagonal().sqrt()
         found[key] = gram / torch.outer(norms, norms)
     return found
+
+
+def products_seconds(modules, scales) -> float:
+    """The Gram products alone: each module's float32 concatenation is built untimed (the merge builds it for the
+    exact sum too), then only :func:`concat_gram` on it is timed."""
+    total = 0.0
+    for key, factors in modules.items():
+        a_all = torch.cat([a.float() * c for (a, _), c in zip(factors, scales[key])], dim=0)
+        b_all = torch.cat([b.float() for _, b in factors], dim=1)
+        ranks, present = [a.shape[0] for a, _ in factors], list(range(len(factors)))
+        start = time.perf_counter()
+        concat_gram(a_all, b_all, ranks, present, len(factors))
+        total += time.perf_counter() - start
+    return total
 
 
 def float32_matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": load_s,
         "rank_space_s": statistics.median(rank_times),
         "rank_space_runs_s": rank_times,
+        "products_s": statistics.median(products_seconds(modules, scales) for _ in range(args.rank_repeats)),
         "float32_matmul_gflops": float32_matmul_gflops(),
     }
     if not args.skip_dense:

@@ -283,7 +283,7 @@ def _why_missed(results: dict) -> list[str]:
                 f" Every pair's cosine in every module (two R×R Gram products per module, R = {e['n']}·"
                 f"{SHAPES[e['shape']].rank}{f', {flop:.1f} GFLOP in float32' if flop is not None else ''}, growing "
                 f"as N², from a float32 copy of the factors), timed alone from factors in memory, takes "
-                f"{_s(analysis)}{_rate(flop, analysis, e.get('matmul_gflops'))}"
+                f"{_s(analysis)}{_products(flop, e.get('products_s'), e.get('matmul_gflops'))}"
                 + (
                     f"; the other {_s(rest)} is what a merge pays at any N beyond reading and writing: importing the "
                     "merge code and huggingface_hub, the checks, and writing the report, recipe, config and card."
@@ -297,11 +297,11 @@ def _why_missed(results: dict) -> list[str]:
     return ["", "Why a time target is missed:", "", *lines] if lines else []
 
 
-def _rate(flop: float | None, seconds: float, peak: float | None) -> str:
-    """How fast the analysis' products ran, next to the machine's float32 product rate measured beside them."""
-    if flop is None or seconds <= 0:
+def _products(flop: float | None, seconds: float | None, peak: float | None) -> str:
+    """The Gram products' share of the analysis and their rate, next to the machine's float32 product rate."""
+    if flop is None or not seconds:
         return ""
-    text = f" ({flop / seconds:.0f} GFLOP/s"
+    text = f" (the products alone {_s(seconds)}: {flop / seconds:.0f} GFLOP/s"
     if peak:
         text += f"; a 2048 × 2048 float32 product runs at {peak:.0f} GFLOP/s in the same process"
     return text + ")"

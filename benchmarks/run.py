@@ -200,6 +200,7 @@ class Bench:
                 "shape": shape,
                 "n": n,
                 "analysis_s": timed.get("rank_space_s"),
+                "products_s": timed.get("products_s"),
                 "matmul_gflops": timed.get("float32_matmul_gflops"),
                 "in_mb": sum((d / "adapter_model.safetensors").stat().st_size for d in dirs[:n]) / 1e6,
                 "hubmerge_out_mb": size_mb(hub_out / "adapter_model.safetensors"),
