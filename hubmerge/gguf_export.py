@@ -25,8 +25,10 @@ Per architecture:
   ``llm_build_inp_embd`` expects.
 
 What llama.cpp cannot take is refused with the reason: full weight copies
-(``modules_to_save``, saved embeddings) and a LoRA on ``lm_head`` when the base
-ties it to the embeddings (the GGUF base then has no ``output.weight``).
+(``modules_to_save``, a resized embedding) and a LoRA on ``lm_head`` when the base
+ties it to the embeddings (the GGUF base then has no ``output.weight``). The copy
+of the base's own embedding that PEFT saves next to an embedding LoRA is left
+out, as llama.cpp's converter leaves out every ``.base_layer.weight``.
 Per-module scales that differ from llama.cpp's ``alpha / rank`` (rsLoRA,
 ``rank_pattern`` / ``alpha_pattern``) are folded into B, so the file applies PEFT's delta.
 """
@@ -145,6 +147,20 @@ def _permute(rows: torch.Tensor, n_head: int, n_head_kv: int | None) -> torch.Te
     return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
+def _base_copy(adapter: LoraAdapter, key: str, base_config: dict) -> bool:
+    """Whether the full embedding PEFT saved for ``key`` is the base's own, which llama.cpp's converter drops.
+
+    PEFT saves the wrapped embedding (``….base_layer.weight``) next to every ``embed_tokens`` / ``lm_head``
+    LoRA (``save_embedding_layers="auto"``); it is the frozen base weight unless the vocabulary was resized,
+    which shows as a LoRA over a vocabulary other than the base's.
+    """
+    spec = adapter.modules.get(key)
+    if spec is None:
+        return False
+    vocab = spec.in_features if spec.kind == "embedding" else spec.out_features
+    return vocab == base_config.get("vocab_size")
+
+
 def _hparam(config: dict, *names: str) -> Any:
     for name in names:
         if config.get(name) is not None:
@@ -175,7 +191,7 @@ def build_gguf(adapter: LoraAdapter, base_config: dict, *, outtype: str = DEFAUL
     if outtype not in GGUF_TYPES:
         raise GGUFExportError(f"GGUF type {outtype!r} is not one of {', '.join(GGUF_TYPES)}", reason="bad_gguf_type")
     hf_arch, arch = _architecture(base_config)
-    full = [*adapter.saved_modules, *adapter.base_layers]
+    full = [*adapter.saved_modules, *(key for key in adapter.base_layers if not _base_copy(adapter, key, base_config))]
     if full:
         raise GGUFExportError(
             f"{adapter.source}: it carries full weight copies of {', '.join(full)} (modules_to_save or a resized "

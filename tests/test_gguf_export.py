@@ -46,20 +46,20 @@ def _save_base(model, directory):
     return directory
 
 
-def _adapter(directory, model, targets, seed, r=4):
+def _adapter(directory, model, targets, seed, r=4, save_embedding_layers=False):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets,
                                                   init_lora_weights=False))  # fmt: skip
-    peft_model.save_pretrained(directory, save_embedding_layers=False)  # no full copies: llama.cpp takes none
+    peft_model.save_pretrained(directory, save_embedding_layers=save_embedding_layers)  # False: no full copies
     return directory
 
 
-def _merged(tmp_path, build, targets, r=4, **kwargs):
+def _merged(tmp_path, build, targets, r=4, save_embedding_layers=False, **kwargs):
     """Two real PEFT adapters of one tiny base, merged by hubmerge; returns (merged dir, base config dir)."""
     base = _save_base(build(), tmp_path / "base")
-    sources = [_adapter(tmp_path / f"s{seed}", build(), targets, seed, r) for seed in (1, 2)]
+    sources = [_adapter(tmp_path / f"s{seed}", build(), targets, seed, r, save_embedding_layers) for seed in (1, 2)]
     out = hubmerge.merge(sources, **kwargs).save_pretrained(tmp_path / "merged")
     return out, base
 
@@ -101,6 +101,21 @@ def test_llama_equals_llama_cpps_converter_tensor_by_tensor(tmp_path, outtype):
         assert shape == theirs[name][0], name
         assert np.array_equal(data, theirs[name][1]), name
     _check_structure(ours, json.loads((merged / "adapter_config.json").read_text()), "llama")
+
+
+def test_the_base_embeddings_peft_saves_beside_an_embedding_lora_are_left_out_as_the_converter_does(tmp_path):
+    # PEFT's default (save_embedding_layers="auto") saves embed_tokens / lm_head .base_layer.weight: the base's own.
+    merged, base = _merged(tmp_path, tiny_llama, ["q_proj", "embed_tokens", "lm_head"], save_embedding_layers="auto")
+    assert hubmerge.load_adapter(merged).base_layers  # the merged adapter carries the copies
+    mine = _tensors(convert_to_gguf(merged, base=base))
+    theirs = _tensors(run_converter(merged, base, tmp_path / "ref.gguf"))
+    assert sorted(mine) == sorted(theirs) and {"token_embd.weight.lora_a", "output.weight.lora_b"} <= set(mine)
+    assert all(mine[n][0] == theirs[n][0] and np.array_equal(mine[n][1], theirs[n][1]) for n in mine)
+    resized = json.loads((base / "config.json").read_text()) | {"vocab_size": 97}  # the copies are not this base's
+    (tmp_path / "resized").mkdir()
+    (tmp_path / "resized" / "config.json").write_text(json.dumps(resized))
+    with pytest.raises(GGUFExportError, match="full weight copies of lm_head, model.embed_tokens"):
+        convert_to_gguf(merged, base=tmp_path / "resized", overwrite=True)
 
 
 def _typed(path) -> dict[str, tuple[gguf.GGMLQuantizationType, np.ndarray]]:
