@@ -148,13 +148,28 @@ def _no_modules_to_save(facts, params) -> str | None:
     return f"modules_to_save: {', '.join(saved)}" if saved else None
 
 
+def _kept_copies(facts, params) -> list[str]:
+    """The saved embeddings an engine does not skip.
+
+    A saved embedding of a module that also carries LoRA is written as that module's ``base_layer.weight``
+    (PEFT's own layout, the base's weight); an engine with ``skips`` drops those of the module names listed
+    there (``"*"``: every name) and applies the LoRA as usual.
+    """
+    skips, adapted = params.get("skips", ()), set(facts["module_types"])
+    return [
+        key
+        for key in facts["full_weights"]
+        if key not in adapted or not ("*" in skips or key.rsplit(".", 1)[-1] in skips)
+    ]
+
+
 def _no_full_weights(facts, params) -> str | None:
-    full = [*facts["modules_to_save"], *facts["full_weights"]]
+    full = [*facts["modules_to_save"], *_kept_copies(facts, params)]
     return f"full weight copies of {', '.join(full)}" if full else None
 
 
 def _no_saved_embeddings(facts, params) -> str | None:
-    full = facts["full_weights"]
+    full = _kept_copies(facts, params)
     return f"full weight copies of {', '.join(full)}" if full else None
 
 

@@ -104,9 +104,11 @@ RULES: tuple[Rule, ...] = (
          VLLM + "vllm/lora/peft_helper.py (PEFTHelper._validate_features)"),
     Rule("vllm", "bias", "bias 'none' ('Adapter bias is not supported')", "no_bias",
          VLLM + "vllm/lora/peft_helper.py (PEFTHelper.validate_legal)"),
-    Rule("vllm", "full_weights", "no full weight copies: saved base embeddings are skipped, not applied",
-         "no_saved_embeddings", VLLM + "vllm/lora/lora_model.py (LoRAModel.from_lora_tensors: "
-         "is_base_embedding_weights)"),
+    Rule("vllm", "full_weights", "no full weight copies but the base embeddings PEFT saves beside an embed_tokens "
+         "/ lm_head LoRA (….base_layer.weight), which are skipped; any other is 'unsupported LoRA weight'",
+         "no_saved_embeddings", VLLM + "vllm/lora/lora_model.py (LoRAModel.from_lora_tensors, "
+         "check_unexpected_modules: is_base_embedding_weights); vllm/lora/utils.py (parse_fine_tuned_lora_name)",
+         params={"skips": ("embed_tokens", "lm_head")}),
     Rule("vllm", "target_modules", "every adapted module is one vLLM's implementation of the architecture takes "
          "LoRA on (its linear layers, packed_modules_mapping expanded, and embedding_modules); any other module "
          "makes vLLM refuse the whole adapter ('expected target modules in … but received …'); a model class "
@@ -155,7 +157,8 @@ RULES: tuple[Rule, ...] = (
          "of conversion/*.py it reuses; hubmerge ports those of these types: hubmerge/gguf_export.py ARCHITECTURES)",
          effect="convert", params={"model_types": GGUF_MODEL_TYPES}),
     Rule("llama.cpp", "lora_only", "only .lora_a / .lora_b tensors: a full lm_head or embedding copy "
-         "(modules_to_save, saved embeddings) is refused", "no_full_weights",
+         "(modules_to_save, saved embeddings) is refused, but for the base embedding PEFT saves beside an embedding "
+         "LoRA (….base_layer.weight), which the conversion leaves out", "no_full_weights",
          LLAMA_CPP + "src/llama-adapter.cpp ('has unexpected suffix'); convert_lora_to_gguf.py "
-         "('Embeddings is present in the adapter')"),
+         "('Embeddings is present in the adapter'; '.base_layer.weight' skipped)", params={"skips": ("*",)}),
 )  # fmt: skip

@@ -83,6 +83,20 @@ def test_each_refusal_names_its_reason(facts, change, refusing, words):
         assert any(words in reason for reason in found[engine]["reasons"]) and found[engine]["command"] is None
 
 
+def test_the_base_embeddings_peft_saves_beside_an_embedding_lora_refuse_only_where_an_engine_reads_them(tmp_path):
+    # PEFT's default save (save_embedding_layers="auto") adds embed_tokens / lm_head .base_layer.weight: the base's
+    # own weights, which vLLM skips (is_base_embedding_weights) and llama.cpp's converter leaves out.
+    targets = ["q_proj", "embed_tokens", "lm_head"]
+    sources = [make_adapter(tmp_path / f"s{seed}", seed=seed, target_modules=targets) for seed in (1, 2)]
+    facts = {**hubmerge.merge(sources).report.serving["facts"], "model_type": "llama"}
+    assert facts["full_weights"] == ["lm_head", "model.embed_tokens"]
+    found = verdicts(facts)
+    assert found["vllm"]["status"] == "servable" and found["llama.cpp"]["status"] == "after conversion"
+    # A copy beside no LoRA (the module is not adapted) is not PEFT's base_layer: vLLM and llama.cpp refuse it.
+    plain = verdicts({**facts, "full_weights": ["model.embed_tokens"], "module_types": ["lm_head"]})
+    assert not plain["vllm"]["servable"] and not plain["llama.cpp"]["servable"]
+
+
 def test_lorax_above_128_is_served_off_the_fast_kernels(facts):
     found = verdicts({**facts, "model_type": "llama", "rank": 129})
     assert found["lorax"]["status"] == "servable, slower" and found["lorax"]["servable"]
