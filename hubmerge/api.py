@@ -239,8 +239,8 @@ def merge(
     Example:
         >>> result = merge(["examples/adapters/math", "examples/adapters/medicine"], weights=[1.0, 0.5])
         >>> result.report.similarity.rms_cosine[0][1]
-        0.0123
-        >>> result.save_pretrained("merged")
+        0.004547
+        >>> folder = result.save_pretrained("merged")
     """
     if eval_data is not None or tune_weights:
         if eval_data is None:
