@@ -2,7 +2,7 @@
 
 >>> import hubmerge
 >>> result = hubmerge.merge(["examples/adapters/math", "examples/adapters/medicine"])
->>> result.save_pretrained("merged")
+>>> folder = result.save_pretrained("merged")
 """
 
 import importlib

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from huggingface_hub.utils import tqdm
@@ -48,11 +48,15 @@ from .result import MergeResult
 from .serving import serving_facts, serving_section
 from .summary import build_report, recipe_source
 
+if TYPE_CHECKING:
+    from .evaluation.runner import EvalDataLike  # the evaluation (and its imports) only when asked for
+
 __all__ = ["load_adapters", "merge", "similarity"]
 
 logger = logging.getLogger(__name__)
 
 
+# A type checker reads only these: each takes every keyword merge() takes, the last a report_only held in a variable.
 @overload
 def merge(
     sources: Sequence[SourceLike],
@@ -74,6 +78,16 @@ def merge(
     max_download_bytes: int | None = ...,
     max_rank: int | None = ...,
     fit: str | None = ...,
+    eval_data: EvalDataLike | None = ...,
+    base_model: str | Path | None = ...,
+    eval_samples: int = ...,
+    eval_max_length: int = ...,
+    eval_split: str = ...,
+    eval_batch_size: int = ...,
+    device: str = ...,
+    tune_weights: bool = ...,
+    tune_samples: int | None = ...,
+    tune_steps: int | None = ...,
 ) -> MergeResult: ...
 
 
@@ -98,7 +112,51 @@ def merge(
     max_download_bytes: int | None = ...,
     max_rank: int | None = ...,
     fit: str | None = ...,
+    eval_data: EvalDataLike | None = ...,
+    base_model: str | Path | None = ...,
+    eval_samples: int = ...,
+    eval_max_length: int = ...,
+    eval_split: str = ...,
+    eval_batch_size: int = ...,
+    device: str = ...,
+    tune_weights: bool = ...,
+    tune_samples: int | None = ...,
+    tune_steps: int | None = ...,
 ) -> MergeReport: ...
+
+
+@overload
+def merge(
+    sources: Sequence[SourceLike],
+    *,
+    weights: Sequence[float] | None = ...,
+    method: str = ...,
+    rank: int | None = ...,
+    density: float = ...,
+    majority_sign: str = ...,
+    seed: int = ...,
+    dtype: str | torch.dtype | None = ...,
+    allow_pickle: bool = ...,
+    allow_base_mismatch: bool = ...,
+    report_only: bool = ...,
+    thresholds: Thresholds | None = ...,
+    token: str | bool | None = ...,
+    resolve_base_model: bool | None = ...,
+    max_adapters: int | None = ...,
+    max_download_bytes: int | None = ...,
+    max_rank: int | None = ...,
+    fit: str | None = ...,
+    eval_data: EvalDataLike | None = ...,
+    base_model: str | Path | None = ...,
+    eval_samples: int = ...,
+    eval_max_length: int = ...,
+    eval_split: str = ...,
+    eval_batch_size: int = ...,
+    device: str = ...,
+    tune_weights: bool = ...,
+    tune_samples: int | None = ...,
+    tune_steps: int | None = ...,
+) -> MergeResult | MergeReport: ...
 
 
 def merge(
@@ -119,7 +177,7 @@ def merge(
     resolve_base_model: bool | None = None,
     max_adapters: int | None = DEFAULT_MAX_ADAPTERS,
     max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
-    eval_data=None,
+    eval_data: EvalDataLike | None = None,
     base_model: str | Path | None = None,
     eval_samples: int = 32,
     eval_max_length: int = 512,
@@ -181,8 +239,8 @@ def merge(
     Example:
         >>> result = merge(["examples/adapters/math", "examples/adapters/medicine"], weights=[1.0, 0.5])
         >>> result.report.similarity.rms_cosine[0][1]
-        0.0123
-        >>> result.save_pretrained("merged")
+        0.004547
+        >>> folder = result.save_pretrained("merged")
     """
     if eval_data is not None or tune_weights:
         if eval_data is None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import copy
+import inspect
 import json
 import os
 import re
 import stat
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,13 @@ def test_an_analysis_claims_exactness_only_where_it_is_certain(pair):
     assert hubmerge.merge(list(pair), report_only=True).exact is True
     assert hubmerge.merge(list(pair), method="svd", rank=64, report_only=True).exact is False
     assert hubmerge.merge(list(pair), method="svd", rank=64).report.exact is True
+
+
+@pytest.mark.skipif(not hasattr(typing, "get_overloads"), reason="typing.get_overloads is Python 3.11+")
+def test_every_overload_of_merge_takes_every_keyword_merge_takes():
+    # mypy checks a call against the overloads alone: a keyword they lack (eval_data, which the README shows) is a
+    # type error in the caller's code, as is report_only held in a variable when only literals are overloaded.
+    implementation = inspect.signature(hubmerge.merge)
+    overloads = [inspect.signature(o) for o in typing.get_overloads(hubmerge.merge)]
+    assert overloads and all(o.parameters.keys() == implementation.parameters.keys() for o in overloads)
+    assert {o.parameters["report_only"].annotation for o in overloads} == {"Literal[False]", "Literal[True]", "bool"}

@@ -6,6 +6,7 @@ not needed to merge them, and this test does not load it either.
 
 from __future__ import annotations
 
+import doctest
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+import hubmerge
 from hubmerge.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"
@@ -57,3 +59,18 @@ def test_each_example_has_a_model_card_naming_its_base_and_licence():
         assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
         assert (config["r"], config["lora_alpha"]) == (4, 64)
         assert load_file(EXAMPLES / name / "adapter_model.safetensors").popitem()[1].dtype == torch.bfloat16
+
+
+def test_the_docstring_examples_on_the_shipped_adapters_run_and_print_what_they_say(tmp_path, monkeypatch):
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    names = ["merge", "load_adapter", "load_adapters", "parse_source"]
+    for obj in [hubmerge, *(getattr(hubmerge, name) for name in names)]:
+        # Each runs where examples/adapters/… is, as from the repository root, and may write "merged" there.
+        folder = tmp_path / obj.__name__
+        folder.mkdir()
+        (folder / "examples").symlink_to(EXAMPLES.parent)
+        monkeypatch.chdir(folder)
+        for test in doctest.DocTestFinder(recurse=False).find(obj, globs={"hubmerge": hubmerge, **vars(hubmerge)}):
+            assert test.examples, test.name
+            runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
