@@ -278,13 +278,14 @@ def merge(
     dtype_notes: list[Notice] = []
     if out_dtype is None:
         out_dtype, dtype_notes = inputs_dtype(adapters, names)
-    canonical, model_types, base_notes = resolve_base_models(adapters, resolve_base_model, token)
+    canonical, model_types, base_notes = resolve_base_models(adapters, resolve_base_model, token, names)
     compat = check_compatibility(
         adapters,
         allow_base_mismatch=allow_base_mismatch,
         canonical=canonical,
         model_types=model_types,
         scan_factors=False,
+        names=names,
     )
 
     accumulator = SimilarityAccumulator(names, thresholds or Thresholds(), weights=coefficients)

@@ -107,6 +107,7 @@ def check_compatibility(
     scan_factors: bool = True,
     canonical: Mapping[str, str] | None = None,
     model_types: Mapping[str, str] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Compatibility:
     """Check that ``adapters`` can be summed exactly.
 
@@ -121,6 +122,8 @@ def check_compatibility(
             asked (so ``gpt2`` and ``openai-community/gpt2`` compare equal).
         model_types: base model name → its ``model_type``, where the Hub told it; it
             decides which checkpoint layout renames apply (:mod:`hubmerge.layouts`).
+        names: how the warnings name each adapter (the merge's display names, which the report and card
+            use; a local source's path never reaches them); default its source. Errors name the source.
 
     Returns:
         A :class:`Compatibility` with the module coverage and the warnings.
@@ -151,11 +154,12 @@ def check_compatibility(
         if not adapter.modules and not adapter.problems:  # else the problems say why none could be used
             problems.append(f"{adapter.source}: {adapter.weights_file.name} holds no LoRA factors")
 
-    base_model, revision = _check_base(adapters, problems, warnings, allow_base_mismatch, canonical or {})
-    _check_fields(adapters, problems, warnings)
+    labels = list(names) if names is not None else [a.source for a in adapters]
+    base_model, revision = _check_base(adapters, labels, problems, warnings, allow_base_mismatch, canonical or {})
+    _check_fields(adapters, labels, warnings)
     known = {t for a in adapters if (t := (model_types or {}).get(a.config.base_model_name_or_path or ""))}
     model_type = known.pop() if len(known) == 1 else None
-    fusion = fuse_experts(adapters, model_type=model_type)
+    fusion = fuse_experts(adapters, model_type=model_type, names=labels)
     problems.extend(Problem(text, code="expert_layouts_differ") for text in fusion.problems)
     warnings.extend(fusion.notices)
     layouts = [
@@ -170,7 +174,7 @@ def check_compatibility(
         ],
     )
     problems.extend(Problem(text, code="parameter_layout") for text in parameter_problems)
-    views = _layout_views(adapters, warnings, model_type, fusion)
+    views = _layout_views(adapters, labels, warnings, model_type, fusion)
     coverage = _check_modules(adapters, views, problems)
     unmatched = unmatched_layouts([a.source for a in adapters], [view["modules"] for view in views])
     if unmatched is not None:
@@ -191,7 +195,7 @@ def check_compatibility(
         warnings.append(
             Notice(
                 "modules_to_save",
-                f"{adapters[owner].source} saves a full copy of {key!r} (modules_to_save); "
+                f"{labels[owner]} saves a full copy of {key!r} (modules_to_save); "
                 "it is carried over unchanged, not merged",
             )
         )
@@ -215,7 +219,7 @@ def check_compatibility(
     )
 
 
-def _layout_views(adapters, warnings, model_type: str | None, fusion) -> list[dict]:
+def _layout_views(adapters, labels, warnings, model_type: str | None, fusion) -> list[dict]:
     """Each adapter's modules, saved modules and saved base layers under the merge's layout keys
     (per-expert LoRAs rewritten into the fused experts layout where ``fusion`` says so)."""
     attributes = ("modules", "saved_modules", "base_layers")
@@ -229,7 +233,7 @@ def _layout_views(adapters, warnings, model_type: str | None, fusion) -> list[di
         warnings.append(
             Notice(
                 "layout_renamed",
-                f"{adapters[index].source} was saved against an older checkpoint layout of the model ({family}: "
+                f"{labels[index]} was saved against an older checkpoint layout of the model ({family}: "
                 f"e.g. {next(iter(keymaps[index].items()))[0]!r}); its module keys are renamed as transformers and "
                 "PEFT rename them at load, so a module is merged once under its current name",
             )
@@ -242,17 +246,19 @@ def _layout_views(adapters, warnings, model_type: str | None, fusion) -> list[di
     return views
 
 
-def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tuple[str | None, str | None]:
+def _check_base(adapters, labels, problems, warnings, allow_mismatch, canonical) -> tuple[str | None, str | None]:
     def identity(name: str) -> str:
         return normalize_base_model(canonical.get(name) or name)
 
     named = [a for a in adapters if a.config.base_model_name_or_path]
-    for adapter in adapters:
+    # A mismatch allowed is a warning (in the report and card): it names adapters as they do; refused, their sources.
+    who = dict(zip(map(id, adapters), labels if allow_mismatch else [a.source for a in adapters]))
+    for adapter, label in zip(adapters, labels):
         if not adapter.config.base_model_name_or_path:
             warnings.append(
                 Notice(
                     "unknown_base_model",
-                    f"{adapter.source}: adapter_config.json does not name its base model "
+                    f"{label}: adapter_config.json does not name its base model "
                     "(base_model_name_or_path is empty), so hubmerge cannot check it matches the others",
                 )
             )
@@ -262,7 +268,7 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
         if identity(theirs) != identity(base or ""):
             unresolved = [n for n in (base, theirs) if n not in canonical]
             message = (
-                f"{adapter.source}: base model {theirs!r} differs from {named[0].source}'s {base!r}; "
+                f"{who[id(adapter)]}: base model {theirs!r} differs from {who[id(named[0])]}'s {base!r}; "
                 "LoRA deltas only add up on the same base model"
                 + (
                     f" ({', '.join(map(repr, unresolved))} not resolved on the Hub, so compared by name: a renamed "
@@ -277,7 +283,7 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
                 problems.append(Problem(message, code="base_model_mismatch", source=adapter.source))
     revisions = {a.config.revision for a in adapters if a.config.revision}
     if len(revisions) > 1:
-        listing = ", ".join(f"{a.source}: {a.config.revision!r}" for a in adapters if a.config.revision)
+        listing = ", ".join(f"{who[id(a)]}: {a.config.revision!r}" for a in adapters if a.config.revision)
         message = f"base model revisions differ ({listing})"
         if allow_mismatch:
             warnings.append(Notice("base_model_mismatch", message + _MISMATCH_ALLOWED))
@@ -286,12 +292,12 @@ def _check_base(adapters, problems, warnings, allow_mismatch, canonical) -> tupl
     return base, (revisions.pop() if len(revisions) == 1 else None)
 
 
-def _check_fields(adapters, problems, warnings) -> None:
+def _check_fields(adapters, labels, warnings) -> None:
     # fan_in_fan_out is not compared: PEFT sets it per layer type (True for Conv1D, False for
     # Linear) whatever the config says, and the stored A (r×in) and B (out×r) are the same either way.
     tasks = {a.config.task_type for a in adapters}
     if len(tasks) > 1:
-        listing = ", ".join(f"{a.source}: {a.config.task_type}" for a in adapters)
+        listing = ", ".join(f"{label}: {a.config.task_type}" for a, label in zip(adapters, labels))
         warnings.append(
             Notice(
                 "task_type_mismatch",

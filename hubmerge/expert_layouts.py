@@ -176,12 +176,15 @@ def _families(model_type: str | None) -> tuple[ExpertFusion, ...]:
     return tuple(f for f in EXPERT_FUSIONS if model_type in f.model_types)
 
 
-def fuse_experts(adapters: Sequence[LoraAdapter], *, model_type: str | None = None) -> Fusion:
+def fuse_experts(
+    adapters: Sequence[LoraAdapter], *, model_type: str | None = None, names: Sequence[str] | None = None
+) -> Fusion:
     """Rewrite per-expert LoRAs into the fused layout where another adapter is in it.
 
     Args:
         adapters: the merge's adapters.
         model_type: the base model's ``model_type`` where the Hub told it (restricts the families).
+        names: how the notices name each adapter (the merge's display names); default its source.
 
     Returns:
         The :class:`Fusion`: per adapter the fused modules by key, the own module keys they
@@ -224,7 +227,7 @@ def fuse_experts(adapters: Sequence[LoraAdapter], *, model_type: str | None = No
                     "matches no single model"
                 )
                 continue
-            _fuse_one(adapters[i], i, family, total, per_adapter[i], fusion)
+            _fuse_one(adapters[i], i, family, total, per_adapter[i], fusion, names[i] if names else adapters[i].source)
     return fusion
 
 
@@ -263,7 +266,9 @@ def _expert_counts(adapters, family: ExpertFusion, fused_in, per_adapter) -> tup
     return set(where), where
 
 
-def _fuse_one(adapter: LoraAdapter, index: int, family: ExpertFusion, total: int, found, fusion: Fusion) -> None:
+def _fuse_one(
+    adapter: LoraAdapter, index: int, family: ExpertFusion, total: int, found, fusion: Fusion, label: str
+) -> None:
     experts, routers = found
     groups: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
     for key, match in experts.items():
@@ -326,7 +331,7 @@ def _fuse_one(adapter: LoraAdapter, index: int, family: ExpertFusion, total: int
     fusion.notices.append(
         Notice(
             "experts_fused",
-            f"{adapter.source} adapts MoE experts one Linear per expert ({family.name} layout of transformers before "
+            f"{label} adapts MoE experts one Linear per expert ({family.name} layout of transformers before "
             f"5, e.g. {example!r}) and another adapter the fused expert parameters: its LoRAs are rewritten exactly "
             "into the fused layout (gate and up projections stacked as one LoRA of their summed rank), as PEFT "
             "converts them at load",

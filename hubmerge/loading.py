@@ -130,11 +130,12 @@ def display_names(names: Sequence[str]) -> list[str]:
 
 
 def resolve_base_models(
-    adapters: Sequence[LoraAdapter], resolve: bool | None, token
+    adapters: Sequence[LoraAdapter], resolve: bool | None, token, labels: Sequence[str] | None = None
 ) -> tuple[dict[str, str], dict[str, str], list[Notice]]:
     """Where the Hub was asked: base model name → the model whose weights it holds (canonical id,
     quantized mirrors followed to their root), name → its model_type, and a notice per quantized
-    mirror saying who trained on it."""
+    mirror saying who trained on it (by ``labels``, the merge's display names; default the sources)."""
+    labels = list(labels) if labels is not None else [a.source for a in adapters]
     names = {a.config.base_model_name_or_path for a in adapters if a.config.base_model_name_or_path}
     if resolve is None:
         from_hub = any(a.hub_origin is not None for a in adapters)
@@ -156,7 +157,7 @@ def resolve_base_models(
         if info.model_type:
             model_types[name] = info.model_type
         if info.quantized_from:
-            users = ", ".join(a.source for a in adapters if a.config.base_model_name_or_path == name)
+            users = ", ".join(label for a, label in zip(adapters, labels) if a.config.base_model_name_or_path == name)
             notes.append(
                 Notice(
                     "quantized_base",

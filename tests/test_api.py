@@ -151,6 +151,22 @@ def test_save_pretrained_writes_what_a_push_uploads_with_normal_modes(pair, tmp_
     assert (out / "README.md").read_bytes() == result.files()["README.md"]
 
 
+def test_warnings_name_local_sources_by_their_names_never_their_paths(tmp_path):
+    """The warnings go into the report and the card: a source given by its absolute path appears there by its
+    display name (a modules_to_save copy, task types that differ, an unnamed base model)."""
+    a = make_adapter(tmp_path / "math", seed=1)
+    b = make_adapter(tmp_path / "med", seed=2, modules_to_save=["lm_head"], task_type="CAUSAL_LM")
+    config = json.loads((a / "adapter_config.json").read_text())
+    (a / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    result = hubmerge.merge([str(a.resolve()), str(b.resolve())], allow_base_mismatch=True)
+    codes = {w.code for w in result.report.warnings}
+    assert {"modules_to_save", "task_type_mismatch", "unknown_base_model"} <= codes, codes
+    assert any(w.message.startswith("med saves a full copy") for w in result.report.warnings)
+    for name, data in result.files().items():
+        if name.endswith((".json", ".md")):
+            assert str(tmp_path) not in data.decode("utf-8"), name
+
+
 def test_the_figure_can_be_skipped(pair, tmp_path):
     out = hubmerge.merge(list(pair)).save_pretrained(tmp_path / "out", figure=False)
     assert not (out / "similarity.png").exists()
