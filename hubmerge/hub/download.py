@@ -142,14 +142,7 @@ def fetch_adapter(resolved: ResolvedAdapter, *, token: str | bool | None = None)
             if _offline() and filename != config_name:
                 continue  # offline, the cache may hold the safetensors file or, with allow_pickle, the pickle
             if _offline():
-                at = f"{repo_id}{'@' + revision if revision else ''}"
-                raise HubError(
-                    f"{where}: HF_HUB_OFFLINE=1 is set and {at} is not in the local cache",
-                    reason="offline",
-                    source=where,
-                    repo_id=repo_id,
-                    revision=revision,
-                ) from err
+                raise _not_cached(where, repo_id, revision) from err
             raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
         except (*_HUB_FAILURES, hf_errors.EntryNotFoundError) as err:
             if isinstance(err, hf_errors.EntryNotFoundError) and filename != config_name:
@@ -344,6 +337,18 @@ def fetch_base_model(repo_id: str, *, revision: str | None = None, token: str | 
     return Path(path), Path(path).name
 
 
+def _not_cached(where: str, repo_id: str, revision: str | None, *, what: str = "") -> HubError:
+    """Offline, and ``what`` (a file of) the repo is not in the local cache."""
+    at = f"{repo_id}{'@' + revision if revision else ''}"
+    return HubError(
+        f"{where}: HF_HUB_OFFLINE=1 is set and {what}{at} is not in the local cache",
+        reason="offline",
+        source=where,
+        repo_id=repo_id,
+        revision=revision,
+    )
+
+
 def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> Path:
     """Download only ``config.json`` of a base model (what a GGUF conversion needs to know its architecture).
 
@@ -358,15 +363,8 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
         return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token))
     except hf_errors.LocalEntryNotFoundError as err:  # an EntryNotFoundError too: not "the repo has none"
         if _offline():
-            at = f"{repo_id}{'@' + revision if revision else ''}"
-            raise HubError(
-                f"{where}: HF_HUB_OFFLINE=1 is set and the config.json of {at} is not in the local cache",
-                reason="offline",
-                source=where,
-                repo_id=repo_id,
-                revision=revision,
-            ) from None
-        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+            raise _not_cached(where, repo_id, revision, what="the config.json of ") from err
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
     except hf_errors.EntryNotFoundError:
         raise HubError(
             f"{where}: the repo has no config.json", reason="no_base_config", source=where, repo_id=repo_id
@@ -378,7 +376,7 @@ def fetch_base_config(repo_id: str, *, revision: str | None = None, token: str |
             source=where,
         ) from None
     except _HUB_FAILURES as err:
-        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from None
+        raise _explain(err, where, repo_id=repo_id, revision=revision, token=token) from err
 
 
 def dataset_commit(dataset_id: str, *, token: str | bool | None = None) -> str | None:
